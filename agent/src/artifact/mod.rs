@@ -1,0 +1,217 @@
+//! Verified shim binaries on the host: fetch (or take from the content-addressed cache), verify,
+//! unpack, install atomically, record in the state file.
+
+pub mod digest;
+pub mod fetch;
+pub mod retry;
+pub mod source;
+pub mod unpack;
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+
+use crate::arch::Arch;
+use crate::host::state::{now_rfc3339, InstalledShim, State};
+use crate::host::{HostRoot, InstallLayout};
+use crate::plan::{ArtifactFacts, ArtifactStep};
+use crate::settings::{ArtifactSettings, Shim};
+use fetch::{Extract, Fetcher};
+use source::Source;
+
+pub struct ArtifactStore {
+    layout: InstallLayout,
+    settings: ArtifactSettings,
+    fetcher: Fetcher,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Installed {
+    Unchanged,
+    FromCache,
+    Downloaded { bytes: u64 },
+}
+
+impl ArtifactStore {
+    pub fn new(
+        host: &HostRoot,
+        layout: InstallLayout,
+        settings: &ArtifactSettings,
+    ) -> anyhow::Result<Self> {
+        let ca = if settings.ca_bundle.is_empty() {
+            None
+        } else {
+            let p = host.resolve(&settings.ca_bundle)?;
+            Some(
+                std::fs::read(&p)
+                    .with_context(|| format!("reading artifacts.ca_bundle {}", p.display()))?,
+            )
+        };
+        Ok(Self {
+            fetcher: Fetcher::new(settings, ca.as_deref())?,
+            layout,
+            settings: settings.clone(),
+        })
+    }
+
+    pub fn layout(&self) -> &InstallLayout {
+        &self.layout
+    }
+
+    /// What the host holds for this shim, read from disk (the plan is computed from these facts).
+    pub fn facts(&self, shim: &Shim, state: &State) -> ArtifactFacts {
+        let installed = state.shims.get(&shim.name).cloned();
+        let installed_binary_sha256 = installed.as_ref().and_then(|r| {
+            digest::file_sha256(&self.layout.bin_path(&shim.binary))
+                .ok()
+                .filter(|d| *d == r.binary_sha256)
+        });
+        let cached_archives = shim
+            .platforms
+            .iter()
+            .filter_map(|p| p.sha256.clone())
+            .chain(installed.iter().map(|r| r.archive_sha256.clone()))
+            .filter(|d| self.cache_path(d).is_file())
+            .collect();
+        ArtifactFacts {
+            installed,
+            installed_binary_sha256,
+            cached_archives,
+            host_bin_path: self.layout.host_bin_path(&shim.binary),
+        }
+    }
+
+    pub fn cache_path(&self, sha256: &str) -> PathBuf {
+        self.layout.cache_dir().join(sha256.to_ascii_lowercase())
+    }
+
+    /// Remove what a killed agent left in staging (never visible to containerd).
+    pub fn clean_staging(&self) {
+        if let Ok(rd) = std::fs::read_dir(self.layout.staging_dir()) {
+            for e in rd.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
+    /// Carry out the artifact step for one shim and record the result in `state` (saved by the caller
+    /// right after, the binary being durable by then).
+    pub async fn install(
+        &self,
+        shim: &Shim,
+        arch: Arch,
+        step: &ArtifactStep,
+        state: &mut State,
+    ) -> anyhow::Result<Installed> {
+        let (url, expected) = match step {
+            ArtifactStep::UpToDate => return Ok(Installed::Unchanged),
+            ArtifactStep::Unavailable(reason) => {
+                return Err(anyhow!("shim {}: {reason}", shim.name))
+            }
+            ArtifactStep::FromCache { url, sha256 } | ArtifactStep::Download { url, sha256 } => {
+                (url, sha256.as_deref())
+            }
+        };
+        let dest = self.layout.bin_path(&shim.binary);
+        let extract = Extract {
+            binary: shim.binary.clone(),
+            staging_dir: self.layout.staging_dir(),
+            dest: dest.clone(),
+        };
+        let max = self.settings.max_size.as_u64();
+
+        let mut how = Installed::FromCache;
+        let mut done = None;
+        if let Some(sha) = expected.filter(|s| self.cache_path(s).is_file()) {
+            match self.unpack_cached(sha, &extract, max).await {
+                Ok(r) => done = Some((sha.to_owned(), r)),
+                Err(e) => {
+                    tracing::warn!(shim = %shim.name, error = %format!("{e:#}"), "cached archive unusable; downloading again")
+                }
+            }
+        }
+        let (archive_sha256, (unpacked, pending)) = match done {
+            Some(d) => d,
+            None => {
+                let source = Source::resolve(url, &self.settings)?;
+                tracing::info!(shim = %shim.name, version = %shim.version, %arch, from = %source.display(),
+                    sha256 = expected.unwrap_or("(unverified)"), "fetching shim");
+                let partial = self.layout.partial_dir().join(match expected {
+                    Some(s) => format!("{}.part", s.to_ascii_lowercase()),
+                    None => format!("unverified-{}.part", shim.name),
+                });
+                let fetched = self
+                    .fetcher
+                    .fetch(
+                        &source,
+                        expected,
+                        &partial,
+                        |d| self.cache_path(d),
+                        &extract,
+                    )
+                    .await
+                    .with_context(|| format!("shim {}", shim.name))?;
+                how = Installed::Downloaded {
+                    bytes: fetched.size,
+                };
+                (fetched.archive_sha256, (fetched.unpacked, fetched.binary))
+            }
+        };
+        pending
+            .commit()
+            .with_context(|| format!("installing {}", dest.display()))?;
+        tracing::info!(shim = %shim.name, path = %self.layout.host_bin_path(&shim.binary).display(),
+            binary_sha256 = %unpacked.binary_sha256, bytes = unpacked.size, "shim binary installed");
+        state.shims.insert(
+            shim.name.clone(),
+            InstalledShim {
+                name: shim.name.clone(),
+                version: shim.version.clone(),
+                arch,
+                url: url.clone(),
+                archive_sha256,
+                binary_sha256: unpacked.binary_sha256,
+                binary_path: self.layout.host_bin_path(&shim.binary),
+                installed_at: now_rfc3339(),
+            },
+        );
+        Ok(how)
+    }
+
+    /// Unpack from the cache, re-verifying the archive as it is read (a cache file damaged on disk is
+    /// caught here, removed, and downloaded again).
+    async fn unpack_cached(
+        &self,
+        sha256: &str,
+        extract: &Extract,
+        max: u64,
+    ) -> anyhow::Result<(unpack::Unpacked, crate::host::atomic::PendingFile)> {
+        let path = self.cache_path(sha256);
+        let mut out = crate::host::atomic::PendingFile::create_in(
+            &extract.staging_dir,
+            &extract.dest,
+            0o755,
+        )?;
+        let binary = extract.binary.clone();
+        let want = sha256.to_ascii_lowercase();
+        tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&path)?;
+            let mut r = digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
+            let unpacked = unpack::unpack(&mut r, &binary, &mut w, max)?;
+            std::io::Write::flush(&mut w)?;
+            drop(w);
+            std::io::copy(&mut r, &mut std::io::sink())?;
+            let (got, _) = r.finish();
+            if got != want {
+                let _ = std::fs::remove_file(&path);
+                anyhow::bail!(
+                    "cache file {} has digest {got}, expected {want}; removed",
+                    path.display()
+                );
+            }
+            Ok((unpacked, out))
+        })
+        .await?
+    }
+}

@@ -1,0 +1,327 @@
+//! Takes the one declared binary out of an artifact: a `.tar.gz`, a `.tar`, a gzip of the binary, or the
+//! bare binary itself (recognised by content, not by file name). Anything suspicious in an archive —
+//! absolute paths, `..`, the binary as a link or device, more bytes than allowed — refuses the whole
+//! artifact. The input is always read to its end so the caller's digest covers every byte.
+
+use std::io::{self, Read, Write};
+use std::path::{Component, Path};
+
+use flate2::read::MultiGzDecoder;
+
+use super::digest::HashingWriter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UnpackError {
+    #[error("archive entry {0:?} has an absolute path; refusing the archive")]
+    AbsolutePath(String),
+    #[error("archive entry {0:?} escapes the archive with '..'; refusing the archive")]
+    Traversal(String),
+    #[error("archive entry {entry:?} for binary {binary:?} is a {kind}, not a regular file; refusing the archive")]
+    NotRegular {
+        entry: String,
+        binary: String,
+        kind: &'static str,
+    },
+    #[error(
+        "archive holds {binary:?} twice ({first:?} and {second:?}); refusing the ambiguous archive"
+    )]
+    Duplicate {
+        binary: String,
+        first: String,
+        second: String,
+    },
+    #[error("binary {0:?} not found in the archive")]
+    Missing(String),
+    #[error("artifact unpacks to more than {0} bytes (artifacts.max_size); refusing it as a possible decompression bomb")]
+    TooLarge(u64),
+    #[error("reading the archive: {0}")]
+    Io(#[from] io::Error),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    pub binary_sha256: String,
+    pub size: u64,
+}
+
+/// Reads `input` to its end and writes the binary named `binary` to `out`.
+pub fn unpack(
+    input: impl Read,
+    binary: &str,
+    out: &mut impl Write,
+    max: u64,
+) -> Result<Unpacked, UnpackError> {
+    let (head, input) = peek(input, 512)?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        // The decompressed side is capped too: a small gzip can expand without bound.
+        let gz = Capped::new(MultiGzDecoder::new(input), max);
+        let (head, inner) = peek(gz, 512)?;
+        if is_tar(&head) {
+            return extract_from_tar(inner, binary, out, max);
+        }
+        return copy_bare(inner, out, max);
+    }
+    if is_tar(&head) {
+        return extract_from_tar(input, binary, out, max);
+    }
+    copy_bare(input, out, max)
+}
+
+fn is_tar(head: &[u8]) -> bool {
+    head.len() >= 262 && &head[257..262] == b"ustar"
+}
+
+/// The first bytes, and a reader that still yields them.
+type Peeked<R> = (Vec<u8>, io::Chain<io::Cursor<Vec<u8>>, R>);
+
+fn peek<R: Read>(mut r: R, n: usize) -> Result<Peeked<R>, UnpackError> {
+    let mut head = Vec::with_capacity(n);
+    (&mut r)
+        .take(n as u64)
+        .read_to_end(&mut head)
+        .map_err(map_cap)?;
+    Ok((head.clone(), io::Cursor::new(head).chain(r)))
+}
+
+fn copy_bare(
+    mut input: impl Read,
+    out: &mut impl Write,
+    max: u64,
+) -> Result<Unpacked, UnpackError> {
+    let mut w = HashingWriter::new(out);
+    let mut capped = Capped::new(&mut input, max);
+    io::copy(&mut capped, &mut w).map_err(map_cap)?;
+    let (binary_sha256, size) = w.finish();
+    Ok(Unpacked {
+        binary_sha256,
+        size,
+    })
+}
+
+fn extract_from_tar(
+    input: impl Read,
+    binary: &str,
+    out: &mut impl Write,
+    max: u64,
+) -> Result<Unpacked, UnpackError> {
+    let mut archive = tar::Archive::new(input);
+    let mut found: Option<(String, Unpacked)> = None;
+    for entry in archive.entries().map_err(map_cap)? {
+        let mut entry = entry.map_err(map_cap)?;
+        let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        check_entry_path(&raw)?;
+        let path = Path::new(&raw);
+        if path.file_name().map(|f| f == binary).unwrap_or(false) {
+            let kind = entry.header().entry_type();
+            if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+                return Err(UnpackError::NotRegular {
+                    entry: raw,
+                    binary: binary.into(),
+                    kind: kind_name(kind),
+                });
+            }
+            if let Some((first, _)) = &found {
+                return Err(UnpackError::Duplicate {
+                    binary: binary.into(),
+                    first: first.clone(),
+                    second: raw,
+                });
+            }
+            if entry.header().size().map_err(map_cap)? > max {
+                return Err(UnpackError::TooLarge(max));
+            }
+            let mut w = HashingWriter::new(&mut *out);
+            io::copy(&mut Capped::new(&mut entry, max), &mut w).map_err(map_cap)?;
+            let (binary_sha256, size) = w.finish();
+            found = Some((
+                raw,
+                Unpacked {
+                    binary_sha256,
+                    size,
+                },
+            ));
+        }
+    }
+    // Whatever follows the end-of-archive marker is still part of the artifact's digest.
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(map_cap)?;
+    found
+        .map(|(_, u)| u)
+        .ok_or_else(|| UnpackError::Missing(binary.into()))
+}
+
+fn check_entry_path(raw: &str) -> Result<(), UnpackError> {
+    if raw.starts_with('/') {
+        return Err(UnpackError::AbsolutePath(raw.into()));
+    }
+    if Path::new(raw)
+        .components()
+        .any(|c| matches!(c, Component::ParentDir))
+    {
+        return Err(UnpackError::Traversal(raw.into()));
+    }
+    Ok(())
+}
+
+fn kind_name(k: tar::EntryType) -> &'static str {
+    match k {
+        tar::EntryType::Symlink => "symbolic link",
+        tar::EntryType::Link => "hard link",
+        tar::EntryType::Char => "character device",
+        tar::EntryType::Block => "block device",
+        tar::EntryType::Fifo => "fifo",
+        tar::EntryType::Directory => "directory",
+        _ => "special entry",
+    }
+}
+
+/// Reading past `max` bytes is an error, carried through io::Error so tar and gzip pass it up.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    max: u64,
+}
+
+#[derive(Debug)]
+struct CapExceeded(u64);
+impl std::fmt::Display for CapExceeded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "more than {} bytes", self.0)
+    }
+}
+impl std::error::Error for CapExceeded {}
+
+impl<R> Capped<R> {
+    fn new(inner: R, max: u64) -> Self {
+        Self {
+            inner,
+            left: max,
+            max,
+        }
+    }
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // One more byte tells "exactly max" from "more than max".
+            let mut probe = [0u8; 1];
+            return match self.inner.read(&mut probe)? {
+                0 => Ok(0),
+                _ => Err(io::Error::other(CapExceeded(self.max))),
+            };
+        }
+        let want = buf.len().min(self.left.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..want])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+fn map_cap(e: io::Error) -> UnpackError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<CapExceeded>()) {
+        Some(c) => UnpackError::TooLarge(c.0),
+        None => UnpackError::Io(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{write::GzEncoder, Compression};
+
+    fn tar_with(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_size(data.len() as u64);
+            h.set_mode(0o755);
+            if *kind == tar::EntryType::Symlink {
+                h.set_link_name("/bin/sh").unwrap();
+            }
+            // Write the name bytes raw: the builder's own API refuses the hostile paths we test.
+            let name = h.as_old_mut().name.as_mut();
+            name[..path.len()].copy_from_slice(path.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn run(input: &[u8], max: u64) -> Result<(Unpacked, Vec<u8>), UnpackError> {
+        let mut out = Vec::new();
+        let u = unpack(input, "shim", &mut out, max)?;
+        Ok((u, out))
+    }
+
+    #[test]
+    fn takes_the_binary_from_tar_gz_tar_gz_only_and_bare() {
+        let t = tar_with(&[
+            ("README", tar::EntryType::Regular, b"hi"),
+            ("shim", tar::EntryType::Regular, b"ELF.."),
+        ]);
+        for input in [gz(&t), t.clone(), gz(b"ELF.."), b"ELF..".to_vec()] {
+            let (u, out) = run(&input, 1 << 20).unwrap();
+            assert_eq!(out, b"ELF..");
+            assert_eq!(u.size, 5);
+            assert_eq!(u.binary_sha256, hex::encode(sha2::Sha256::digest(b"ELF..")));
+        }
+    }
+
+    use sha2::Digest;
+
+    #[test]
+    fn refuses_hostile_archives() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                tar_with(&[("../../etc/shim", tar::EntryType::Regular, b"x")]),
+                "escapes",
+            ),
+            (
+                tar_with(&[("/usr/bin/shim", tar::EntryType::Regular, b"x")]),
+                "absolute",
+            ),
+            (
+                tar_with(&[("shim", tar::EntryType::Symlink, b"")]),
+                "symbolic link",
+            ),
+            (
+                tar_with(&[("shim", tar::EntryType::Char, b"")]),
+                "character device",
+            ),
+            (
+                tar_with(&[
+                    ("a/shim", tar::EntryType::Regular, b"x"),
+                    ("b/shim", tar::EntryType::Regular, b"y"),
+                ]),
+                "twice",
+            ),
+            (
+                tar_with(&[("other", tar::EntryType::Regular, b"x")]),
+                "not found",
+            ),
+        ];
+        for (t, want) in cases {
+            let e = run(&gz(&t), 1 << 20).unwrap_err().to_string();
+            assert!(e.contains(want), "wanted {want:?} in {e:?}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_decompression_bomb() {
+        let big = vec![0u8; 4 << 20];
+        let t = tar_with(&[("shim", tar::EntryType::Regular, &big)]);
+        let bomb = gz(&t);
+        assert!(bomb.len() < 64 << 10);
+        let e = run(&bomb, 1 << 20).unwrap_err();
+        assert!(matches!(e, UnpackError::TooLarge(_)), "{e}");
+        let e = run(&gz(&big), 1 << 20).unwrap_err();
+        assert!(matches!(e, UnpackError::TooLarge(_)), "{e}");
+    }
+}

@@ -1,0 +1,145 @@
+//! Durable file replacement: a reader sees the old file or the new one, never a mix, and after a crash
+//! (even a power loss) the rename is not lost.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+static TEMP_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A temp file beside its destination; dropped without `commit` it is removed.
+pub struct PendingFile {
+    file: Option<File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+impl PendingFile {
+    /// The temp name starts with '.' and ends in `.kwasm-tmp` so nothing scanning the directory for
+    /// shims (k3s looks in /opt/kwasm/bin) mistakes it for one, and a crash leaves an obvious leftover.
+    pub fn create(dest: &Path, mode: u32) -> anyhow::Result<Self> {
+        let dir = dest
+            .parent()
+            .context("destination has no parent directory")?;
+        Self::create_in(dir, dest, mode)
+    }
+
+    /// Stage the temp file in `tmp_dir` (same filesystem as `dest`), so that even a crash that leaves the
+    /// temp file behind never leaves a half-written file in `dest`'s directory.
+    pub fn create_in(tmp_dir: &Path, dest: &Path, mode: u32) -> anyhow::Result<Self> {
+        let name = dest
+            .file_name()
+            .context("destination has no file name")?
+            .to_string_lossy();
+        let unique = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = tmp_dir.join(format!(".{name}.{}-{unique}.kwasm-tmp", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        Ok(Self {
+            file: Some(file),
+            tmp,
+            dest: dest.to_owned(),
+        })
+    }
+
+    pub fn file(&mut self) -> &mut File {
+        self.file.as_mut().expect("file taken only by commit")
+    }
+
+    /// fsync the data, rename over the destination, fsync the directory.
+    pub fn commit(mut self) -> anyhow::Result<()> {
+        let file = self.file.take().expect("commit once");
+        file.sync_all()
+            .with_context(|| format!("fsync {}", self.tmp.display()))?;
+        drop(file);
+        std::fs::rename(&self.tmp, &self.dest).with_context(|| {
+            format!("renaming {} to {}", self.tmp.display(), self.dest.display())
+        })?;
+        sync_dir(
+            self.dest
+                .parent()
+                .context("destination has no parent directory")?,
+        )
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+pub fn write(dest: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    let mut p = PendingFile::create(dest, mode)?;
+    p.file()
+        .write_all(bytes)
+        .with_context(|| format!("writing {}", dest.display()))?;
+    // create() honours the umask; the mode asked for is the mode wanted.
+    p.file()
+        .set_permissions(std::fs::Permissions::from_mode(mode))?;
+    p.commit()
+}
+
+/// Keep the mode of the file being replaced (a config the operator made 0600 stays 0600).
+pub fn replace_keeping_mode(dest: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let mode = std::fs::metadata(dest)
+        .map(|m| m.permissions().mode() & 0o7777)
+        .unwrap_or(0o644);
+    write(dest, bytes, mode)
+}
+
+pub fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync directory {}", dir.display()))
+}
+
+pub fn remove(path: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(Path::new("/"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_replaces_and_leaves_no_temp() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write(&p, b"one", 0o600).unwrap();
+        write(&p, b"two", 0o600).unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn dropped_pending_file_leaves_destination_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        write(&p, b"old", 0o644).unwrap();
+        {
+            let mut pf = PendingFile::create(&p, 0o644).unwrap();
+            pf.file().write_all(b"half").unwrap();
+        }
+        assert_eq!(std::fs::read(&p).unwrap(), b"old");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+}
