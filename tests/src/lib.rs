@@ -1,1 +1,7 @@
+//! Test support for kwasm-agent's integration tests: real parts only (loopback HTTP, the real agent
+//! binary, a real containerd), except the Kubernetes API stand-in.
 
+pub mod agent;
+pub mod archive;
+pub mod artifact_server;
+pub mod sandbox;

@@ -149,8 +149,7 @@ impl ArtifactStore {
                         |d| self.cache_path(d),
                         &extract,
                     )
-                    .await
-                    .with_context(|| format!("shim {}", shim.name))?;
+                    .await?;
                 how = Installed::Downloaded {
                     bytes: fetched.size,
                 };
