@@ -4,4 +4,5 @@
 pub mod agent;
 pub mod archive;
 pub mod artifact_server;
+pub mod containerd;
 pub mod sandbox;

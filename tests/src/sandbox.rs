@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub const MINIMAL_CONTAINERD_CONFIG: &str = "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  default_runtime_name = \"runc\"\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n    runtime_type = \"io.containerd.runc.v2\"\n";
+
 pub struct Sandbox {
     dir: tempfile::TempDir,
     pub root: PathBuf,
@@ -24,6 +26,10 @@ impl Sandbox {
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).unwrap();
         let settings = dir.path().join("settings.toml");
+        // A node has a containerd config; this one is the minimal shape of a kubeadm node's.
+        let cfg = root.join("etc/containerd/config.toml");
+        std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+        std::fs::write(&cfg, MINIMAL_CONTAINERD_CONFIG).unwrap();
         Self {
             dir,
             root,
@@ -111,7 +117,8 @@ pub fn artifact_settings(extra: &str, shims: &[ShimSpec]) -> String {
         "[host]\ninstall_dir = \"/opt/kwasm\"\n\n[artifacts]\nallow_http = true\nread_timeout = \"1s\"\nconnect_timeout = \"2s\"\nbackoff = \"50ms\"\nattempts = 4\n",
     );
     s.push_str(extra);
-    s.push('\n');
+    // No containerd in these sandboxes: configure, but do not try to restart one.
+    s.push_str("\n[containerd]\nrestart = \"none\"\n\n");
     for sh in shims {
         s.push_str(&sh.to_toml());
     }

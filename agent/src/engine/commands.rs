@@ -10,13 +10,13 @@ use crate::settings::Settings;
 
 pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Run(_) => {
-            bail!("`run` (DaemonSet mode) is not built yet; use `apply` / `status` for now")
-        }
-        Command::Remove(_) => bail!("`remove` is not built yet"),
+        Command::Run(_) => bail!(
+            "`run` (DaemonSet mode) is not built yet; use `apply` / `remove` / `status` for now"
+        ),
         Command::Apply(t) => apply(t).await,
-        Command::Plan(t) => plan(t),
-        Command::Status(s) => status(s),
+        Command::Remove(t) => remove(t).await,
+        Command::Plan(t) => plan(t).await,
+        Command::Status(s) => status(s).await,
     }
 }
 
@@ -27,37 +27,121 @@ fn engine(c: &Common) -> anyhow::Result<Engine> {
 
 async fn apply(t: Target) -> anyhow::Result<()> {
     let engine = engine(&t.common)?;
-    let outcomes = engine.apply(&t.shims).await?;
-    let mut failed = Vec::new();
-    for o in &outcomes {
+    let report = engine.apply(&t.shims).await?;
+    for o in &report.shims {
         match &o.error {
             None => println!("{}: {}", o.name, o.result),
-            Some(e) => {
-                println!("{}: failed: {e}", o.name);
-                failed.push(format!("{}: {e}", o.name));
-            }
+            Some(e) => println!("{}: failed: {e}", o.name),
         }
     }
+    if let Some(c) = &report.config {
+        print_config(c);
+    }
+    let failed = report.failures();
     if !failed.is_empty() {
         bail!(
             "{} of {} shims failed: {}",
             failed.len(),
-            outcomes.len(),
+            report.shims.len(),
             failed.join("; ")
         );
     }
     Ok(())
 }
 
-fn plan(t: Target) -> anyhow::Result<()> {
+fn print_config(c: &super::configure::ConfigOutcome) {
+    if c.changed_files.is_empty() {
+        println!("containerd config: unchanged");
+    } else {
+        for f in &c.changed_files {
+            println!("containerd config: wrote {}", f.display());
+        }
+    }
+    println!("containerd: {}", c.restart);
+    if let Some(l) = &c.loaded {
+        println!(
+            "containerd: CRI plugin lists handlers: {}",
+            if l.is_empty() {
+                "(none of ours)".to_owned()
+            } else {
+                l.join(", ")
+            }
+        );
+    }
+}
+
+async fn remove(t: Target) -> anyhow::Result<()> {
     let engine = engine(&t.common)?;
-    let state = engine.load_state()?;
-    let plans = engine.plan(&t.shims, &state)?;
-    println!("node architecture: {}", engine.arch);
-    for p in &plans {
-        println!("shim {}: {}", p.shim.name, p.step);
+    let report = engine.remove(&t.shims).await?;
+    for r in &report.removed {
+        println!("{r}: removed");
+    }
+    if let Some(c) = &report.config {
+        print_config(c);
+    }
+    if report.removed.is_empty() && report.in_use.is_empty() {
+        println!("nothing to remove");
+    }
+    if !report.in_use.is_empty() {
+        let busy: Vec<String> = report
+            .in_use
+            .iter()
+            .map(|(name, procs)| {
+                let ids: Vec<String> = procs
+                    .iter()
+                    .map(|p| format!("pid {} ({})", p.pid, p.id.as_deref().unwrap_or("?")))
+                    .collect();
+                format!(
+                    "{name} is in use by {} shim process(es): {}",
+                    procs.len(),
+                    ids.join(", ")
+                )
+            })
+            .collect();
+        for b in &busy {
+            println!("{b}; left installed");
+        }
+        bail!(
+            "not removed while containers run on them: {}",
+            busy.join("; ")
+        );
     }
     Ok(())
+}
+
+async fn plan(t: Target) -> anyhow::Result<()> {
+    let engine = engine(&t.common)?;
+    let plan = engine.plan(&t.shims).await?;
+    println!("node architecture: {}", engine.arch);
+    for p in &plan.shims {
+        println!("shim {}: {}", p.shim.name, p.step);
+    }
+    match &plan.config {
+        Ok(c) if !c.changes() => println!("containerd config: no change"),
+        Ok(c) => {
+            for w in &c.writes {
+                let before = w.before.as_deref().unwrap_or("");
+                let after = w.after.as_deref().unwrap_or("");
+                let verb = match (&w.before, &w.after) {
+                    (None, _) => "create",
+                    (_, None) => "delete",
+                    _ => "edit",
+                };
+                println!("containerd config: {verb} {}", w.path.display());
+                let name = w.path.display().to_string();
+                print!(
+                    "{}",
+                    similar::TextDiff::from_lines(before, after)
+                        .unified_diff()
+                        .context_radius(3)
+                        .header(&name, &name)
+                );
+            }
+        }
+        Err(e) => println!("containerd config: cannot plan: {e:#}"),
+    }
+    println!("restart containerd: {}", plan.restart);
+    plan.config.map(|_| ())
 }
 
 #[derive(Serialize)]
@@ -66,6 +150,7 @@ struct StatusReport {
     install_dir: String,
     arch: String,
     shims: Vec<ShimStatus>,
+    containerd: ContainerdStatus,
 }
 
 #[derive(Serialize)]
@@ -80,11 +165,32 @@ struct ShimStatus {
     installed_at: String,
     /// The binary on disk still has the digest recorded at install.
     binary_intact: bool,
+    /// The agent's runtime table for this handler is in containerd's config.
+    configured: bool,
+    /// containerd's CRI plugin lists the handler with this binary (null: containerd not reachable).
+    loaded: Option<bool>,
 }
 
-fn status(s: StatusArgs) -> anyhow::Result<()> {
+#[derive(Serialize)]
+struct ContainerdStatus {
+    flavor: String,
+    config: String,
+    socket: String,
+    unit: String,
+    reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    runtime_ready: Option<bool>,
+    handlers_loaded: Vec<String>,
+    files_owned: Vec<String>,
+}
+
+async fn status(s: StatusArgs) -> anyhow::Result<()> {
     let engine = engine(&s.common)?;
     let state = engine.load_state().context("reading the state file")?;
+    let containerd = engine.containerd()?;
+    let cri = containerd.cri_status().await;
+    let owned = state.containerd.as_ref();
     let report = StatusReport {
         host_root: engine.host.root().display().to_string(),
         install_dir: engine.layout.host_dir.display().to_string(),
@@ -108,36 +214,90 @@ fn status(s: StatusArgs) -> anyhow::Result<()> {
                     source: r.url.clone(),
                     installed_at: r.installed_at.clone(),
                     binary_intact: on_disk.as_deref() == Some(r.binary_sha256.as_str()),
+                    configured: owned
+                        .map(|o| o.handlers.contains_key(&r.name))
+                        .unwrap_or(false),
+                    loaded: cri.as_ref().ok().map(|c| {
+                        c.handlers
+                            .get(&r.name)
+                            .map(|l| l.runtime_path == r.binary_path.to_string_lossy())
+                            .unwrap_or(false)
+                    }),
                 }
             })
             .collect(),
+        containerd: ContainerdStatus {
+            flavor: containerd.flavor.kind.name().into(),
+            config: containerd.flavor.config.display().to_string(),
+            socket: containerd.flavor.socket.display().to_string(),
+            unit: containerd.flavor.unit.clone(),
+            reachable: cri.is_ok(),
+            error: cri.as_ref().err().map(|e| format!("{e:#}")),
+            runtime_ready: cri.as_ref().ok().map(|c| c.runtime_ready),
+            handlers_loaded: cri
+                .as_ref()
+                .map(|c| c.handlers.keys().cloned().collect())
+                .unwrap_or_default(),
+            files_owned: owned
+                .map(|o| o.files.keys().map(|p| p.display().to_string()).collect())
+                .unwrap_or_default(),
+        },
     };
     match s.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-        Output::Text => {
-            println!(
-                "host root {}  install dir {}  arch {}",
-                report.host_root, report.install_dir, report.arch
-            );
-            if report.shims.is_empty() {
-                println!("no shims installed");
-            }
-            for sh in &report.shims {
-                println!(
-                    "shim {} {} ({}): {} sha256 {}{}",
-                    sh.name,
-                    sh.version,
-                    sh.arch,
-                    sh.binary_path,
-                    sh.binary_sha256,
-                    if sh.binary_intact {
-                        ""
-                    } else {
-                        "  [binary missing or changed]"
-                    }
-                );
-            }
-        }
+        Output::Text => print_status(&report),
     }
     Ok(())
+}
+
+fn print_status(r: &StatusReport) {
+    println!(
+        "host root {}  install dir {}  arch {}",
+        r.host_root, r.install_dir, r.arch
+    );
+    let c = &r.containerd;
+    println!(
+        "containerd: {} config {} socket {} unit {}",
+        c.flavor, c.config, c.socket, c.unit
+    );
+    match &c.error {
+        None => println!(
+            "containerd: reachable, runtime ready: {}, handlers loaded: {}",
+            c.runtime_ready.unwrap_or(false),
+            c.handlers_loaded.join(", ")
+        ),
+        Some(e) => println!("containerd: not reachable: {e}"),
+    }
+    for f in &c.files_owned {
+        println!("config file changed by kwasm-agent: {f}");
+    }
+    if r.shims.is_empty() {
+        println!("no shims installed");
+    }
+    for sh in &r.shims {
+        let loaded = match sh.loaded {
+            Some(true) => "loaded",
+            Some(false) => "NOT loaded",
+            None => "loaded: unknown",
+        };
+        println!(
+            "shim {} {} ({}): {} sha256 {}  {}  {}{}",
+            sh.name,
+            sh.version,
+            sh.arch,
+            sh.binary_path,
+            sh.binary_sha256,
+            if sh.configured {
+                "configured"
+            } else {
+                "NOT configured"
+            },
+            loaded,
+            if sh.binary_intact {
+                ""
+            } else {
+                "  [binary missing or changed]"
+            }
+        );
+    }
 }

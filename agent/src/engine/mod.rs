@@ -2,7 +2,9 @@
 //! by `run`.
 
 pub mod commands;
+pub mod configure;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::Context;
@@ -10,11 +12,15 @@ use serde::Serialize;
 
 use crate::arch::Arch;
 use crate::artifact::{ArtifactStore, Installed};
+use crate::containerd::change::ConfigPlan;
+use crate::containerd::config::RuntimeEntry;
+use crate::containerd::inuse::{shims_running, ShimProcess};
 use crate::host::lock::HostLock;
 use crate::host::state::State;
 use crate::host::{HostRoot, InstallLayout};
 use crate::plan::{artifact_step, ArtifactStep};
 use crate::settings::{Settings, Shim};
+use configure::{ConfigOutcome, Containerd};
 
 pub struct Engine {
     pub settings: Settings,
@@ -36,6 +42,35 @@ pub struct ShimOutcome {
     pub result: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApplyReport {
+    pub shims: Vec<ShimOutcome>,
+    pub config: Option<ConfigOutcome>,
+}
+
+impl ApplyReport {
+    pub fn failures(&self) -> Vec<String> {
+        self.shims
+            .iter()
+            .filter_map(|s| s.error.as_ref().map(|e| format!("{}: {e}", s.name)))
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RemoveReport {
+    pub removed: Vec<String>,
+    /// Shims left in place because containers still run on them.
+    pub in_use: Vec<(String, Vec<ShimProcess>)>,
+    pub config: Option<ConfigOutcome>,
+}
+
+pub struct FullPlan {
+    pub shims: Vec<ShimPlan>,
+    pub config: anyhow::Result<ConfigPlan>,
+    pub restart: String,
 }
 
 impl Engine {
@@ -65,11 +100,15 @@ impl Engine {
         })
     }
 
+    pub fn containerd(&self) -> anyhow::Result<Containerd> {
+        Containerd::new(&self.host, &self.layout, &self.settings.containerd)
+    }
+
     pub fn load_state(&self) -> anyhow::Result<State> {
         State::load(&self.layout.state_path())
     }
 
-    pub fn plan(&self, names: &[String], state: &State) -> anyhow::Result<Vec<ShimPlan>> {
+    pub fn artifact_plan(&self, names: &[String], state: &State) -> anyhow::Result<Vec<ShimPlan>> {
         Ok(self
             .settings
             .select(names)?
@@ -85,17 +124,96 @@ impl Engine {
             .collect())
     }
 
-    /// Installs every selected shim that can be; one shim's failure does not stop the others, and the
-    /// error lists every shim that failed.
-    pub async fn apply(&self, names: &[String]) -> anyhow::Result<Vec<ShimOutcome>> {
+    /// The runtime entry for a shim, from the settings and where its binary is installed.
+    fn entry(&self, name: &str, state: &State) -> Option<RuntimeEntry> {
+        let rec = state.shims.get(name)?;
+        let shim = self.settings.shim(name);
+        let owned = state.containerd.as_ref().and_then(|o| o.handlers.get(name));
+        Some(RuntimeEntry {
+            handler: name.to_owned(),
+            runtime_type: shim
+                .map(|s| s.runtime_type.clone())
+                .or_else(|| owned.map(|o| o.runtime_type.clone()))?,
+            runtime_path: rec.binary_path.clone(),
+            options: shim.and_then(|s| s.options.clone()),
+        })
+    }
+
+    fn owned_handlers(state: &State) -> BTreeSet<String> {
+        state
+            .containerd
+            .as_ref()
+            .map(|o| o.handlers.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// What apply would do, changing nothing.
+    pub async fn plan(&self, names: &[String]) -> anyhow::Result<FullPlan> {
+        let state = self.load_state()?;
+        let shims = self.artifact_plan(names, &state)?;
+        let mut would_have = Self::owned_handlers(&state);
+        let mut preview = state.clone();
+        for p in &shims {
+            if !matches!(p.step, ArtifactStep::Unavailable(_)) {
+                would_have.insert(p.shim.name.clone());
+                preview.shims.entry(p.shim.name.clone()).or_insert_with(|| {
+                    crate::host::state::InstalledShim {
+                        name: p.shim.name.clone(),
+                        version: p.shim.version.clone(),
+                        arch: self.arch,
+                        url: String::new(),
+                        archive_sha256: String::new(),
+                        binary_sha256: String::new(),
+                        binary_path: self.layout.host_bin_path(&p.shim.binary),
+                        installed_at: String::new(),
+                    }
+                });
+            }
+        }
+        let desired: Vec<RuntimeEntry> = would_have
+            .iter()
+            .filter_map(|h| self.entry(h, &preview))
+            .collect();
+        let containerd = self.containerd()?;
+        let config = containerd.plan(state.containerd.as_ref(), &desired).await;
+        let restart = match &config {
+            Ok(c) if c.changes() => match &self.settings.containerd.restart {
+                crate::settings::RestartMethod::None => {
+                    "no (containerd.restart = \"none\")".to_owned()
+                }
+                _ if containerd.flavor.kind.reloads_itself() => {
+                    "no (k0s reloads drop-ins itself)".to_owned()
+                }
+                _ => format!(
+                    "yes ({} unit {})",
+                    containerd.flavor.kind.name(),
+                    containerd.flavor.unit
+                ),
+            },
+            Ok(_) => "no (config unchanged; only if a handler is found not loaded)".to_owned(),
+            Err(_) => "unknown".to_owned(),
+        };
+        Ok(FullPlan {
+            shims,
+            config,
+            restart,
+        })
+    }
+
+    /// Install every selected shim that can be, then configure containerd for all installed shims the
+    /// agent owns. One shim's failure does not stop the others; the report lists each.
+    pub async fn apply(&self, names: &[String]) -> anyhow::Result<ApplyReport> {
         self.layout.ensure_dirs()?;
         let _lock = HostLock::acquire(&self.layout.lock_path())?;
         self.store.clean_staging();
         let mut state = self.load_state()?;
-        let plans = self.plan(names, &state)?;
+        let containerd = self.containerd()?;
+        let plans = self.artifact_plan(names, &state)?;
         let mut outcomes = Vec::new();
+        let mut wanted = Self::owned_handlers(&state);
+        let before: BTreeSet<String> = state.shims.keys().cloned().collect();
         for p in &plans {
-            let outcome = match self
+            match self
                 .store
                 .install(&p.shim, self.arch, &p.step, &mut state)
                 .await
@@ -106,24 +224,148 @@ impl Engine {
                             .save(&self.layout.state_path())
                             .context("saving the state file")?;
                     }
-                    ShimOutcome {
+                    wanted.insert(p.shim.name.clone());
+                    outcomes.push(ShimOutcome {
                         name: p.shim.name.clone(),
                         result: describe(&how),
                         error: None,
-                    }
+                    });
                 }
                 Err(e) => {
                     tracing::error!(shim = %p.shim.name, error = %format!("{e:#}"), "shim not installed");
-                    ShimOutcome {
+                    outcomes.push(ShimOutcome {
                         name: p.shim.name.clone(),
                         result: "failed".into(),
                         error: Some(format!("{e:#}")),
+                    });
+                }
+            }
+        }
+        let desired: Vec<RuntimeEntry> = wanted
+            .iter()
+            .filter_map(|h| self.entry(h, &state))
+            .collect();
+        if desired.is_empty() && state.containerd.is_none() {
+            return Ok(ApplyReport {
+                shims: outcomes,
+                config: None,
+            });
+        }
+        let result = match containerd.plan(state.containerd.as_ref(), &desired).await {
+            Ok(plan) => {
+                containerd
+                    .carry_out(&plan, &mut state, &self.layout.state_path(), &[])
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(config) => Ok(ApplyReport {
+                shims: outcomes,
+                config: Some(config),
+            }),
+            Err(e) => {
+                // containerd never used the binaries this run added: take them away too, so the node is
+                // exactly as before (the verified archives stay in the cache for the next attempt).
+                for name in state
+                    .shims
+                    .keys()
+                    .filter(|n| !before.contains(*n))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                {
+                    if let Some(rec) = state.shims.remove(&name) {
+                        crate::host::atomic::remove(&self.host.resolve(&rec.binary_path)?)?;
                     }
                 }
-            };
-            outcomes.push(outcome);
+                state.save(&self.layout.state_path())?;
+                Err(e)
+            }
         }
-        Ok(outcomes)
+    }
+
+    /// Undo what apply did for the named shims (all when none named). A shim whose binary still runs
+    /// containers stays, with its config entry, and is reported.
+    pub async fn remove(&self, names: &[String]) -> anyhow::Result<RemoveReport> {
+        if !self.layout.dir.exists() {
+            return Ok(RemoveReport {
+                removed: vec![],
+                in_use: vec![],
+                config: None,
+            });
+        }
+        let _lock = HostLock::acquire(&self.layout.lock_path())?;
+        let mut state = self.load_state()?;
+        let containerd = self.containerd()?;
+        let owned = Self::owned_handlers(&state);
+        let known: BTreeSet<String> = state
+            .shims
+            .keys()
+            .cloned()
+            .chain(owned.iter().cloned())
+            .collect();
+        let targets: Vec<String> = if names.is_empty() {
+            known.iter().cloned().collect()
+        } else {
+            for n in names {
+                anyhow::ensure!(
+                    known.contains(n) || self.settings.shim(n).is_some(),
+                    "unknown shim {n:?}"
+                );
+            }
+            names
+                .iter()
+                .filter(|n| known.contains(*n))
+                .cloned()
+                .collect()
+        };
+        let mut removable = Vec::new();
+        let mut in_use = Vec::new();
+        for name in &targets {
+            let running = state
+                .shims
+                .get(name)
+                .map(|r| shims_running(&r.binary_path))
+                .unwrap_or_default();
+            if running.is_empty() {
+                removable.push(name.clone());
+            } else {
+                tracing::warn!(shim = %name, processes = running.len(), "shim in use by running containers; leaving it installed and configured");
+                in_use.push((name.clone(), running));
+            }
+        }
+        let remaining: Vec<RuntimeEntry> = owned
+            .iter()
+            .filter(|h| !removable.contains(h))
+            .filter_map(|h| self.entry(h, &state))
+            .collect();
+        let mut config = None;
+        if state.containerd.is_some() {
+            let plan = containerd
+                .plan(state.containerd.as_ref(), &remaining)
+                .await?;
+            config = Some(
+                containerd
+                    .carry_out(&plan, &mut state, &self.layout.state_path(), &removable)
+                    .await?,
+            );
+        }
+        // Binaries go only after containerd no longer points at them.
+        for name in &removable {
+            if let Some(rec) = state.shims.remove(name) {
+                crate::host::atomic::remove(&self.host.resolve(&rec.binary_path)?)?;
+                tracing::info!(shim = %name, path = %rec.binary_path.display(), "shim binary removed");
+            }
+            state.save(&self.layout.state_path())?;
+        }
+        if state.shims.is_empty() && state.containerd.is_none() {
+            crate::host::atomic::remove(&self.layout.state_path())?;
+        }
+        Ok(RemoveReport {
+            removed: removable,
+            in_use,
+            config,
+        })
     }
 }
 

@@ -1,0 +1,587 @@
+//! The config change, computed without I/O: from the files as they are (read by the caller), what the
+//! agent owns, and the runtimes that should be configured, derive every file write and the new ownership
+//! record. `plan` prints these writes as diffs; `apply` and `remove` carry them out.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail};
+use sha2::{Digest, Sha256};
+use toml_edit::DocumentMut;
+
+use super::config::{self, ConfigVersion, RuntimeEntry};
+use super::flavor::{Flavor, Kind};
+use super::ownership::{ConfigOwnership, FileRecord, OwnedRuntime};
+use super::template;
+
+/// The files the planner may look at, as read from the host (None: absent).
+#[derive(Debug, Clone, Default)]
+pub struct ConfigFacts {
+    pub files: BTreeMap<PathBuf, Option<String>>,
+    pub dirs: BTreeSet<PathBuf>,
+    /// Backups of originals the agent saved, by the host path they back up.
+    pub backups: BTreeMap<PathBuf, String>,
+    /// `containerd config default` from the host's binary, for hosts with no config file at all.
+    pub default_config: Option<String>,
+    /// Major version of the host's containerd, when it could be asked.
+    pub containerd_major: Option<u32>,
+}
+
+impl ConfigFacts {
+    pub fn file(&self, p: &Path) -> Option<&str> {
+        self.files.get(p).and_then(|c| c.as_deref())
+    }
+}
+
+/// How the agent's runtime tables reach containerd on this host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    /// Edit the config file itself (containerd 1.x, microk8s' template, or a config we create).
+    InPlace { file: PathBuf },
+    /// A file of our own in a directory containerd (or the distro) reads, plus an import line in
+    /// `importer` when nothing there imports the file already.
+    DropIn {
+        file: PathBuf,
+        importer: Option<PathBuf>,
+        version: ConfigVersion,
+    },
+    /// k3s/rke2 without drop-in support: a block appended to the config template after the base.
+    Template { file: PathBuf, rendered: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileWrite {
+    pub path: PathBuf,
+    pub before: Option<String>,
+    /// None: delete the file.
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConfigPlan {
+    pub strategy: Strategy,
+    pub version: ConfigVersion,
+    /// In the order to carry them out (a drop-in before the import that names it; reversed on removal).
+    pub writes: Vec<FileWrite>,
+    pub ownership: Option<ConfigOwnership>,
+    /// The config containerd reads, as it will be after the writes (validated before they are made).
+    pub effective_config: Option<(PathBuf, String)>,
+}
+
+impl ConfigPlan {
+    pub fn changes(&self) -> bool {
+        !self.writes.is_empty()
+    }
+}
+
+pub const DROP_IN_NAME: &str = "99-kwasm.toml";
+
+pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strategy, ConfigVersion)> {
+    let main = &flavor.config;
+    let dir = main.parent().unwrap_or(Path::new("/")).to_owned();
+    match flavor.kind {
+        Kind::Containerd => match facts.file(main) {
+            Some(text) => {
+                let doc = config::parse(text, main)?;
+                let v = config::version(&doc, main)?;
+                v.runtimes_path()?;
+                if config::cri_disabled(&doc) {
+                    bail!(
+                        "{} disables the CRI plugin (Docker's bundled containerd?): Kubernetes does not run pods through it; unsupported",
+                        main.display()
+                    );
+                }
+                if v.merges_imports() {
+                    let file = dir.join("conf.d").join(DROP_IN_NAME);
+                    Ok((
+                        Strategy::DropIn {
+                            file,
+                            importer: Some(main.clone()),
+                            version: v,
+                        },
+                        v,
+                    ))
+                } else {
+                    Ok((Strategy::InPlace { file: main.clone() }, v))
+                }
+            }
+            None => {
+                let v = match (facts.containerd_major, &facts.default_config) {
+                    (Some(m), _) if m >= 2 => ConfigVersion(3),
+                    (_, Some(d)) => config::version(&config::parse(d, Path::new("containerd config default"))?, main)?,
+                    _ => bail!(
+                        "{} does not exist and the host's containerd could not be asked for its defaults; create the file or set containerd.binary",
+                        main.display()
+                    ),
+                };
+                Ok((Strategy::InPlace { file: main.clone() }, v))
+            }
+        },
+        Kind::K3s | Kind::Rke2 => {
+            let Some(rendered) = facts.file(main) else {
+                bail!(
+                    "{} not found: has {} started on this node yet?",
+                    main.display(),
+                    flavor.kind.name()
+                );
+            };
+            let v = config::version(&config::parse(rendered, main)?, main)?;
+            v.runtimes_path()?;
+            let v3dir = dir.join("config-v3.toml.d");
+            let v2dir = dir.join("config.toml.d");
+            if v.merges_imports() && facts.dirs.contains(&v3dir) {
+                Ok((
+                    Strategy::DropIn {
+                        file: v3dir.join(DROP_IN_NAME),
+                        importer: None,
+                        version: v,
+                    },
+                    v,
+                ))
+            } else if facts.dirs.contains(&v2dir) {
+                Ok((
+                    Strategy::DropIn {
+                        file: v2dir.join(DROP_IN_NAME),
+                        importer: None,
+                        version: v,
+                    },
+                    v,
+                ))
+            } else {
+                let name = if v.merges_imports() {
+                    "config-v3.toml.tmpl"
+                } else {
+                    "config.toml.tmpl"
+                };
+                Ok((
+                    Strategy::Template {
+                        file: dir.join(name),
+                        rendered: main.clone(),
+                    },
+                    v,
+                ))
+            }
+        }
+        Kind::K0s => {
+            // k0s merges drop-ins into the config it generates; that generated CRI config says which
+            // version its containerd speaks.
+            let v = facts
+                .file(Path::new("/run/k0s/containerd-cri.toml"))
+                .and_then(|t| t.parse::<DocumentMut>().ok())
+                .and_then(|d| config::version(&d, main).ok())
+                .unwrap_or(ConfigVersion(2));
+            Ok((
+                Strategy::DropIn {
+                    file: main.clone(),
+                    importer: None,
+                    version: v,
+                },
+                v,
+            ))
+        }
+        Kind::Microk8s => {
+            let Some(text) = facts.file(main) else {
+                bail!("{} not found: is microk8s installed?", main.display());
+            };
+            let v = config::version(&config::parse(text, main)?, main)?;
+            v.runtimes_path()?;
+            Ok((Strategy::InPlace { file: main.clone() }, v))
+        }
+    }
+}
+
+/// Compute the writes that make the host's config hold exactly `desired` (owned handlers not in it are
+/// removed; when nothing stays owned every trace is removed, restoring originals byte for byte when
+/// nobody edited them since).
+pub fn plan(
+    flavor: &Flavor,
+    facts: &ConfigFacts,
+    owned: Option<&ConfigOwnership>,
+    desired: &[RuntimeEntry],
+) -> anyhow::Result<ConfigPlan> {
+    let (strategy, version) = strategy(flavor, facts)?;
+    let mut p = Planner {
+        facts,
+        owned_handlers: owned.map(|o| o.handlers.clone()).unwrap_or_default(),
+        records: owned.map(|o| o.files.clone()).unwrap_or_default(),
+        writes: Vec::new(),
+        version,
+    };
+    let effective = match &strategy {
+        Strategy::InPlace { file } => {
+            let after = p.in_place(file, desired)?;
+            after.map(|a| (file.clone(), a))
+        }
+        Strategy::DropIn {
+            file,
+            importer,
+            version,
+        } => p.drop_in(file, importer.as_deref(), *version, desired)?,
+        Strategy::Template { file, rendered } => p.template(file, rendered, desired)?,
+    };
+    let handlers: BTreeMap<String, OwnedRuntime> = desired
+        .iter()
+        .map(|e| {
+            (
+                e.handler.clone(),
+                OwnedRuntime {
+                    runtime_type: e.runtime_type.clone(),
+                    runtime_path: e.runtime_path.clone(),
+                },
+            )
+        })
+        .collect();
+    let ownership = (!handlers.is_empty() || !p.records.is_empty()).then(|| ConfigOwnership {
+        flavor: flavor.kind,
+        version,
+        handlers,
+        files: p.records.clone(),
+    });
+    Ok(ConfigPlan {
+        strategy,
+        version,
+        writes: p.writes,
+        ownership,
+        effective_config: effective,
+    })
+}
+
+struct Planner<'a> {
+    facts: &'a ConfigFacts,
+    owned_handlers: BTreeMap<String, OwnedRuntime>,
+    records: BTreeMap<PathBuf, FileRecord>,
+    writes: Vec<FileWrite>,
+    version: ConfigVersion,
+}
+
+pub fn sha256(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+impl Planner<'_> {
+    /// Record a write (none when nothing changes) and keep the file's ownership record current.
+    fn write(
+        &mut self,
+        path: &Path,
+        before: Option<&str>,
+        after: Option<String>,
+        record: Option<FileRecord>,
+    ) {
+        match record {
+            Some(mut r) => {
+                if let Some(a) = &after {
+                    r.sha256_written = sha256(a);
+                }
+                self.records.insert(path.to_owned(), r);
+            }
+            None => {
+                self.records.remove(path);
+            }
+        }
+        if before != after.as_deref() {
+            self.writes.push(FileWrite {
+                path: path.to_owned(),
+                before: before.map(Into::into),
+                after,
+            });
+        }
+    }
+
+    /// The original bytes, when the file is exactly as the agent last left it (nobody edited it since).
+    fn restorable(&self, path: &Path, current: Option<&str>) -> Option<Option<String>> {
+        let rec = self.records.get(path)?;
+        let cur = current?;
+        if sha256(cur) != rec.sha256_written {
+            return None;
+        }
+        if rec.created {
+            return Some(None);
+        }
+        self.facts.backups.get(path).map(|b| Some(b.clone()))
+    }
+
+    /// Apply the runtime table changes to a document; refuse handlers someone else configured.
+    fn edit_runtimes(
+        &mut self,
+        doc: &mut DocumentMut,
+        file: &Path,
+        desired: &[RuntimeEntry],
+        inherit: Option<bool>,
+    ) -> anyhow::Result<()> {
+        let v = self.version;
+        let existing = config::runtimes(doc, v)?;
+        let wanted: BTreeSet<&str> = desired.iter().map(|e| e.handler.as_str()).collect();
+        for h in self.owned_handlers.keys() {
+            if !wanted.contains(h.as_str()) {
+                config::remove_runtime(doc, v, h)?;
+            }
+        }
+        let indent = config::runtime_indent(doc, v);
+        for e in desired {
+            let table = config::runtime_table(e, inherit, &indent);
+            match existing.get(&e.handler) {
+                Some(cur) if config::same_runtime(cur, &table) => {}
+                Some(cur)
+                    if !self.owned_handlers.contains_key(&e.handler)
+                        && !points_into(cur, &e.runtime_path) =>
+                {
+                    bail!(
+                        "runtime handler {:?} is already configured in {} (runtime_type {}) by someone else; remove it there or give the shim another name",
+                        e.handler,
+                        file.display(),
+                        cur.get("runtime_type").and_then(|t| t.as_str()).unwrap_or("?")
+                    );
+                }
+                _ => config::put_runtime(doc, v, table, &e.handler)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn in_place(
+        &mut self,
+        file: &Path,
+        desired: &[RuntimeEntry],
+    ) -> anyhow::Result<Option<String>> {
+        let current = self.facts.file(file);
+        if desired.is_empty() {
+            if let Some(orig) = self.restorable(file, current) {
+                self.write(file, current, orig.clone(), None);
+                return Ok(orig);
+            }
+        }
+        let (base, created) = match current {
+            Some(c) => (
+                c.to_owned(),
+                self.records.get(file).map(|r| r.created).unwrap_or(false),
+            ),
+            None if desired.is_empty() => return Ok(None),
+            None => (self.base_for_new_file(), true),
+        };
+        let mut doc = config::parse(&base, file)?;
+        let inherit = config::default_systemd_cgroup(&doc, self.version);
+        self.edit_runtimes(&mut doc, file, desired, inherit)?;
+        let after = doc.to_string();
+        let touched = self.records.contains_key(file) || current != Some(after.as_str());
+        let record = (!desired.is_empty() && touched).then(|| FileRecord {
+            created,
+            ..Default::default()
+        });
+        self.write(file, current, Some(after.clone()), record);
+        Ok(Some(after))
+    }
+
+    fn base_for_new_file(&self) -> String {
+        match (&self.facts.default_config, self.version.0) {
+            // On containerd 1.x a config that lacks the default runtime stops containerd (kata#3229):
+            // start from the binary's own defaults.
+            (Some(d), v) if v < 3 => d.clone(),
+            (_, v) => format!("version = {v}\n"),
+        }
+    }
+
+    fn drop_in(
+        &mut self,
+        file: &Path,
+        importer: Option<&Path>,
+        version: ConfigVersion,
+        desired: &[RuntimeEntry],
+    ) -> anyhow::Result<Option<(PathBuf, String)>> {
+        let current = self.facts.file(file);
+        if current.is_some()
+            && !self.records.contains_key(file)
+            && !current.map(is_ours).unwrap_or(false)
+        {
+            bail!(
+                "{} exists and was not written by kwasm-agent; not overwriting it",
+                file.display()
+            );
+        }
+        let main_doc = importer
+            .and_then(|i| self.facts.file(i))
+            .and_then(|t| t.parse::<DocumentMut>().ok());
+        let inherit = main_doc
+            .as_ref()
+            .and_then(|d| config::default_systemd_cgroup(d, version));
+        let drop_in = (!desired.is_empty()).then(|| drop_in_text(version, desired, inherit));
+        let mut order = Vec::new();
+        // The drop-in first, then the import naming it; on the way out, the import goes first.
+        let dropin_rec = drop_in.as_ref().map(|_| FileRecord {
+            created: true,
+            ..Default::default()
+        });
+        let importer_write = match importer {
+            Some(imp) => self.importer_edit(imp, file, desired.is_empty())?,
+            None => None,
+        };
+        if desired.is_empty() {
+            if let Some(w) = importer_write {
+                order.push(w);
+            }
+            order.push((file.to_owned(), current.map(Into::into), None, None));
+        } else {
+            order.push((
+                file.to_owned(),
+                current.map(Into::into),
+                drop_in.clone(),
+                dropin_rec,
+            ));
+            if let Some(w) = importer_write {
+                order.push(w);
+            }
+        }
+        let mut effective = None;
+        for (path, before, after, rec) in order {
+            if Some(path.as_path()) == importer {
+                effective = after.clone().map(|a| (path.clone(), a));
+            }
+            self.write(&path, before.as_deref(), after, rec);
+        }
+        Ok(effective.or_else(|| {
+            importer.and_then(|i| self.facts.file(i).map(|t| (i.to_owned(), t.to_owned())))
+        }))
+    }
+
+    /// The import line in the main config: added if nothing imports the drop-in yet, removed with it.
+    #[allow(clippy::type_complexity)]
+    fn importer_edit(
+        &mut self,
+        importer: &Path,
+        drop_in: &Path,
+        removing: bool,
+    ) -> anyhow::Result<Option<(PathBuf, Option<String>, Option<String>, Option<FileRecord>)>> {
+        let current = self.facts.file(importer).map(str::to_owned);
+        let rec = self.records.get(importer).cloned();
+        if removing {
+            let Some(rec) = rec else { return Ok(None) };
+            if let Some(orig) = self.restorable(importer, current.as_deref()) {
+                return Ok(Some((importer.to_owned(), current, orig, None)));
+            }
+            let Some(cur) = &current else { return Ok(None) };
+            let mut doc = config::parse(cur, importer)?;
+            if let Some(entry) = &rec.import_entry {
+                config::remove_import(&mut doc, entry, rec.created_imports_key);
+            }
+            return Ok(Some((
+                importer.to_owned(),
+                current.clone(),
+                Some(doc.to_string()),
+                None,
+            )));
+        }
+        let cur = current
+            .clone()
+            .ok_or_else(|| anyhow!("{} disappeared", importer.display()))?;
+        let mut doc = config::parse(&cur, importer)?;
+        if rec.is_some() || config::imports_cover(&doc, importer, drop_in) {
+            return Ok(rec.map(|r| {
+                (
+                    importer.to_owned(),
+                    current.clone(),
+                    current.clone(),
+                    Some(r),
+                )
+            }));
+        }
+        let entry = drop_in.to_string_lossy().into_owned();
+        let created_imports_key = config::add_import(&mut doc, &entry)?;
+        let record = FileRecord {
+            created: false,
+            import_entry: Some(entry),
+            created_imports_key,
+            ..Default::default()
+        };
+        Ok(Some((
+            importer.to_owned(),
+            current,
+            Some(doc.to_string()),
+            Some(record),
+        )))
+    }
+
+    fn template(
+        &mut self,
+        file: &Path,
+        rendered: &Path,
+        desired: &[RuntimeEntry],
+    ) -> anyhow::Result<Option<(PathBuf, String)>> {
+        for e in desired {
+            if e.runtime_path.starts_with("/opt/kwasm/bin") {
+                bail!(
+                    "k3s/rke2 add runtimes themselves for shims they find in /opt/kwasm/bin, which would duplicate handler {:?} in the rendered config; set host.install_dir to another path (for example /var/lib/kwasm) on these nodes",
+                    e.handler
+                );
+            }
+        }
+        let current = self.facts.file(file);
+        let rendered_text = self.facts.file(rendered).unwrap_or_default().to_owned();
+        let rendered_doc = config::parse(&rendered_text, rendered)?;
+        let inherit = config::default_systemd_cgroup(&rendered_doc, self.version);
+        let existing = config::runtimes(&rendered_doc, self.version)?;
+        for e in desired {
+            if existing.contains_key(&e.handler) && !self.owned_handlers.contains_key(&e.handler) {
+                bail!(
+                    "runtime handler {:?} is already in {} (added by {} or by hand)",
+                    e.handler,
+                    rendered.display(),
+                    "k3s"
+                );
+            }
+        }
+        let created = self
+            .records
+            .get(file)
+            .map(|r| r.created)
+            .unwrap_or(current.is_none());
+        let block = (!desired.is_empty()).then(|| block_text(self.version, desired, inherit));
+        let after = template::set_block(current, block.as_deref(), created);
+        let rec = after
+            .as_ref()
+            .filter(|_| !desired.is_empty())
+            .map(|_| FileRecord {
+                created,
+                ..Default::default()
+            });
+        self.write(file, current, after, rec);
+        // What containerd will read after k3s renders: the current rendering (without any old block of
+        // ours) plus the new block.
+        let base = template::strip_block(&rendered_text);
+        Ok(Some((
+            rendered.to_owned(),
+            format!(
+                "{base}{}",
+                block.map(|b| format!("\n{b}")).unwrap_or_default()
+            ),
+        )))
+    }
+}
+
+/// A table that already points at our binary is ours (written by a run killed before it saved state).
+fn points_into(t: &toml_edit::Table, path: &Path) -> bool {
+    t.get("runtime_path").and_then(|v| v.as_str()) == Some(&*path.to_string_lossy())
+}
+
+const DROP_IN_HEADER: &str =
+    "# Managed by kwasm-agent: rewritten on apply, deleted by `kwasm-agent remove`.\n";
+
+fn is_ours(text: &str) -> bool {
+    text.starts_with(DROP_IN_HEADER)
+}
+
+fn block_text(version: ConfigVersion, desired: &[RuntimeEntry], inherit: Option<bool>) -> String {
+    let mut doc = DocumentMut::new();
+    for e in desired {
+        let mut t = config::runtime_table(e, inherit, "");
+        t.decor_mut().set_prefix("\n");
+        config::put_runtime(&mut doc, version, t, &e.handler).expect("known version");
+    }
+    doc.to_string().trim_start().to_owned()
+}
+
+fn drop_in_text(version: ConfigVersion, desired: &[RuntimeEntry], inherit: Option<bool>) -> String {
+    format!(
+        "{DROP_IN_HEADER}version = {}\n\n{}",
+        version.0,
+        block_text(version, desired, inherit)
+    )
+}

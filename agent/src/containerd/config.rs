@@ -1,0 +1,397 @@
+//! containerd's config.toml as a document to edit: its version (parsed, never guessed from text), where
+//! the CRI runtimes live for that version, and the edits the agent makes — each one preserving every
+//! comment, key order and blank line the operator had.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use toml_edit::{value, Array, DocumentMut, Item, Table, Value};
+
+/// The marker on every table the agent writes, so a person reading config.toml knows who wrote it.
+pub const MARK: &str = "# Added by kwasm-agent; `kwasm-agent remove` takes it away.";
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ConfigVersion(pub i64);
+
+impl ConfigVersion {
+    /// Where CRI runtime tables live (the `runtimes` table's key path).
+    pub fn runtimes_path(self) -> anyhow::Result<[&'static str; 4]> {
+        Ok(match self.0 {
+            1 => ["plugins", "cri", "containerd", "runtimes"],
+            2 => ["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"],
+            3 | 4 => ["plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"],
+            v => bail!(
+                "containerd config version {v} is not supported (known: 1, 2, 3, 4); refusing to edit it"
+            ),
+        })
+    }
+
+    fn cri_plugin(self) -> anyhow::Result<&'static str> {
+        Ok(self.runtimes_path()?[1])
+    }
+
+    /// containerd 2.x (config version 3 and later) merges imported files per plugin; 1.x replaces whole
+    /// plugin sections, so on 1.x a drop-in carrying CRI tables would clobber the main file's CRI config.
+    pub fn merges_imports(self) -> bool {
+        self.0 >= 3
+    }
+}
+
+/// What goes into a runtime table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeEntry {
+    pub handler: String,
+    pub runtime_type: String,
+    /// The installed binary as the host sees it.
+    pub runtime_path: PathBuf,
+    pub options: Option<toml::Table>,
+}
+
+pub fn parse(text: &str, origin: &Path) -> anyhow::Result<DocumentMut> {
+    text.parse::<DocumentMut>()
+        .with_context(|| format!("{} is not valid TOML; not touching it", origin.display()))
+}
+
+/// The root `version` key; missing means 1.
+pub fn version(doc: &DocumentMut, origin: &Path) -> anyhow::Result<ConfigVersion> {
+    match doc.get("version") {
+        None => Ok(ConfigVersion(1)),
+        Some(item) => item
+            .as_integer()
+            .map(ConfigVersion)
+            .ok_or_else(|| anyhow!("{}: `version` is not an integer", origin.display())),
+    }
+}
+
+/// Docker's bundled containerd ships with the CRI plugin disabled: there is nothing to configure.
+pub fn cri_disabled(doc: &DocumentMut) -> bool {
+    doc.get("disabled_plugins")
+        .and_then(|i| i.as_array())
+        .map(|a| {
+            a.iter().filter_map(|v| v.as_str()).any(|p| {
+                matches!(
+                    p,
+                    "cri" | "io.containerd.grpc.v1.cri" | "io.containerd.cri.v1.runtime"
+                )
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn table_at<'a>(doc: &'a DocumentMut, path: &[&str]) -> Option<&'a Table> {
+    let mut cur = doc.as_table();
+    for k in path {
+        cur = cur.get(k)?.as_table()?;
+    }
+    Some(cur)
+}
+
+/// The runtime tables present in the document, by handler.
+pub fn runtimes(
+    doc: &DocumentMut,
+    version: ConfigVersion,
+) -> anyhow::Result<BTreeMap<String, Table>> {
+    let path = version.runtimes_path()?;
+    Ok(table_at(doc, &path)
+        .map(|t| {
+            t.iter()
+                .filter_map(|(k, v)| v.as_table().map(|t| (k.to_owned(), t.clone())))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// The default runtime's `SystemdCgroup`, which new runtimes inherit so pods keep the node's cgroup driver
+/// (metrics and HPA break otherwise).
+pub fn default_systemd_cgroup(doc: &DocumentMut, version: ConfigVersion) -> Option<bool> {
+    let plugin = version.cri_plugin().ok()?;
+    let containerd = table_at(doc, &["plugins", plugin, "containerd"])?;
+    let default = containerd
+        .get("default_runtime_name")
+        .and_then(|v| v.as_str())
+        .unwrap_or("runc");
+    containerd
+        .get("runtimes")?
+        .get(default)?
+        .get("options")?
+        .get("SystemdCgroup")?
+        .as_bool()
+}
+
+/// The table the agent writes for a runtime.
+pub fn runtime_table(
+    entry: &RuntimeEntry,
+    inherit_systemd_cgroup: Option<bool>,
+    indent: &str,
+) -> Table {
+    let mut t = Table::new();
+    t.insert("runtime_type", value(entry.runtime_type.clone()));
+    t.insert(
+        "runtime_path",
+        value(entry.runtime_path.to_string_lossy().into_owned()),
+    );
+    let mut options = entry.options.clone().unwrap_or_default();
+    if let Some(sc) = inherit_systemd_cgroup {
+        options
+            .entry("SystemdCgroup")
+            .or_insert(toml::Value::Boolean(sc));
+    }
+    if !options.is_empty() {
+        let mut o = Table::new();
+        for (k, v) in &options {
+            o.insert(k, Item::Value(to_edit_value(v)));
+        }
+        o.decor_mut().set_prefix(format!("{indent}  "));
+        t.insert("options", Item::Table(o));
+    }
+    let inner = format!("{indent}  ");
+    for (mut k, v) in t.iter_mut() {
+        // A sub-table's key decor lands inside its `[header]`; only plain keys are indented.
+        if !v.is_table() {
+            k.leaf_decor_mut().set_prefix(inner.clone());
+        }
+    }
+    if let Some(o) = t.get_mut("options").and_then(|o| o.as_table_mut()) {
+        for (mut k, _) in o.iter_mut() {
+            k.leaf_decor_mut().set_prefix(format!("{inner}  "));
+        }
+    }
+    t.decor_mut()
+        .set_prefix(format!("\n{indent}{MARK}\n{indent}"));
+    t
+}
+
+fn to_edit_value(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::from(s.as_str()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => Value::from(*f),
+        toml::Value::Boolean(b) => Value::from(*b),
+        toml::Value::Datetime(d) => Value::from(
+            d.to_string()
+                .parse::<toml_edit::Datetime>()
+                .expect("round-trips"),
+        ),
+        toml::Value::Array(a) => Value::Array(a.iter().map(to_edit_value).collect()),
+        toml::Value::Table(t) => {
+            let mut it = toml_edit::InlineTable::new();
+            for (k, v) in t {
+                it.insert(k, to_edit_value(v));
+            }
+            Value::InlineTable(it)
+        }
+    }
+}
+
+/// Same content, ignoring formatting: is this table what the agent would write for `entry`?
+pub fn same_runtime(existing: &Table, wanted: &Table) -> bool {
+    fn norm(t: &Table) -> String {
+        let mut d = DocumentMut::new();
+        for (k, v) in t.iter() {
+            d.insert(k, v.clone());
+        }
+        d.fmt();
+        toml::from_str::<toml::Table>(&d.to_string())
+            .map(|t| t.to_string())
+            .unwrap_or_default()
+    }
+    norm(existing) == norm(wanted)
+}
+
+/// Add (or replace, when `replace` — it is ours) the runtime table for `entry`. Returns the intermediate
+/// tables created on the way, which removal takes away again when they end up empty.
+pub fn put_runtime(
+    doc: &mut DocumentMut,
+    version: ConfigVersion,
+    table: Table,
+    handler: &str,
+) -> anyhow::Result<()> {
+    let path = version.runtimes_path()?;
+    let mut cur = doc.as_table_mut();
+    for k in path {
+        if !cur.contains_key(k) {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            cur.insert(k, Item::Table(t));
+        }
+        cur = cur[k]
+            .as_table_mut()
+            .ok_or_else(|| anyhow!("`{}` in the config is not a table", path.join(".")))?;
+    }
+    match cur.get_mut(handler) {
+        Some(existing) => {
+            // Keep the position and decor of our existing table; replace its content.
+            let decor = existing.as_table().map(|t| t.decor().clone());
+            let mut t = table;
+            if let Some(d) = decor {
+                *t.decor_mut() = d;
+            }
+            if let Some(pos) = existing.as_table().and_then(|t| t.position()) {
+                t.set_position(pos);
+            }
+            *existing = Item::Table(t);
+        }
+        None => {
+            cur.insert(handler, Item::Table(table));
+        }
+    }
+    Ok(())
+}
+
+/// Remove the runtime table for `handler`, and any table above it that is left empty and was implicit
+/// (created only to hold ours).
+pub fn remove_runtime(
+    doc: &mut DocumentMut,
+    version: ConfigVersion,
+    handler: &str,
+) -> anyhow::Result<bool> {
+    let path = version.runtimes_path()?;
+    let removed = {
+        let mut cur = doc.as_table_mut();
+        for k in path {
+            match cur.get_mut(k).and_then(|i| i.as_table_mut()) {
+                Some(t) => cur = t,
+                None => return Ok(false),
+            }
+        }
+        cur.remove(handler).is_some()
+    };
+    for depth in (1..=path.len()).rev() {
+        let (parent_path, key) = (&path[..depth - 1], path[depth - 1]);
+        let mut cur = doc.as_table_mut();
+        for k in parent_path {
+            cur = cur[k].as_table_mut().expect("walked above");
+        }
+        let prune = cur
+            .get(key)
+            .and_then(|i| i.as_table())
+            .map(|t| t.is_empty() && t.is_implicit())
+            .unwrap_or(false);
+        if !prune {
+            break;
+        }
+        cur.remove(key);
+    }
+    Ok(removed)
+}
+
+/// The sibling runtime tables' indentation, so ours reads like the rest of the file.
+pub fn runtime_indent(doc: &DocumentMut, version: ConfigVersion) -> String {
+    let Ok(path) = version.runtimes_path() else {
+        return String::new();
+    };
+    table_at(doc, &path)
+        .and_then(|t| {
+            t.iter()
+                .find_map(|(_, v)| v.as_table().map(|t| t.decor().prefix().cloned()))
+        })
+        .flatten()
+        .and_then(|p| {
+            p.as_str()
+                .map(|s| s.rsplit('\n').next().unwrap_or("").to_owned())
+        })
+        .filter(|s| s.chars().all(|c| c == ' ' || c == '\t'))
+        .unwrap_or_default()
+}
+
+/// Does an `imports` entry of `doc` (in the file at host path `importer`) already cover `target`?
+/// Entries are globs, relative to the importing file.
+pub fn imports_cover(doc: &DocumentMut, importer: &Path, target: &Path) -> bool {
+    let dir = importer.parent().unwrap_or(Path::new("/"));
+    doc.get("imports")
+        .and_then(|i| i.as_array())
+        .map(|a| {
+            a.iter().filter_map(|v| v.as_str()).any(|pat| {
+                let full = if Path::new(pat).is_absolute() {
+                    PathBuf::from(pat)
+                } else {
+                    dir.join(pat)
+                };
+                glob_match(&full.to_string_lossy(), &target.to_string_lossy())
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Add `entry` to `imports`; returns whether the `imports` key had to be created.
+pub fn add_import(doc: &mut DocumentMut, entry: &str) -> anyhow::Result<bool> {
+    let created = !doc.contains_key("imports");
+    if created {
+        doc.insert("imports", value(Array::new()));
+    }
+    let arr = doc["imports"]
+        .as_array_mut()
+        .ok_or_else(|| anyhow!("`imports` is not an array"))?;
+    if !arr.iter().any(|v| v.as_str() == Some(entry)) {
+        arr.push(entry);
+    }
+    Ok(created)
+}
+
+pub fn remove_import(doc: &mut DocumentMut, entry: &str, remove_key_if_empty: bool) {
+    if let Some(arr) = doc.get_mut("imports").and_then(|i| i.as_array_mut()) {
+        arr.retain(|v| v.as_str() != Some(entry));
+        if arr.is_empty() && remove_key_if_empty {
+            doc.remove("imports");
+        }
+    }
+}
+
+/// `*` and `?` within one path component, as Go's filepath.Match that containerd uses.
+fn glob_match(pattern: &str, name: &str) -> bool {
+    fn m(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => m(&p[1..], n) || (!n.is_empty() && n[0] != b'/' && m(p, &n[1..])),
+            (Some(b'?'), Some(c)) if *c != b'/' => m(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => m(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    m(pattern.as_bytes(), name.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_is_parsed_not_guessed() {
+        let p = Path::new("c.toml");
+        assert_eq!(
+            version(&parse("", p).unwrap(), p).unwrap(),
+            ConfigVersion(1)
+        );
+        assert_eq!(
+            version(&parse("version = 3\n", p).unwrap(), p).unwrap(),
+            ConfigVersion(3)
+        );
+        // A comment that mentions a version must not fool it.
+        assert_eq!(
+            version(&parse("# version = 3\nversion = 2\n", p).unwrap(), p).unwrap(),
+            ConfigVersion(2)
+        );
+        assert!(version(&parse("version = \"2\"\n", p).unwrap(), p).is_err());
+        assert!(ConfigVersion(5)
+            .runtimes_path()
+            .unwrap_err()
+            .to_string()
+            .contains("version 5"));
+    }
+
+    #[test]
+    fn globs_match_like_containerd() {
+        assert!(glob_match(
+            "/etc/containerd/conf.d/*.toml",
+            "/etc/containerd/conf.d/99-kwasm.toml"
+        ));
+        assert!(!glob_match(
+            "/etc/containerd/conf.d/*.toml",
+            "/etc/containerd/conf.d/x/y.toml"
+        ));
+        assert!(glob_match("/a/?.toml", "/a/b.toml"));
+    }
+}

@@ -1,0 +1,260 @@
+//! Which containerd this host runs, and therefore which file to change, which socket to ask and which
+//! unit to restart: plain containerd (kubeadm, kind, AKS, EKS, GKE Ubuntu), k3s, rke2, k0s, microk8s.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+use serde::Serialize;
+
+use crate::host::HostRoot;
+use crate::settings::ContainerdSettings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Containerd,
+    K3s,
+    Rke2,
+    K0s,
+    Microk8s,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flavor {
+    pub kind: Kind,
+    /// The config containerd reads (for k3s/rke2: the rendered file, regenerated at every start).
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub unit: String,
+    /// The host's containerd binary, used to validate a candidate config.
+    pub binary: Option<PathBuf>,
+}
+
+const K3S_DIR: &str = "/var/lib/rancher/k3s/agent/etc/containerd";
+const RKE2_DIR: &str = "/var/lib/rancher/rke2/agent/etc/containerd";
+const MICROK8S_TEMPLATE: &str = "/var/snap/microk8s/current/args/containerd-template.toml";
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Containerd => "containerd",
+            Kind::K3s => "k3s",
+            Kind::Rke2 => "rke2",
+            Kind::K0s => "k0s",
+            Kind::Microk8s => "microk8s",
+        }
+    }
+
+    /// k0s watches its drop-in directory and restarts its containerd itself.
+    pub fn reloads_itself(self) -> bool {
+        self == Kind::K0s
+    }
+}
+
+fn kind_at(host: &HostRoot) -> Kind {
+    if host.exists(format!("{K3S_DIR}/config.toml")) || host.exists("/etc/rancher/k3s") {
+        Kind::K3s
+    } else if host.exists(format!("{RKE2_DIR}/config.toml")) || host.exists("/etc/rancher/rke2") {
+        Kind::Rke2
+    } else if host.exists(MICROK8S_TEMPLATE) {
+        Kind::Microk8s
+    } else if host.exists("/etc/k0s") || host.exists("/var/lib/k0s") {
+        Kind::K0s
+    } else {
+        Kind::Containerd
+    }
+}
+
+/// Detects the flavor under the host root; explicit settings override each part.
+pub fn detect(host: &HostRoot, s: &ContainerdSettings) -> anyhow::Result<Flavor> {
+    let explicit_config = (s.config != "auto").then(|| PathBuf::from(&s.config));
+    let kind = match &explicit_config {
+        Some(p) => kind_of_path(p),
+        None => kind_at(host),
+    };
+    let (config, socket, units, binaries): (&str, &str, &[&str], &[&str]) = match kind {
+        Kind::Containerd => (
+            "/etc/containerd/config.toml",
+            "/run/containerd/containerd.sock",
+            &["containerd"],
+            &[
+                "/usr/bin/containerd",
+                "/usr/local/bin/containerd",
+                "/bin/containerd",
+            ],
+        ),
+        Kind::K3s => (
+            "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
+            "/run/k3s/containerd/containerd.sock",
+            &["k3s", "k3s-agent"],
+            &["/var/lib/rancher/k3s/data/current/bin/containerd"],
+        ),
+        Kind::Rke2 => (
+            "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
+            "/run/k3s/containerd/containerd.sock",
+            &["rke2-server", "rke2-agent"],
+            &["/var/lib/rancher/rke2/bin/containerd"],
+        ),
+        Kind::K0s => (
+            "/etc/k0s/containerd.d/kwasm.toml",
+            "/run/k0s/containerd.sock",
+            &["k0sworker", "k0scontroller"],
+            &["/var/lib/k0s/bin/containerd"],
+        ),
+        Kind::Microk8s => (
+            MICROK8S_TEMPLATE,
+            "/var/snap/microk8s/common/run/containerd.sock",
+            &["snap.microk8s.daemon-containerd"],
+            &["/snap/microk8s/current/bin/containerd"],
+        ),
+    };
+    let unit = if s.unit != "auto" {
+        s.unit.clone()
+    } else {
+        units
+            .iter()
+            .find(|u| unit_installed(host, u))
+            .unwrap_or(&units[0])
+            .to_string()
+    };
+    let binary = if s.binary != "auto" {
+        Some(PathBuf::from(&s.binary))
+    } else {
+        binaries.iter().map(PathBuf::from).find(|b| host.exists(b))
+    };
+    let socket = if s.socket != "auto" {
+        PathBuf::from(&s.socket)
+    } else {
+        PathBuf::from(socket)
+    };
+    let config = explicit_config.unwrap_or_else(|| PathBuf::from(config));
+    if !config.is_absolute() {
+        bail!(
+            "containerd.config must be an absolute host path, found {}",
+            config.display()
+        );
+    }
+    Ok(Flavor {
+        kind,
+        config,
+        socket,
+        unit,
+        binary,
+    })
+}
+
+/// An explicit config path still tells the flavor (a k3s template path means k3s).
+fn kind_of_path(p: &Path) -> Kind {
+    let s = p.to_string_lossy();
+    if s.starts_with("/var/lib/rancher/k3s/") {
+        Kind::K3s
+    } else if s.starts_with("/var/lib/rancher/rke2/") {
+        Kind::Rke2
+    } else if s.starts_with("/etc/k0s/") {
+        Kind::K0s
+    } else if s.starts_with("/var/snap/microk8s/") {
+        Kind::Microk8s
+    } else {
+        Kind::Containerd
+    }
+}
+
+fn unit_installed(host: &HostRoot, unit: &str) -> bool {
+    [
+        "/etc/systemd/system",
+        "/lib/systemd/system",
+        "/usr/lib/systemd/system",
+    ]
+    .iter()
+    .any(|d| host.exists(format!("{d}/{unit}.service")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_with(files: &[&str]) -> (tempfile::TempDir, HostRoot) {
+        let d = tempfile::tempdir().unwrap();
+        for f in files {
+            let p = d.path().join(f.trim_start_matches('/'));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "").unwrap();
+        }
+        let h = HostRoot::new(d.path());
+        (d, h)
+    }
+
+    #[test]
+    fn detects_each_flavor_with_its_paths() {
+        let s = ContainerdSettings::default();
+        let cases: &[(&[&str], Kind, &str, &str)] = &[
+            (
+                &["/etc/containerd/config.toml"],
+                Kind::Containerd,
+                "/run/containerd/containerd.sock",
+                "containerd",
+            ),
+            (
+                &[
+                    "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
+                    "/etc/systemd/system/k3s-agent.service",
+                ],
+                Kind::K3s,
+                "/run/k3s/containerd/containerd.sock",
+                "k3s-agent",
+            ),
+            (
+                &[
+                    "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
+                    "/usr/lib/systemd/system/rke2-agent.service",
+                ],
+                Kind::Rke2,
+                "/run/k3s/containerd/containerd.sock",
+                "rke2-agent",
+            ),
+            (
+                &["/etc/k0s/k0s.yaml"],
+                Kind::K0s,
+                "/run/k0s/containerd.sock",
+                "k0sworker",
+            ),
+            (
+                &["/var/snap/microk8s/current/args/containerd-template.toml"],
+                Kind::Microk8s,
+                "/var/snap/microk8s/common/run/containerd.sock",
+                "snap.microk8s.daemon-containerd",
+            ),
+            (
+                &[],
+                Kind::Containerd,
+                "/run/containerd/containerd.sock",
+                "containerd",
+            ),
+        ];
+        for (files, kind, socket, unit) in cases {
+            let (_d, h) = host_with(files);
+            let f = detect(&h, &s).unwrap();
+            assert_eq!(
+                (f.kind, f.socket.to_str().unwrap(), f.unit.as_str()),
+                (*kind, *socket, *unit),
+                "{files:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_settings_override_detection() {
+        let (_d, h) = host_with(&["/var/lib/rancher/k3s/agent/etc/containerd/config.toml"]);
+        let s = ContainerdSettings {
+            config: "/srv/containerd/config.toml".into(),
+            socket: "/srv/c.sock".into(),
+            unit: "my-containerd".into(),
+            ..Default::default()
+        };
+        let f = detect(&h, &s).unwrap();
+        assert_eq!(f.kind, Kind::Containerd);
+        assert_eq!(f.config, PathBuf::from("/srv/containerd/config.toml"));
+        assert_eq!(f.socket, PathBuf::from("/srv/c.sock"));
+        assert_eq!(f.unit, "my-containerd");
+    }
+}

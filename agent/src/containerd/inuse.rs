@@ -1,0 +1,63 @@
+//! Is a shim binary in use? A running container is owned by a shim process executing that binary, so
+//! the process table answers for every namespace and client (CRI pods and ctr containers alike). With
+//! hostPID the agent's /proc is the host's.
+
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ShimProcess {
+    pub pid: i32,
+    /// The `-id` the shim was started with (a container or pod sandbox ID).
+    pub id: Option<String>,
+}
+
+/// Processes executing `binary` (a host path), including an older copy since replaced on disk.
+pub fn shims_running(binary: &Path) -> Vec<ShimProcess> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    let want = binary.to_string_lossy().into_owned();
+    let deleted = format!("{want} (deleted)");
+    let mut found: Vec<ShimProcess> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .map(|exe| {
+                    let exe = exe.to_string_lossy();
+                    exe == want || exe == deleted
+                })
+                .unwrap_or(false)
+        })
+        .map(|pid| ShimProcess {
+            pid,
+            id: shim_id(pid),
+        })
+        .collect();
+    found.sort_by_key(|p| p.pid);
+    found
+}
+
+fn shim_id(pid: i32) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<String> = raw
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    args.iter()
+        .position(|a| a == "-id")
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_process_by_its_binary() {
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let me = std::process::id() as i32;
+        assert!(shims_running(&exe).iter().any(|p| p.pid == me));
+        assert!(shims_running(Path::new("/nonexistent/containerd-shim-x-v2")).is_empty());
+    }
+}

@@ -1,0 +1,199 @@
+//! Restarting containerd: when (only if the config changed, or a handler it should have is not
+//! loaded), and how (systemd unit, a command, or not at all). The decisions are pure functions so the
+//! systemd path is tested even where systemd cannot run.
+
+use std::time::Duration;
+
+use anyhow::{anyhow, bail};
+
+use super::flavor::Kind;
+use crate::host::exec::{ExecOutput, HostExec};
+use crate::settings::RestartMethod;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Skip(String),
+    Systemd { unit: String },
+    Argv(Vec<String>),
+}
+
+/// `loaded`: whether containerd's CRI plugin already lists every configured handler (None when it
+/// could not be asked).
+pub fn decide(
+    method: &RestartMethod,
+    kind: Kind,
+    unit: &str,
+    config_changed: bool,
+    loaded: Option<bool>,
+) -> Action {
+    if kind.reloads_itself() {
+        return Action::Skip(format!(
+            "{} reloads its containerd drop-ins itself",
+            kind.name()
+        ));
+    }
+    if !config_changed {
+        match loaded {
+            Some(true) => {
+                return Action::Skip("config unchanged and every handler is loaded".into())
+            }
+            None => return Action::Skip("config unchanged".into()),
+            // Written by an earlier run that did not get to restart (killed, or restart = none then).
+            Some(false) => {}
+        }
+    }
+    match method {
+        RestartMethod::None => Action::Skip("containerd.restart = \"none\"".into()),
+        RestartMethod::Systemd => Action::Systemd {
+            unit: unit.to_owned(),
+        },
+        RestartMethod::Argv(a) => Action::Argv(a.clone()),
+    }
+}
+
+/// A unit without `KillMode=process` kills every container's shim on restart: refuse it.
+pub fn check_kill_mode(unit: &str, systemctl_show: &str) -> anyhow::Result<()> {
+    let mode = systemctl_show
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("KillMode="))
+        .map(str::trim)
+        .ok_or_else(|| anyhow!("systemctl did not report KillMode for {unit}"))?;
+    if mode != "process" {
+        bail!(
+            "unit {unit} has KillMode={mode}: restarting it would kill every running container; set KillMode=process (the upstream containerd.service does) or use containerd.restart = \"none\""
+        );
+    }
+    Ok(())
+}
+
+pub fn systemd_argv(unit: &str) -> [Vec<String>; 2] {
+    [
+        vec![
+            "systemctl".into(),
+            "show".into(),
+            "--property=KillMode".into(),
+            unit.into(),
+        ],
+        vec!["systemctl".into(), "restart".into(), unit.into()],
+    ]
+}
+
+/// Carry out the restart; the output of the command is returned for error reports.
+pub async fn run(
+    action: &Action,
+    exec: &HostExec,
+    timeout: Duration,
+) -> anyhow::Result<Option<ExecOutput>> {
+    match action {
+        Action::Skip(_) => Ok(None),
+        Action::Systemd { unit } => {
+            let [show, restart] = systemd_argv(unit);
+            let out = exec.run(&show, timeout).await?;
+            if !out.success {
+                bail!("systemctl show {unit} failed: {}", out.tail(3));
+            }
+            check_kill_mode(unit, &out.stdout)?;
+            let out = exec.run(&restart, timeout).await?;
+            if !out.success {
+                let journal = journal_tail(exec, unit).await;
+                bail!("systemctl restart {unit} failed: {}{journal}", out.tail(3));
+            }
+            Ok(Some(out))
+        }
+        Action::Argv(argv) => {
+            let out = exec.run(argv, timeout).await?;
+            if !out.success {
+                bail!(
+                    "restart command `{}` exited with {:?}: {}",
+                    argv.join(" "),
+                    out.code,
+                    out.tail(5)
+                );
+            }
+            Ok(Some(out))
+        }
+    }
+}
+
+/// containerd's own words after a failed start, where systemd keeps them.
+pub async fn journal_tail(exec: &HostExec, unit: &str) -> String {
+    let argv: Vec<String> = [
+        "journalctl",
+        "-u",
+        unit,
+        "-n",
+        "15",
+        "--no-pager",
+        "-o",
+        "cat",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    match exec.run(&argv, Duration::from_secs(5)).await {
+        Ok(o) if o.success && !o.stdout.trim().is_empty() => format!("; journal: {}", o.tail(5)),
+        _ => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restarts_only_on_change_or_missing_handlers() {
+        let m = RestartMethod::Systemd;
+        assert_eq!(
+            decide(&m, Kind::Containerd, "containerd", true, Some(true)),
+            Action::Systemd {
+                unit: "containerd".into()
+            }
+        );
+        assert!(matches!(
+            decide(&m, Kind::Containerd, "containerd", false, Some(true)),
+            Action::Skip(_)
+        ));
+        assert!(matches!(
+            decide(&m, Kind::Containerd, "containerd", false, None),
+            Action::Skip(_)
+        ));
+        assert_eq!(
+            decide(&m, Kind::K3s, "k3s", false, Some(false)),
+            Action::Systemd { unit: "k3s".into() }
+        );
+        assert!(
+            matches!(decide(&m, Kind::K0s, "k0sworker", true, None), Action::Skip(r) if r.contains("k0s"))
+        );
+        assert!(
+            matches!(decide(&RestartMethod::None, Kind::Containerd, "c", true, None), Action::Skip(r) if r.contains("none"))
+        );
+        let argv = RestartMethod::Argv(vec!["/bin/restart".into()]);
+        assert_eq!(
+            decide(&argv, Kind::Containerd, "c", true, None),
+            Action::Argv(vec!["/bin/restart".into()])
+        );
+    }
+
+    #[test]
+    fn refuses_units_that_would_kill_containers() {
+        assert!(check_kill_mode("containerd", "KillMode=process\n").is_ok());
+        let e = check_kill_mode("containerd", "KillMode=control-group\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("control-group") && e.contains("kill every running container"),
+            "{e}"
+        );
+        assert!(check_kill_mode("containerd", "").is_err());
+    }
+
+    #[test]
+    fn systemd_commands_name_the_unit() {
+        let [show, restart] = systemd_argv("k3s-agent");
+        assert_eq!(
+            show,
+            ["systemctl", "show", "--property=KillMode", "k3s-agent"]
+        );
+        assert_eq!(restart, ["systemctl", "restart", "k3s-agent"]);
+    }
+}
