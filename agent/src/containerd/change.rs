@@ -200,6 +200,17 @@ pub fn plan(
     desired: &[RuntimeEntry],
 ) -> anyhow::Result<ConfigPlan> {
     let (strategy, version) = strategy(flavor, facts)?;
+    if flavor.kind == Kind::Microk8s {
+        if let Some(e) = desired
+            .iter()
+            .find(|e| !e.runtime_path.starts_with("/var/snap/microk8s/common"))
+        {
+            bail!(
+                "microk8s' strictly confined containerd only runs binaries under /var/snap/microk8s/common; {} is outside it: set host.install_dir to e.g. /var/snap/microk8s/common/kwasm",
+                e.runtime_path.display()
+            );
+        }
+    }
     let mut p = Planner {
         facts,
         owned_handlers: owned.map(|o| o.handlers.clone()).unwrap_or_default(),
@@ -269,6 +280,13 @@ impl Planner<'_> {
     ) {
         match record {
             Some(mut r) => {
+                r.pristine = match self.records.get(path) {
+                    None => true,
+                    Some(old) => {
+                        old.pristine
+                            && before.map(sha256).as_deref() == Some(old.sha256_written.as_str())
+                    }
+                };
                 if let Some(a) = &after {
                     r.sha256_written = sha256(a);
                 }
@@ -291,7 +309,7 @@ impl Planner<'_> {
     fn restorable(&self, path: &Path, current: Option<&str>) -> Option<Option<String>> {
         let rec = self.records.get(path)?;
         let cur = current?;
-        if sha256(cur) != rec.sha256_written {
+        if !rec.pristine || sha256(cur) != rec.sha256_written {
             return None;
         }
         if rec.created {
@@ -585,3 +603,7 @@ fn drop_in_text(version: ConfigVersion, desired: &[RuntimeEntry], inherit: Optio
         block_text(version, desired, inherit)
     )
 }
+
+#[cfg(test)]
+#[path = "change_tests.rs"]
+mod tests;

@@ -32,6 +32,10 @@ pub struct FileRecord {
     /// Digest of what the agent last wrote: if the file still has it, nobody edited it since, and the
     /// backup of the original can be put back byte for byte.
     pub sha256_written: String,
+    /// Only the agent has changed the file since its original was backed up: the backup plus the
+    /// agent's edits is the whole story, so putting the backup back loses nobody's work.
+    #[serde(default)]
+    pub pristine: bool,
     /// An `imports` entry the agent added to this file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub import_entry: Option<String>,

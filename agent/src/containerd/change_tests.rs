@@ -1,0 +1,456 @@
+//! The planner over fixture files modelled on each project's default config (only containerd 1.6 runs
+//! on the test machines; every other version and distro is exercised here).
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+use crate::containerd::flavor::{Flavor, Kind};
+
+const V16: &str = include_str!("../../fixtures/containerd/containerd-1.6-default.toml");
+const V20: &str = include_str!("../../fixtures/containerd/containerd-2.0-default.toml");
+const V22: &str = include_str!("../../fixtures/containerd/containerd-2.2-default.toml");
+const V4: &str = include_str!("../../fixtures/containerd/containerd-2.3-v4.toml");
+const K3S: &str = include_str!("../../fixtures/containerd/k3s-config.toml");
+const K3S_V3: &str = include_str!("../../fixtures/containerd/k3s-v3-config.toml");
+const K0S_CRI: &str = include_str!("../../fixtures/containerd/k0s-containerd-cri.toml");
+const MICROK8S: &str = include_str!("../../fixtures/containerd/microk8s-containerd-template.toml");
+const DOCKER: &str = include_str!("../../fixtures/containerd/docker-containerd.toml");
+
+const MAIN: &str = "/etc/containerd/config.toml";
+const K3S_DIR: &str = "/var/lib/rancher/k3s/agent/etc/containerd";
+
+fn flavor(kind: Kind, config: &str) -> Flavor {
+    Flavor {
+        kind,
+        config: config.into(),
+        socket: "/run/c.sock".into(),
+        unit: "u".into(),
+        binary: None,
+    }
+}
+
+fn facts(files: &[(&str, &str)]) -> ConfigFacts {
+    let mut f = ConfigFacts::default();
+    for (p, c) in files {
+        f.files.insert(PathBuf::from(p), Some(c.to_string()));
+    }
+    f
+}
+
+fn entry(handler: &str, dir: &str) -> RuntimeEntry {
+    RuntimeEntry {
+        handler: handler.into(),
+        runtime_type: format!("io.containerd.{handler}.v2"),
+        runtime_path: Path::new(dir).join(format!("containerd-shim-{handler}-v2")),
+        options: None,
+    }
+}
+
+/// Carry the writes out on the in-memory host, keeping backups of originals as the engine does.
+fn carry(f: &mut ConfigFacts, plan: &ConfigPlan) {
+    for w in &plan.writes {
+        if let Some(b) = &w.before {
+            f.backups.entry(w.path.clone()).or_insert_with(|| b.clone());
+        }
+        f.files.insert(w.path.clone(), w.after.clone());
+    }
+}
+
+fn text<'a>(f: &'a ConfigFacts, p: &str) -> &'a str {
+    f.file(Path::new(p))
+        .unwrap_or_else(|| panic!("{p} missing"))
+}
+
+fn assert_lines_kept(original: &str, edited: &str) {
+    let mut it = original.lines().peekable();
+    for l in edited.lines() {
+        if it.peek() == Some(&l) {
+            it.next();
+        }
+    }
+    assert!(
+        it.peek().is_none(),
+        "original lines lost or reordered:\n{edited}"
+    );
+}
+
+#[test]
+fn containerd_1_6_is_edited_in_place_and_restored_byte_for_byte() {
+    let fl = flavor(Kind::Containerd, MAIN);
+    let mut f = facts(&[(MAIN, V16)]);
+    let desired = [entry("spin", "/opt/kwasm/bin")];
+    let plan = super::plan(&fl, &f, None, &desired).unwrap();
+    assert_eq!(plan.strategy, Strategy::InPlace { file: MAIN.into() });
+    assert_eq!(plan.writes.len(), 1);
+    carry(&mut f, &plan);
+    let edited = text(&f, MAIN).to_owned();
+    assert_lines_kept(V16, &edited);
+    assert!(edited.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.spin]"));
+    assert!(edited.contains("runtime_path = \"/opt/kwasm/bin/containerd-shim-spin-v2\""));
+    assert!(
+        edited.contains("SystemdCgroup = false"),
+        "inherits the default runtime's cgroup driver"
+    );
+    // Idempotent.
+    let again = super::plan(&fl, &f, plan.ownership.as_ref(), &desired).unwrap();
+    assert!(!again.changes());
+    // Removal restores the exact original.
+    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    carry(&mut f, &rm);
+    assert_eq!(text(&f, MAIN), V16);
+    assert!(rm.ownership.is_none());
+}
+
+#[test]
+fn operator_edits_after_apply_survive_removal() {
+    let fl = flavor(Kind::Containerd, MAIN);
+    let mut f = facts(&[(MAIN, V16)]);
+    let plan = super::plan(
+        &fl,
+        &f,
+        None,
+        &[
+            entry("spin", "/opt/kwasm/bin"),
+            entry("wasmtime", "/opt/kwasm/bin"),
+        ],
+    )
+    .unwrap();
+    carry(&mut f, &plan);
+    let user = text(&f, MAIN).replace("oom_score = 0", "# tuned\noom_score = -999");
+    f.files.insert(MAIN.into(), Some(user));
+    // Remove one shim, then the other.
+    let one = super::plan(
+        &fl,
+        &f,
+        plan.ownership.as_ref(),
+        &[entry("wasmtime", "/opt/kwasm/bin")],
+    )
+    .unwrap();
+    carry(&mut f, &one);
+    assert!(
+        !text(&f, MAIN).contains("runtimes.spin]") && text(&f, MAIN).contains("runtimes.wasmtime]")
+    );
+    let all = super::plan(&fl, &f, one.ownership.as_ref(), &[]).unwrap();
+    carry(&mut f, &all);
+    assert_eq!(
+        text(&f, MAIN),
+        V16.replace("oom_score = 0", "# tuned\noom_score = -999")
+    );
+}
+
+#[test]
+fn containerd_2_uses_a_drop_in_and_an_import_removed_in_reverse_order() {
+    for (fixture, version) in [(V20, 3), (V4, 4)] {
+        let fl = flavor(Kind::Containerd, MAIN);
+        let mut f = facts(&[(MAIN, fixture)]);
+        let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+        let drop_in = "/etc/containerd/conf.d/99-kwasm.toml";
+        let paths: Vec<_> = plan
+            .writes
+            .iter()
+            .map(|w| w.path.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            paths,
+            [drop_in, MAIN],
+            "drop-in first, then the import naming it"
+        );
+        carry(&mut f, &plan);
+        let d = text(&f, drop_in);
+        assert!(d.contains(&format!("version = {version}\n")), "{d}");
+        assert!(
+            d.contains("[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.spin]"),
+            "{d}"
+        );
+        assert!(
+            d.contains("SystemdCgroup = true"),
+            "inherits SystemdCgroup from the main config: {d}"
+        );
+        assert!(
+            text(&f, MAIN).contains("imports = [\"/etc/containerd/conf.d/99-kwasm.toml\"]"),
+            "{}",
+            text(&f, MAIN)
+        );
+        assert_lines_kept(&fixture.replace("imports = []\n", ""), text(&f, MAIN));
+        let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+        let paths: Vec<_> = rm
+            .writes
+            .iter()
+            .map(|w| w.path.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            paths,
+            [MAIN, drop_in],
+            "the import goes before the file it names"
+        );
+        carry(&mut f, &rm);
+        assert_eq!(text(&f, MAIN), fixture);
+        assert!(f.file(Path::new(drop_in)).is_none());
+    }
+}
+
+#[test]
+fn containerd_2_2_default_import_is_used_as_is() {
+    let fl = flavor(Kind::Containerd, MAIN);
+    let mut f = facts(&[(MAIN, V22)]);
+    let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+    assert_eq!(
+        plan.writes.len(),
+        1,
+        "config.toml already imports conf.d/*.toml"
+    );
+    carry(&mut f, &plan);
+    assert_eq!(text(&f, MAIN), V22);
+    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    carry(&mut f, &rm);
+    assert!(f
+        .file(Path::new("/etc/containerd/conf.d/99-kwasm.toml"))
+        .is_none());
+    assert_eq!(text(&f, MAIN), V22);
+}
+
+#[test]
+fn unknown_versions_and_docker_containerd_are_refused() {
+    let fl = flavor(Kind::Containerd, MAIN);
+    let e = super::plan(
+        &fl,
+        &facts(&[(MAIN, "version = 5\n")]),
+        None,
+        &[entry("spin", "/opt/kwasm/bin")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("version 5 is not supported"), "{e}");
+    let e = super::plan(
+        &fl,
+        &facts(&[(MAIN, DOCKER)]),
+        None,
+        &[entry("spin", "/opt/kwasm/bin")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("disables the CRI plugin"), "{e}");
+}
+
+#[test]
+fn missing_config_is_created_and_removed_again() {
+    let fl = flavor(Kind::Containerd, MAIN);
+    // containerd 2.x: a file with the version and our runtime is enough.
+    let mut f = ConfigFacts {
+        containerd_major: Some(2),
+        ..Default::default()
+    };
+    let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+    carry(&mut f, &plan);
+    assert!(text(&f, MAIN).starts_with("version = 3\n"));
+    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    carry(&mut f, &rm);
+    assert!(f.file(Path::new(MAIN)).is_none());
+    // containerd 1.x: start from the binary's defaults so the default runtime still exists.
+    let mut f = ConfigFacts {
+        containerd_major: Some(1),
+        default_config: Some(V16.into()),
+        ..Default::default()
+    };
+    let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+    carry(&mut f, &plan);
+    assert_lines_kept(V16, text(&f, MAIN));
+    // Nothing to ask: a clear error.
+    let e = super::plan(
+        &fl,
+        &ConfigFacts::default(),
+        None,
+        &[entry("spin", "/opt/kwasm/bin")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}
+
+#[test]
+fn handlers_configured_by_someone_else_are_not_taken_over() {
+    let fl = flavor(Kind::Containerd, MAIN);
+    let theirs = format!("{V16}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.spin]\n  runtime_type = \"io.containerd.spin.v2\"\n");
+    let e = super::plan(
+        &fl,
+        &facts(&[(MAIN, &theirs)]),
+        None,
+        &[entry("spin", "/opt/kwasm/bin")],
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string().contains("already configured") && e.to_string().contains("someone else"),
+        "{e}"
+    );
+    // A table pointing at our binary was written by a run killed before it saved state: adopted.
+    let ours = format!("{theirs}  runtime_path = \"/opt/kwasm/bin/containerd-shim-spin-v2\"\n");
+    let plan = super::plan(
+        &fl,
+        &facts(&[(MAIN, &ours)]),
+        None,
+        &[entry("spin", "/opt/kwasm/bin")],
+    )
+    .unwrap();
+    assert!(plan.ownership.unwrap().handlers.contains_key("spin"));
+}
+
+#[test]
+fn k3s_without_drop_in_dirs_gets_a_template_block() {
+    let rendered = format!("{K3S_DIR}/config.toml");
+    let tmpl = format!("{K3S_DIR}/config.toml.tmpl");
+    let fl = flavor(Kind::K3s, &rendered);
+    let mut f = facts(&[(&rendered, K3S)]);
+    let e = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
+    assert!(
+        e.to_string().contains("install_dir"),
+        "k3s auto-adds shims from /opt/kwasm/bin: {e}"
+    );
+    let desired = [entry("spin", "/var/lib/kwasm/bin")];
+    let plan = super::plan(&fl, &f, None, &desired).unwrap();
+    assert_eq!(
+        plan.strategy,
+        Strategy::Template {
+            file: tmpl.clone().into(),
+            rendered: rendered.clone().into()
+        }
+    );
+    carry(&mut f, &plan);
+    let t = text(&f, &tmpl);
+    assert!(t.starts_with(super::template::BASE), "{t}");
+    assert!(
+        t.contains("runtimes.spin]") && t.contains("SystemdCgroup = true"),
+        "{t}"
+    );
+    let (path, effective) = plan.effective_config.clone().unwrap();
+    assert_eq!(path, PathBuf::from(&rendered));
+    assert!(effective.starts_with(K3S) && effective.contains("runtimes.spin]"));
+    effective
+        .parse::<DocumentMut>()
+        .expect("the rendered result is valid TOML");
+    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    carry(&mut f, &rm);
+    assert!(
+        f.file(Path::new(&tmpl)).is_none(),
+        "the template the agent created is gone"
+    );
+    assert_eq!(
+        text(&f, &rendered),
+        K3S,
+        "the rendered file is k3s's, never written"
+    );
+}
+
+#[test]
+fn k3s_with_an_operator_template_keeps_it() {
+    let rendered = format!("{K3S_DIR}/config.toml");
+    let tmpl = format!("{K3S_DIR}/config.toml.tmpl");
+    let user_tmpl = "{{ template \"base\" . }}\n\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/k3s-certs.d\"\n";
+    let fl = flavor(Kind::K3s, &rendered);
+    let mut f = facts(&[(&rendered, K3S), (&tmpl, user_tmpl)]);
+    let plan = super::plan(&fl, &f, None, &[entry("spin", "/var/lib/kwasm/bin")]).unwrap();
+    carry(&mut f, &plan);
+    assert!(text(&f, &tmpl).starts_with(user_tmpl));
+    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    carry(&mut f, &rm);
+    assert_eq!(text(&f, &tmpl), user_tmpl);
+}
+
+#[test]
+fn k3s_and_rke2_drop_in_dirs_are_preferred() {
+    let rendered = format!("{K3S_DIR}/config.toml");
+    let fl = flavor(Kind::K3s, &rendered);
+    let mut f = facts(&[(&rendered, K3S_V3)]);
+    f.dirs.insert(format!("{K3S_DIR}/config-v3.toml.d").into());
+    let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+    let file = PathBuf::from(format!("{K3S_DIR}/config-v3.toml.d/99-kwasm.toml"));
+    assert_eq!(
+        plan.strategy,
+        Strategy::DropIn {
+            file: file.clone(),
+            importer: None,
+            version: ConfigVersion(3)
+        }
+    );
+    assert_eq!(plan.writes.len(), 1);
+    assert!(plan.writes[0]
+        .after
+        .as_ref()
+        .unwrap()
+        .contains("version = 3"));
+    // rke2, v2, config.toml.d
+    let rdir = "/var/lib/rancher/rke2/agent/etc/containerd";
+    let rendered = format!("{rdir}/config.toml");
+    let mut f = facts(&[(&rendered, K3S)]);
+    f.dirs.insert(format!("{rdir}/config.toml.d").into());
+    let plan = super::plan(
+        &flavor(Kind::Rke2, &rendered),
+        &f,
+        None,
+        &[entry("spin", "/opt/kwasm/bin")],
+    )
+    .unwrap();
+    assert!(
+        matches!(&plan.strategy, Strategy::DropIn { file, .. } if file.starts_with(format!("{rdir}/config.toml.d")))
+    );
+    // rke2 without drop-in dirs: template next to its rendered config.
+    let f = facts(&[(&rendered, K3S)]);
+    let plan = super::plan(
+        &flavor(Kind::Rke2, &rendered),
+        &f,
+        None,
+        &[entry("spin", "/var/lib/kwasm/bin")],
+    )
+    .unwrap();
+    assert!(
+        matches!(&plan.strategy, Strategy::Template { file, .. } if *file == PathBuf::from(format!("{rdir}/config.toml.tmpl")))
+    );
+}
+
+#[test]
+fn k0s_gets_a_drop_in_in_its_directory() {
+    let dropin = "/etc/k0s/containerd.d/kwasm.toml";
+    let fl = flavor(Kind::K0s, dropin);
+    let mut f = facts(&[("/run/k0s/containerd-cri.toml", K0S_CRI)]);
+    let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+    assert_eq!(plan.writes.len(), 1);
+    carry(&mut f, &plan);
+    let d = text(&f, dropin);
+    assert!(
+        d.contains("version = 2")
+            && d.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.spin]"),
+        "{d}"
+    );
+    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    carry(&mut f, &rm);
+    assert!(f.file(Path::new(dropin)).is_none());
+}
+
+#[test]
+fn microk8s_template_is_edited_in_place_with_its_comments() {
+    let t = "/var/snap/microk8s/current/args/containerd-template.toml";
+    let fl = flavor(Kind::Microk8s, t);
+    let mut f = facts(&[(t, MICROK8S)]);
+    let e = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
+    assert!(e.to_string().contains("/var/snap/microk8s/common"), "{e}");
+    let plan = super::plan(
+        &fl,
+        &f,
+        None,
+        &[entry("spin", "/var/snap/microk8s/common/kwasm/bin")],
+    )
+    .unwrap();
+    carry(&mut f, &plan);
+    assert_lines_kept(MICROK8S, text(&f, t));
+    assert!(text(&f, t).contains("runtimes.spin]"));
+    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    carry(&mut f, &rm);
+    assert_eq!(text(&f, t), MICROK8S);
+}
+
+#[test]
+fn a_drop_in_someone_else_wrote_is_not_overwritten() {
+    let fl = flavor(Kind::Containerd, MAIN);
+    let f = facts(&[
+        (MAIN, V22),
+        ("/etc/containerd/conf.d/99-kwasm.toml", "version = 3\n"),
+    ]);
+    let e = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
+    assert!(e.to_string().contains("not written by kwasm-agent"), "{e}");
+}
