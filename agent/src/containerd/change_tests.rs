@@ -399,7 +399,7 @@ fn k3s_and_rke2_drop_in_dirs_are_preferred() {
     )
     .unwrap();
     assert!(
-        matches!(&plan.strategy, Strategy::Template { file, .. } if *file == PathBuf::from(format!("{rdir}/config.toml.tmpl")))
+        matches!(&plan.strategy, Strategy::Template { file, .. } if file.as_path() == Path::new(&format!("{rdir}/config.toml.tmpl")))
     );
 }
 
