@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# kwasm-agent in two minutes, on this machine, touching nothing outside one temp directory:
+# a real containerd with a running container, a shim served over loopback HTTP, then
+# plan -> apply -> a container through the new runtime -> status -> remove,
+# and proof that the first container kept its PID and the config came back byte for byte.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bold() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+say() { printf '   %s\n' "$*"; }
+
+if ! command -v containerd >/dev/null || ! command -v runc >/dev/null || ! command -v protoc >/dev/null; then
+  bold "Installing containerd, runc and protoc (Debian packages)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq containerd runc protobuf-compiler >/dev/null
+fi
+
+bold "Building kwasm-agent"
+cargo build --quiet -p kwasm-agent
+agent="$PWD/target/debug/kwasm-agent"
+
+D=$(mktemp -d /tmp/kw.demo.XXXXXX)
+sock="$D/c.sock"
+server_pid=""
+cleanup() {
+  set +e
+  for id in web through-demo; do
+    ctr --address "$sock" task kill -s SIGKILL "$id-$$" >/dev/null 2>&1
+  done
+  for id in web through-demo; do
+    for _ in $(seq 200); do ctr --address "$sock" task ls 2>/dev/null | grep -q "^$id-$$ .*RUNNING" || break; sleep 0.02; done
+    ctr --address "$sock" task delete -f "$id-$$" >/dev/null 2>&1
+    ctr --address "$sock" container delete "$id-$$" >/dev/null 2>&1
+  done
+  [ -f "$D/containerd.pid" ] && kill "$(cat "$D/containerd.pid")" 2>/dev/null
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+  wait 2>/dev/null
+  rm -rf "$D"
+  echo
+  echo "Cleaned up: every process this demo started is stopped and $D is gone."
+}
+trap cleanup EXIT
+
+bold "A node: containerd $(containerd --version | awk '{print $3}') in $D, config from 'containerd config default'"
+containerd config default | sed \
+  -e "s|^root = .*|root = \"$D/root\"|" \
+  -e "s|^state = .*|state = \"$D/state\"|" \
+  -e "0,/^  address = \"\/run\/containerd\/containerd.sock\"/s||  address = \"$sock\"|" \
+  -e "s|path = \"/opt/containerd\"|path = \"$D/opt\"|" > "$D/config.toml"
+cp "$D/config.toml" "$D/config.toml.orig"
+cat > "$D/restart.sh" <<EOF
+#!/bin/sh
+# What 'systemctl restart containerd' does for a unit with KillMode=process: the daemon only.
+pidfile=$D/containerd.pid
+if [ -f "\$pidfile" ] && kill -0 "\$(cat "\$pidfile")" 2>/dev/null; then
+  kill -TERM "\$(cat "\$pidfile")"
+  while kill -0 "\$(cat "\$pidfile")" 2>/dev/null; do sleep 0.02; done
+fi
+setsid containerd --config $D/config.toml >>$D/containerd.log 2>&1 </dev/null &
+echo \$! > "\$pidfile"
+EOF
+chmod +x "$D/restart.sh"
+"$D/restart.sh"
+for _ in $(seq 300); do ctr --address "$sock" version >/dev/null 2>&1 && break; sleep 0.05; done
+say "containerd pid $(cat "$D/containerd.pid"), socket $sock"
+
+mkdir -p "$D/rootfs/bin"
+cp /usr/bin/sleep "$D/rootfs/bin/"
+for lib in $(ldd /usr/bin/sleep | grep -o '/[^ ]*'); do mkdir -p "$D/rootfs$(dirname "$lib")"; cp "$lib" "$D/rootfs$lib"; done
+ctr --address "$sock" run -d --rootfs --runc-root "$D/runc" "$D/rootfs" "web-$$" /bin/sleep 100000 >/dev/null
+web_pid() { ctr --address "$sock" task ls | awk -v id="web-$$" '$1 == id && $3 == "RUNNING" { print $2 }'; }
+first_pid=$(web_pid)
+say "a workload is running: container web-$$, pid $first_pid"
+
+bold "A shim release on a loopback server (containerd's runc shim renamed: a shim that really runs)"
+mkdir -p "$D/www" "$D/pkg"
+cp /usr/bin/containerd-shim-runc-v2 "$D/pkg/containerd-shim-demo-v2"
+tar -C "$D/pkg" -czf "$D/www/containerd-shim-demo-v2-linux-x86_64.tar.gz" containerd-shim-demo-v2
+cp "$D/www/containerd-shim-demo-v2-linux-x86_64.tar.gz" "$D/www/containerd-shim-demo-v2-linux-aarch64.tar.gz"
+sha=$(sha256sum "$D/www/containerd-shim-demo-v2-linux-x86_64.tar.gz" | cut -d' ' -f1)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+(cd "$D/www" && exec python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
+server_pid=$!
+for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
+say "http://127.0.0.1:$port/containerd-shim-demo-v2-linux-x86_64.tar.gz  sha256 $sha"
+
+cat > "$D/settings.toml" <<EOF
+[host]
+root = "/"
+install_dir = "$D/opt/kwasm"
+
+[artifacts]
+allow_http = true          # loopback demo only
+
+[containerd]
+config = "$D/config.toml"
+socket = "$sock"
+restart = ["$D/restart.sh"]
+timeout = "20s"
+
+[[shims]]
+name = "demo"
+runtime_type = "io.containerd.demo.v2"
+binary = "containerd-shim-demo-v2"
+version = "v1.0.0"
+  [[shims.platforms]]
+  arch = "amd64"
+  url = "http://127.0.0.1:$port/containerd-shim-demo-v2-linux-x86_64.tar.gz"
+  sha256 = "$sha"
+  [[shims.platforms]]
+  arch = "arm64"
+  url = "http://127.0.0.1:$port/containerd-shim-demo-v2-linux-aarch64.tar.gz"
+  sha256 = "$sha"
+EOF
+export KWASM_LOG=warn
+
+bold "kwasm-agent plan   (changes nothing)"
+"$agent" plan --config "$D/settings.toml"
+
+bold "kwasm-agent apply"
+old_cd=$(cat "$D/containerd.pid")
+"$agent" apply --config "$D/settings.toml"
+say "containerd restarted: pid $old_cd -> $(cat "$D/containerd.pid")"
+say "container web-$$ pid: $first_pid -> $(web_pid)"
+
+bold "kwasm-agent status"
+"$agent" status --config "$D/settings.toml"
+
+bold "A container through the new runtime handler's binary"
+shim="$D/opt/kwasm/bin/containerd-shim-demo-v2"
+ctr --address "$sock" run -d --rootfs --runtime "$shim" --runc-root "$D/runc" "$D/rootfs" "through-demo-$$" /bin/sleep 100000 >/dev/null
+ctr --address "$sock" task ls
+ps -o pid,args -p "$(pgrep -f "^$shim .*through-demo-$$" | head -1)" | cat
+
+bold "kwasm-agent remove   (refuses while a container runs on the shim)"
+"$agent" remove --config "$D/settings.toml" || say "-> left in place, as it must be"
+ctr --address "$sock" task kill -s SIGKILL "through-demo-$$" >/dev/null
+for _ in $(seq 200); do ctr --address "$sock" task ls | grep -q "^through-demo-$$ .*RUNNING" || break; sleep 0.02; done
+ctr --address "$sock" task delete "through-demo-$$" >/dev/null
+ctr --address "$sock" container delete "through-demo-$$" >/dev/null
+
+bold "kwasm-agent remove"
+"$agent" remove --config "$D/settings.toml"
+
+bold "The proof"
+if cmp -s "$D/config.toml" "$D/config.toml.orig"; then say "config.toml is byte-identical to the original"; else say "config.toml DIFFERS"; diff "$D/config.toml.orig" "$D/config.toml"; exit 1; fi
+[ ! -e "$shim" ] && say "shim binary removed"
+now=$(web_pid)
+if [ "$now" = "$first_pid" ]; then say "container web-$$ kept pid $first_pid through apply and remove"; else say "container pid changed: $first_pid -> $now"; exit 1; fi
