@@ -3,16 +3,20 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Once;
+use std::time::SystemTime;
 
-/// The binary built from this workspace (target/<profile>/kwasm-agent). Built on first use if a plain
-/// `cargo test` did not build it.
+/// The binary built from this workspace (target/<profile>/kwasm-agent). Test runners build the agent
+/// library for the tests, not its binary: rebuild it when any of its sources is newer, so a test never
+/// runs a stale agent.
 pub fn agent_bin() -> PathBuf {
     static BUILD: Once = Once::new();
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
     let bin = profile_dir.join("kwasm-agent");
     BUILD.call_once(|| {
-        if !bin.exists() {
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
+        let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent");
+        if built.map(|b| newest(&sources) > b).unwrap_or(true) {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let st = Command::new(cargo)
                 .args(["build", "-p", "kwasm-agent", "--bin", "kwasm-agent"])
@@ -27,6 +31,20 @@ pub fn agent_bin() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+fn newest(dir: &Path) -> SystemTime {
+    let mut t = SystemTime::UNIX_EPOCH;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        let m = if p.is_dir() {
+            newest(&p)
+        } else {
+            e.metadata().and_then(|m| m.modified()).unwrap_or(t)
+        };
+        t = t.max(m);
+    }
+    t
 }
 
 /// A command for the agent with a clean, predictable environment (no proxy leaks from the machine).

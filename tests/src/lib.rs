@@ -5,4 +5,6 @@ pub mod agent;
 pub mod archive;
 pub mod artifact_server;
 pub mod containerd;
+pub mod kube_api;
+pub mod node_host;
 pub mod sandbox;

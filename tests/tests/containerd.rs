@@ -1,85 +1,10 @@
 //! apply / remove against a real containerd with running containers: the shim is containerd's own
 //! runc shim under a new name, served as a release tarball over loopback HTTP.
 
-use std::path::{Path, PathBuf};
+use kwasm_tests::containerd::OPERATOR_HEADER;
+use kwasm_tests::node_host::NodeHost;
 
-use kwasm_tests::agent::{run_cmd, Run};
-use kwasm_tests::archive::{release, sha256};
-use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
-use kwasm_tests::containerd::{Containerd, OPERATOR_HEADER};
-use kwasm_tests::sandbox::{Sandbox, ShimSpec};
-
-const BIN: &str = "containerd-shim-kwtest-v2";
-
-/// Field order matters: containerd (and its containers) stop before the sandbox directory goes.
-struct Node {
-    cd: Containerd,
-    sb: Sandbox,
-    _server: ArtifactServer,
-    original: String,
-}
-
-impl Node {
-    fn new() -> Self {
-        Self::with_options("")
-    }
-
-    /// `options`: extra TOML for the shim (an `options = {...}` line).
-    fn with_options(options: &str) -> Self {
-        let sb = Sandbox::new();
-        let cd = Containerd::start(&sb);
-        let server = ArtifactServer::start();
-        let shim_bytes = std::fs::read("/usr/bin/containerd-shim-runc-v2").unwrap();
-        let archive = release(BIN, &shim_bytes);
-        server.route("/kwtest.tar.gz", vec![Behavior::Serve(archive.clone())]);
-        let spec = ShimSpec::new("kwtest", BIN).platform(
-            "amd64",
-            &server.url("/kwtest.tar.gz"),
-            Some(&sha256(&archive)),
-        );
-        let shim_toml = spec
-            .to_toml()
-            .replacen("version = ", &format!("{options}\nversion = "), 1);
-        let settings = format!(
-            "[host]\nroot = \"/\"\ninstall_dir = \"{dir}/opt/kwasm\"\n\n[artifacts]\nallow_http = true\n\n[containerd]\nconfig = \"{config}\"\nsocket = \"{socket}\"\nrestart = [\"{restart}\"]\ntimeout = \"20s\"\n\n{shim_toml}",
-            dir = sb.path().display(),
-            config = cd.config.display(),
-            socket = cd.socket.display(),
-            restart = cd.restart_script().display(),
-        );
-        sb.write_settings(&settings);
-        let original = std::fs::read_to_string(&cd.config).unwrap();
-        Self {
-            sb,
-            cd,
-            _server: server,
-            original,
-        }
-    }
-
-    fn agent(&self, cmd: &str, extra: &[&str]) -> Run {
-        run_cmd(
-            cmd,
-            &self.sb.settings,
-            Path::new("/"),
-            &[&["--arch", "amd64"], extra].concat(),
-        )
-    }
-
-    fn binary(&self) -> PathBuf {
-        self.sb.path().join("opt/kwasm/bin").join(BIN)
-    }
-
-    fn config(&self) -> String {
-        std::fs::read_to_string(&self.cd.config).unwrap()
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let r = self.agent("status", &["--output", "json"]);
-        r.ok();
-        serde_json::from_str(&r.stdout).unwrap()
-    }
-}
+type Node = NodeHost;
 
 /// Every line of `original` appears in `edited` in the same order, and the added lines form one block.
 fn assert_only_one_block_added(original: &str, edited: &str) {

@@ -10,9 +10,7 @@ use crate::settings::Settings;
 
 pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Run(_) => bail!(
-            "`run` (DaemonSet mode) is not built yet; use `apply` / `remove` / `status` for now"
-        ),
+        Command::Run(c) => super::run::run(c).await,
         Command::Apply(t) => apply(t).await,
         Command::Remove(t) => remove(t).await,
         Command::Plan(t) => plan(t).await,

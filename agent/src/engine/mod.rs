@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod configure;
+pub mod run;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -42,6 +43,8 @@ pub struct ShimOutcome {
     pub result: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Bytes downloaded for this shim (0 when up to date or from the cache).
+    pub bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -229,6 +232,10 @@ impl Engine {
                         name: p.shim.name.clone(),
                         result: describe(&how),
                         error: None,
+                        bytes: match how {
+                            Installed::Downloaded { bytes } => bytes,
+                            _ => 0,
+                        },
                     });
                 }
                 Err(e) => {
@@ -237,6 +244,7 @@ impl Engine {
                         name: p.shim.name.clone(),
                         result: "failed".into(),
                         error: Some(format!("{e:#}")),
+                        bytes: 0,
                     });
                 }
             }

@@ -1,0 +1,96 @@
+//! Prometheus counters for `run`, rendered in the text exposition format on /metrics.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+#[derive(Default)]
+pub struct Metrics {
+    pub reconciles: AtomicU64,
+    pub failures: AtomicU64,
+    pub duration_micros: AtomicU64,
+    pub bytes_downloaded: AtomicU64,
+    pub restarts: AtomicU64,
+    pub last_success_unix: AtomicU64,
+    /// Connected to the API server and holding the Node.
+    pub ready: AtomicBool,
+}
+
+pub static METRICS: Metrics = Metrics {
+    reconciles: AtomicU64::new(0),
+    failures: AtomicU64::new(0),
+    duration_micros: AtomicU64::new(0),
+    bytes_downloaded: AtomicU64::new(0),
+    restarts: AtomicU64::new(0),
+    last_success_unix: AtomicU64::new(0),
+    ready: AtomicBool::new(false),
+};
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        };
+        metric(
+            "kwasm_reconciles_total",
+            "counter",
+            "Reconciles run.",
+            self.reconciles.load(Relaxed).to_string(),
+        );
+        metric(
+            "kwasm_reconcile_failures_total",
+            "counter",
+            "Reconciles that failed.",
+            self.failures.load(Relaxed).to_string(),
+        );
+        metric(
+            "kwasm_reconcile_duration_seconds_total",
+            "counter",
+            "Time spent reconciling (divide by kwasm_reconciles_total for the mean).",
+            format!("{:.6}", self.duration_micros.load(Relaxed) as f64 / 1e6),
+        );
+        metric(
+            "kwasm_bytes_downloaded_total",
+            "counter",
+            "Artifact bytes downloaded.",
+            self.bytes_downloaded.load(Relaxed).to_string(),
+        );
+        metric(
+            "kwasm_containerd_restarts_total",
+            "counter",
+            "containerd restarts made by the agent.",
+            self.restarts.load(Relaxed).to_string(),
+        );
+        metric(
+            "kwasm_last_success_timestamp_seconds",
+            "gauge",
+            "Unix time of the last successful reconcile (0: none yet).",
+            self.last_success_unix.load(Relaxed).to_string(),
+        );
+        metric(
+            "kwasm_ready",
+            "gauge",
+            "1 when the agent watches its Node.",
+            u8::from(self.ready.load(Relaxed)).to_string(),
+        );
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn renders_prometheus_text() {
+        let m = super::Metrics::default();
+        m.reconciles.store(3, std::sync::atomic::Ordering::Relaxed);
+        let t = m.render();
+        assert!(
+            t.contains("# TYPE kwasm_reconciles_total counter\nkwasm_reconciles_total 3\n"),
+            "{t}"
+        );
+        assert!(t.contains("kwasm_ready 0"));
+    }
+}

@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""A small Kubernetes API stand-in on loopback, faithful enough for the real kubectl and for kube-rs:
+discovery, Nodes (get, list, watch with fieldSelector / resourceVersion / bookmarks, merge,
+strategic-merge and JSON patches with resourceVersion preconditions) and core/v1 Events.
+
+No API server can be installed on the test machines; this is the one stand-in the tests use.
+Test-only controls live under /_test/. Prints "PORT <n>" on stdout once listening.
+"""
+import copy
+import json
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+LOCK = threading.Condition()
+STATE = {
+    "rv": 1,
+    "nodes": {},  # name -> node object
+    "history": [],  # (rv, type, node object) for watches
+    "events": [],
+    "conflicts": 0,  # next N node patches answer 409
+    "fail_requests": 0,  # next N requests (any) answer 503
+    "requests": [],
+    "watch_generation": 0,  # bumped to drop every open watch
+}
+
+
+def now():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def next_rv():
+    STATE["rv"] += 1
+    return str(STATE["rv"])
+
+
+def status(code, reason, message):
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "code": code}
+
+
+def record(kind, node):
+    rv = next_rv()
+    node["metadata"]["resourceVersion"] = rv
+    STATE["history"].append((int(rv), kind, copy.deepcopy(node)))
+    LOCK.notify_all()
+
+
+def merge_patch(target, patch):
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    if not isinstance(target, dict):
+        target = {}
+    out = dict(target)
+    for k, v in patch.items():
+        if k.startswith("$"):
+            continue  # strategic-merge directives: not needed for maps of strings
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def pointer(path):
+    return [p.replace("~1", "/").replace("~0", "~") for p in path.lstrip("/").split("/")] if path else []
+
+
+def json_patch(doc, ops):
+    doc = copy.deepcopy(doc)
+    for op in ops:
+        parts = pointer(op["path"])
+        parent = doc
+        for p in parts[:-1]:
+            parent = parent[int(p)] if isinstance(parent, list) else parent.setdefault(p, {})
+        last = parts[-1]
+        kind = op["op"]
+        if kind == "test":
+            cur = parent[int(last)] if isinstance(parent, list) else parent.get(last)
+            if cur != op.get("value"):
+                raise ValueError("test failed at " + op["path"])
+        elif kind in ("add", "replace"):
+            if isinstance(parent, list):
+                if last == "-":
+                    parent.append(op["value"])
+                elif kind == "add":
+                    parent.insert(int(last), op["value"])
+                else:
+                    parent[int(last)] = op["value"]
+            else:
+                if kind == "replace" and last not in parent:
+                    raise ValueError("replace of missing " + op["path"])
+                parent[last] = op["value"]
+        elif kind == "remove":
+            if isinstance(parent, list):
+                parent.pop(int(last))
+            else:
+                if last not in parent:
+                    raise ValueError("remove of missing " + op["path"])
+                del parent[last]
+        else:
+            raise ValueError("unsupported op " + kind)
+    return doc
+
+
+def field_match(obj, selector):
+    if not selector:
+        return True
+    for term in selector.split(","):
+        if "=" not in term:
+            continue
+        neg = "!=" in term
+        k, v = term.split("!=" if neg else ("==" if "==" in term else "="), 1)
+        cur = obj
+        for p in k.split("."):
+            cur = cur.get(p, {}) if isinstance(cur, dict) else {}
+        cur = cur if isinstance(cur, str) else ""
+        if (cur == v) == neg:
+            return False
+    return True
+
+
+def label_match(obj, selector):
+    if not selector:
+        return True
+    labels = obj["metadata"].get("labels") or {}
+    for term in selector.split(","):
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            if labels.get(k) == v:
+                return False
+        elif "=" in term:
+            k, v = term.replace("==", "=").split("=", 1)
+            if labels.get(k) != v:
+                return False
+        elif term.startswith("!"):
+            if term[1:] in labels:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def new_node(name, arch="amd64", labels=None, annotations=None):
+    return {
+        "kind": "Node", "apiVersion": "v1",
+        "metadata": {"name": name, "uid": str(uuid.uuid4()), "creationTimestamp": now(),
+                     "labels": dict({"kubernetes.io/hostname": name, "kubernetes.io/arch": arch,
+                                     "kubernetes.io/os": "linux"}, **(labels or {})),
+                     "annotations": dict(annotations or {})},
+        "spec": {},
+        "status": {"nodeInfo": {"architecture": arch, "operatingSystem": "linux",
+                                "containerRuntimeVersion": "containerd://1.6.20", "kubeletVersion": "v1.32.0"},
+                   "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                                   "lastHeartbeatTime": now(), "lastTransitionTime": now()}],
+                   "addresses": [{"type": "Hostname", "address": name}]},
+    }
+
+
+RESOURCES = {
+    "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
+    "resources": [
+        {"name": "nodes", "singularName": "node", "namespaced": False, "kind": "Node",
+         "verbs": ["get", "list", "watch", "patch", "update", "create", "delete"], "shortNames": ["no"]},
+        {"name": "nodes/status", "singularName": "", "namespaced": False, "kind": "Node",
+         "verbs": ["get", "patch", "update"]},
+        {"name": "events", "singularName": "event", "namespaced": True, "kind": "Event",
+         "verbs": ["create", "get", "list", "watch", "patch"], "shortNames": ["ev"]},
+        {"name": "namespaces", "singularName": "namespace", "namespaced": False, "kind": "Namespace",
+         "verbs": ["get", "list"], "shortNames": ["ns"]},
+    ],
+}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def send_json(self, code, body):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def body(self):
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def route(self, method):
+        url = urlparse(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        path = url.path.rstrip("/")
+        with LOCK:
+            STATE["requests"].append({"method": method, "path": path, "query": q,
+                                      "content_type": self.headers.get("Content-Type", "")})
+            if not path.startswith("/_test") and STATE["fail_requests"] > 0:
+                STATE["fail_requests"] -= 1
+                return self.send_json(503, status(503, "ServiceUnavailable", "injected outage"))
+        if path.startswith("/_test/"):
+            return self.control(method, path, q)
+        if method == "GET":
+            if path == "/version":
+                return self.send_json(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "platform": "linux/amd64"})
+            if path == "/api":
+                return self.send_json(200, {"kind": "APIVersions", "versions": ["v1"],
+                                            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.headers.get("Host", "")}]})
+            if path == "/apis":
+                return self.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+            if path == "/api/v1":
+                return self.send_json(200, RESOURCES)
+            if path == "/api/v1/nodes":
+                return self.watch_nodes(q) if q.get("watch") in ("true", "1") else self.list_nodes(q)
+            if path.startswith("/api/v1/nodes/"):
+                name = path.split("/")[4]
+                with LOCK:
+                    node = STATE["nodes"].get(name)
+                    if node is None:
+                        return self.send_json(404, status(404, "NotFound", 'nodes "%s" not found' % name))
+                    return self.send_json(200, node)
+            if path in ("/api/v1/events",) or (path.startswith("/api/v1/namespaces/") and path.endswith("/events")):
+                with LOCK:
+                    items = [e for e in STATE["events"] if field_match(e, q.get("fieldSelector"))]
+                    return self.send_json(200, {"kind": "EventList", "apiVersion": "v1",
+                                                "metadata": {"resourceVersion": str(STATE["rv"])}, "items": items})
+        if method == "PATCH" and path.startswith("/api/v1/nodes/"):
+            return self.patch_node(path.split("/")[4], path.endswith("/status"))
+        if method == "POST" and path.startswith("/api/v1/namespaces/") and path.endswith("/events"):
+            ev = json.loads(self.body() or b"{}")
+            with LOCK:
+                ev.setdefault("metadata", {})
+                ev["metadata"].setdefault("name", "ev-%s" % uuid.uuid4().hex[:10])
+                ev["metadata"]["namespace"] = path.split("/")[4]
+                ev["metadata"]["resourceVersion"] = next_rv()
+                ev["metadata"]["creationTimestamp"] = now()
+                ev.setdefault("kind", "Event")
+                ev.setdefault("apiVersion", "v1")
+                STATE["events"].append(ev)
+            return self.send_json(201, ev)
+        return self.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
+
+    def list_nodes(self, q):
+        with LOCK:
+            items = [copy.deepcopy(n) for n in STATE["nodes"].values()
+                     if field_match(n, q.get("fieldSelector")) and label_match(n, q.get("labelSelector"))]
+            return self.send_json(200, {"kind": "NodeList", "apiVersion": "v1",
+                                        "metadata": {"resourceVersion": str(STATE["rv"])}, "items": items})
+
+    def watch_nodes(self, q):
+        since = int(q.get("resourceVersion") or 0)
+        selector, labels = q.get("fieldSelector"), q.get("labelSelector")
+        bookmarks = q.get("allowWatchBookmarks") == "true"
+        deadline = time.time() + min(int(q.get("timeoutSeconds") or 300), 300)
+        with LOCK:
+            generation = STATE["watch_generation"]
+            if since and STATE["history"] and since < STATE["history"][0][0] - 1:
+                return self.send_json(410, status(410, "Expired", "too old resource version"))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        sent = since
+        try:
+            while time.time() < deadline:
+                with LOCK:
+                    pending = [(rv, t, o) for (rv, t, o) in STATE["history"] if rv > sent]
+                    if not pending:
+                        LOCK.wait(timeout=0.5)
+                        pending = [(rv, t, o) for (rv, t, o) in STATE["history"] if rv > sent]
+                    dropped = STATE["watch_generation"] != generation
+                    current = STATE["rv"]
+                if dropped:
+                    break
+                for rv, t, o in pending:
+                    sent = rv
+                    if field_match(o, selector) and label_match(o, labels):
+                        self.chunk({"type": t, "object": o})
+                if not pending and bookmarks:
+                    self.chunk({"type": "BOOKMARK", "object": {"kind": "Node", "apiVersion": "v1",
+                                                                "metadata": {"resourceVersion": str(max(sent, current))}}})
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        self.close_connection = True
+
+    def chunk(self, obj):
+        data = (json.dumps(obj) + "\n").encode()
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def patch_node(self, name, status_sub):
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        raw = self.body()
+        with LOCK:
+            node = STATE["nodes"].get(name)
+            if node is None:
+                return self.send_json(404, status(404, "NotFound", 'nodes "%s" not found' % name))
+            try:
+                patch = json.loads(raw or b"null")
+                # An injected conflict hits a patch with a resourceVersion precondition, the only kind
+                # a real API server can answer 409.
+                if STATE["conflicts"] > 0 and isinstance(patch, dict) and (patch.get("metadata") or {}).get("resourceVersion"):
+                    STATE["conflicts"] -= 1
+                    return self.send_json(409, status(409, "Conflict", "Operation cannot be fulfilled on nodes \"%s\": the object has been modified (injected)" % name))
+                if ctype == "application/json-patch+json":
+                    updated = json_patch(node, patch)
+                elif ctype in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
+                    want_rv = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
+                    if want_rv and want_rv != node["metadata"]["resourceVersion"]:
+                        return self.send_json(409, status(409, "Conflict", "Operation cannot be fulfilled on nodes \"%s\": the object has been modified; please apply your changes to the latest version and try again" % name))
+                    updated = merge_patch(node, patch)
+                else:
+                    return self.send_json(415, status(415, "UnsupportedMediaType", "unsupported patch type " + ctype))
+            except (ValueError, KeyError, IndexError, TypeError) as e:
+                return self.send_json(422, status(422, "Invalid", str(e)))
+            updated["metadata"]["name"] = name
+            updated["metadata"]["uid"] = node["metadata"]["uid"]
+            if updated != node:
+                STATE["nodes"][name] = updated
+                record("MODIFIED", updated)
+            return self.send_json(200, updated)
+
+    def control(self, method, path, q):
+        with LOCK:
+            if path == "/_test/nodes" and method == "POST":
+                spec = json.loads(self.body() or b"{}")
+                node = new_node(spec["name"], spec.get("arch", "amd64"), spec.get("labels"), spec.get("annotations"))
+                STATE["nodes"][node["metadata"]["name"]] = node
+                record("ADDED", node)
+                return self.send_json(201, node)
+            if path == "/_test/drop-watches":
+                STATE["watch_generation"] += 1
+                LOCK.notify_all()
+                return self.send_json(200, {})
+            if path == "/_test/conflicts":
+                STATE["conflicts"] = int(q.get("n", "1"))
+                return self.send_json(200, {})
+            if path == "/_test/outage":
+                STATE["fail_requests"] = int(q.get("n", "1"))
+                return self.send_json(200, {})
+            if path == "/_test/requests":
+                return self.send_json(200, STATE["requests"])
+        return self.send_json(404, {})
+
+    def do_GET(self):
+        self.route("GET")
+
+    def do_POST(self):
+        self.route("POST")
+
+    def do_PATCH(self):
+        self.route("PATCH")
+
+    def do_PUT(self):
+        self.route("PUT")
+
+    def do_DELETE(self):
+        self.route("DELETE")
+
+
+def main():
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    print("PORT %d" % server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+//! A sandbox node: a real containerd (with the operator's comments in its config), the test shim
+//! (containerd's runc shim renamed) served over loopback HTTP, and the agent's settings pointing at
+//! both with host root `/`.
+
+use std::path::{Path, PathBuf};
+
+use crate::agent::{run_cmd, Run};
+use crate::archive::{release, sha256};
+use crate::artifact_server::{ArtifactServer, Behavior};
+use crate::containerd::Containerd;
+use crate::sandbox::{Sandbox, ShimSpec};
+
+pub const SHIM_BIN: &str = "containerd-shim-kwtest-v2";
+
+/// Field order matters: containerd (and its containers) stop before the sandbox directory goes.
+pub struct NodeHost {
+    pub cd: Containerd,
+    pub server: ArtifactServer,
+    pub sb: Sandbox,
+    pub original: String,
+    pub archive: Vec<u8>,
+}
+
+impl NodeHost {
+    pub fn new() -> Self {
+        Self::with(|_| String::new())
+    }
+
+    /// `extra(sandbox)` adds TOML before the shims (e.g. an `[agent]` table).
+    pub fn with(extra: impl FnOnce(&Sandbox) -> String) -> Self {
+        Self::with_options("", extra)
+    }
+
+    pub fn with_options(options: &str, extra: impl FnOnce(&Sandbox) -> String) -> Self {
+        let sb = Sandbox::new();
+        let cd = Containerd::start(&sb);
+        let server = ArtifactServer::start();
+        let shim_bytes = std::fs::read("/usr/bin/containerd-shim-runc-v2").unwrap();
+        let archive = release(SHIM_BIN, &shim_bytes);
+        server.route("/kwtest.tar.gz", vec![Behavior::Serve(archive.clone())]);
+        let spec = ShimSpec::new("kwtest", SHIM_BIN).platform(
+            "amd64",
+            &server.url("/kwtest.tar.gz"),
+            Some(&sha256(&archive)),
+        );
+        let shim_toml = spec
+            .to_toml()
+            .replacen("version = ", &format!("{options}\nversion = "), 1);
+        let settings = format!(
+            "[host]\nroot = \"/\"\ninstall_dir = \"{dir}/opt/kwasm\"\n\n[artifacts]\nallow_http = true\nbackoff = \"100ms\"\n\n[containerd]\nconfig = \"{config}\"\nsocket = \"{socket}\"\nrestart = [\"{restart}\"]\ntimeout = \"20s\"\n\n{extra}\n{shim_toml}",
+            dir = sb.path().display(),
+            config = cd.config.display(),
+            socket = cd.socket.display(),
+            restart = cd.restart_script().display(),
+            extra = extra(&sb),
+        );
+        sb.write_settings(&settings);
+        let original = std::fs::read_to_string(&cd.config).unwrap();
+        Self {
+            cd,
+            server,
+            sb,
+            original,
+            archive,
+        }
+    }
+
+    pub fn agent(&self, cmd: &str, extra: &[&str]) -> Run {
+        run_cmd(
+            cmd,
+            &self.sb.settings,
+            Path::new("/"),
+            &[&["--arch", "amd64"], extra].concat(),
+        )
+    }
+
+    pub fn binary(&self) -> PathBuf {
+        self.sb.path().join("opt/kwasm/bin").join(SHIM_BIN)
+    }
+
+    pub fn config(&self) -> String {
+        std::fs::read_to_string(&self.cd.config).unwrap()
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let r = self.agent("status", &["--output", "json"]);
+        r.ok();
+        serde_json::from_str(&r.stdout).unwrap()
+    }
+}
+
+impl Default for NodeHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}

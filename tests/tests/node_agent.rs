@@ -1,0 +1,353 @@
+//! `kwasm-agent run` end to end: the real kubectl annotates or labels a Node on the API stand-in, the
+//! agent provisions a real containerd on its sandbox host, and reports on the Node.
+
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use kwasm_tests::agent::agent;
+use kwasm_tests::artifact_server::Behavior;
+use kwasm_tests::kube_api::{free_port, kubeconfig, KubeApi};
+use kwasm_tests::node_host::NodeHost;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Agent {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(host: &NodeHost, kubeconfig: &std::path::Path, node: &str, port: u16) -> Self {
+        let log = host.sb.path().join(format!("agent-{node}.log"));
+        let mut c = agent(&[
+            "run",
+            "--config",
+            host.sb.settings.to_str().unwrap(),
+            "--host-root",
+            "/",
+        ]);
+        c.env("NODE_NAME", node)
+            .env("KUBECONFIG", kubeconfig)
+            .env("KWASM_LOG", "info,kube=warn");
+        c.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Self {
+            child: c.spawn().unwrap(),
+            port,
+            log,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).ok()?;
+        let code = r.split_whitespace().nth(1)?.parse().ok()?;
+        Some((
+            code,
+            r.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default(),
+        ))
+    }
+
+    fn wait_ready(&self) {
+        eventually("the agent's /readyz", || {
+            self.get("/readyz").filter(|(c, _)| *c == 200)
+        });
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent_settings(port: u16) -> impl FnOnce(&kwasm_tests::sandbox::Sandbox) -> String {
+    move |_| {
+        format!("[agent]\nlisten = \"127.0.0.1:{port}\"\nresync = \"2s\"\nmax_backoff = \"2s\"\n")
+    }
+}
+
+fn host_and_agent(api: &KubeApi, node: &str) -> (NodeHost, Agent) {
+    let port = free_port();
+    let host = NodeHost::with(agent_settings(port));
+    api.add_node(node, "amd64");
+    let a = Agent::start(&host, &api.kubeconfig, node, port);
+    a.wait_ready();
+    (host, a)
+}
+
+fn wait_label(api: &KubeApi, node: &str, want: Option<&str>, a: &Agent) {
+    let deadline = Instant::now() + WAIT;
+    while api.provisioned_label(node).as_deref() != want {
+        assert!(
+            Instant::now() < deadline,
+            "label on {node} never became {want:?}; agent log:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn annotate_provisions_the_node_and_removing_the_annotation_restores_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let (host, a) = host_and_agent(&api, "n1");
+    let before = host.cd.run_container("before", None);
+
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    wait_label(&api, "n1", Some("true"), &a);
+    let out = api.kubectl_ok(&[
+        "get",
+        "node",
+        "n1",
+        "-o",
+        "jsonpath={.metadata.labels.kwasm\\.sh/kwasm-provisioned}",
+    ]);
+    assert_eq!(out, "true");
+    assert!(host.config().contains("runtimes.kwtest]"));
+    assert_eq!(host.status()["shims"][0]["loaded"], true);
+    let node = api.node("n1");
+    let status: serde_json::Value = serde_json::from_str(
+        node["metadata"]["annotations"]["kwasm.sh/kwasm-status"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(status["phase"], "Provisioned");
+    assert_eq!(status["shims"][0]["name"], "kwtest");
+    let reasons = api.event_reasons("n1");
+    assert!(
+        reasons.contains(&"Provisioning".into()) && reasons.contains(&"Provisioned".into()),
+        "{reasons:?}"
+    );
+    assert_eq!(host.cd.task_pid("before"), Some(before));
+
+    let (code, metrics) = a.get("/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("kwasm_containerd_restarts_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("kwasm_bytes_downloaded_total 0\n"),
+        "{metrics}"
+    );
+    assert_eq!(a.get("/healthz").unwrap().0, 200);
+
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node-"]);
+    wait_label(&api, "n1", None, &a);
+    eventually("the removal to finish", || {
+        (host.config() == host.original).then_some(())
+    });
+    assert!(!host.binary().exists());
+    assert!(api.node("n1")["metadata"]["annotations"]
+        .get("kwasm.sh/kwasm-status")
+        .is_none());
+    eventually("a Removed event", || {
+        api.event_reasons("n1")
+            .contains(&"Removed".into())
+            .then_some(())
+    });
+    assert_eq!(host.cd.task_pid("before"), Some(before));
+}
+
+#[test]
+fn the_label_triggers_too_and_each_agent_touches_only_its_own_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let (h1, a1) = host_and_agent(&api, "n1");
+    let (h2, a2) = host_and_agent(&api, "n2");
+    api.kubectl_ok(&["label", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    wait_label(&api, "n1", Some("true"), &a1);
+    assert!(h1.config().contains("runtimes.kwtest]"));
+    assert_eq!(
+        h2.config(),
+        h2.original,
+        "the other node's host was touched"
+    );
+    assert_eq!(api.provisioned_label("n2"), None);
+    assert!(!a2.log().contains("restarting containerd"));
+    // The agents watch with a field selector on their own node; nobody lists all nodes.
+    for r in api.requests() {
+        if r["path"] == "/api/v1/nodes" {
+            assert!(
+                r["query"]["fieldSelector"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("metadata.name="),
+                "unselective request: {r}"
+            );
+        }
+    }
+    api.kubectl_ok(&["label", "node", "n2", "kwasm.sh/kwasm-node=true"]);
+    wait_label(&api, "n2", Some("true"), &a2);
+}
+
+#[test]
+fn a_dropped_watch_resumes_without_missing_the_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let (_host, a) = host_and_agent(&api, "n1");
+    api.control("/_test/drop-watches", "");
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    api.control("/_test/drop-watches", "");
+    wait_label(&api, "n1", Some("true"), &a);
+}
+
+#[test]
+fn an_unreachable_api_at_start_is_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let api_port = free_port();
+    let kc = kubeconfig(dir.path(), api_port);
+    let port = free_port();
+    let host = NodeHost::with(agent_settings(port));
+    let a = Agent::start(&host, &kc, "n1", port);
+    eventually("the agent to serve /healthz", || {
+        a.get("/healthz").filter(|(c, _)| *c == 200)
+    });
+    assert_eq!(
+        a.get("/readyz").unwrap().0,
+        503,
+        "ready without an API server"
+    );
+    let api = KubeApi::start_on(dir.path(), api_port);
+    api.add_node("n1", "amd64");
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    wait_label(&api, "n1", Some("true"), &a);
+}
+
+#[test]
+fn patch_conflicts_are_retried() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let (_host, a) = host_and_agent(&api, "n1");
+    api.control("/_test/conflicts?n=3", "");
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    wait_label(&api, "n1", Some("true"), &a);
+    assert!(a.log().contains("409"), "{}", a.log());
+}
+
+#[test]
+fn a_failure_is_reported_and_retried_until_the_cause_is_fixed() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let (host, a) = host_and_agent(&api, "n1");
+    host.server
+        .route("/kwtest.tar.gz", vec![Behavior::Status(404)]);
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    let failure = eventually("a ProvisionFailed event", || {
+        api.events("n1")
+            .into_iter()
+            .find(|e| e["reason"] == "ProvisionFailed")
+    });
+    assert!(
+        failure["message"].as_str().unwrap().contains("404"),
+        "{failure}"
+    );
+    assert_eq!(failure["type"], "Warning");
+    // While it keeps failing, the node says so: label false, status Failed with the reason.
+    for _ in 0..3 {
+        assert_eq!(api.provisioned_label("n1").as_deref(), Some("false"));
+        let status: serde_json::Value = serde_json::from_str(
+            api.node("n1")["metadata"]["annotations"]["kwasm.sh/kwasm-status"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(status["phase"], "Failed", "agent log:\n{}", a.log());
+        assert!(status["error"].as_str().unwrap().contains("404"));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(
+        api.events("n1")
+            .iter()
+            .filter(|e| e["reason"] == "ProvisionFailed")
+            .count()
+            >= 1
+    );
+    assert_eq!(host.config(), host.original);
+    host.server.route(
+        "/kwtest.tar.gz",
+        vec![Behavior::Serve(host.archive.clone())],
+    );
+    wait_label(&api, "n1", Some("true"), &a);
+}
+
+#[test]
+fn drift_in_the_config_is_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let (host, a) = host_and_agent(&api, "n1");
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    wait_label(&api, "n1", Some("true"), &a);
+    // A package upgrade puts the vendor config back.
+    std::fs::write(&host.cd.config, &host.original).unwrap();
+    eventually("a DriftDetected event", || {
+        api.event_reasons("n1")
+            .contains(&"DriftDetected".into())
+            .then_some(())
+    });
+    eventually("the entry to be back", || {
+        host.config().contains("runtimes.kwtest]").then_some(())
+    });
+    wait_label(&api, "n1", Some("true"), &a);
+}
+
+#[test]
+fn sigterm_leaves_the_host_provisioned() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let (host, a) = host_and_agent(&api, "n1");
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    wait_label(&api, "n1", Some("true"), &a);
+    let config = host.config();
+    let st = a.terminate();
+    assert!(st.success(), "agent exit status {st}");
+    assert_eq!(host.config(), config);
+    assert!(host.binary().exists());
+    assert_eq!(api.provisioned_label("n1").as_deref(), Some("true"));
+}
