@@ -5,6 +5,8 @@
 #   scripts/bench-fetch.sh [SIZE_MIB] [RUNS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/measure.sh
+. scripts/lib/measure.sh
 size_mib=${1:-200}
 runs=${2:-5}
 
@@ -53,9 +55,6 @@ url = "$url"
 sha256 = "$sha"
 TOML
 
-now() { date +%s.%N; }
-calc() { awk "BEGIN { print $* }"; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 curl_times=() agent_times=()
 for i in $(seq "$runs"); do

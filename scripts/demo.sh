@@ -21,6 +21,8 @@ agent="$PWD/target/debug/kwasm-agent"
 
 D=$(mktemp -d /tmp/kw.demo.XXXXXX)
 sock="$D/c.sock"
+# shellcheck source=lib/sandbox.sh
+. "$(dirname "$0")/lib/sandbox.sh"
 server_pid=""
 cleanup() {
   set +e
@@ -42,76 +44,23 @@ cleanup() {
 trap cleanup EXIT
 
 bold "A node: containerd $(containerd --version | awk '{print $3}') in $D, config from 'containerd config default'"
-containerd config default | sed \
-  -e "s|^root = .*|root = \"$D/root\"|" \
-  -e "s|^state = .*|state = \"$D/state\"|" \
-  -e "0,/^  address = \"\/run\/containerd\/containerd.sock\"/s||  address = \"$sock\"|" \
-  -e "s|path = \"/opt/containerd\"|path = \"$D/opt\"|" > "$D/config.toml"
-cp "$D/config.toml" "$D/config.toml.orig"
-cat > "$D/restart.sh" <<EOF
-#!/bin/sh
-# What 'systemctl restart containerd' does for a unit with KillMode=process: the daemon only.
-pidfile=$D/containerd.pid
-if [ -f "\$pidfile" ] && kill -0 "\$(cat "\$pidfile")" 2>/dev/null; then
-  kill -TERM "\$(cat "\$pidfile")"
-  while kill -0 "\$(cat "\$pidfile")" 2>/dev/null; do sleep 0.02; done
-fi
-setsid containerd --config $D/config.toml >>$D/containerd.log 2>&1 </dev/null &
-echo \$! > "\$pidfile"
-EOF
-chmod +x "$D/restart.sh"
-"$D/restart.sh"
-for _ in $(seq 300); do ctr --address "$sock" version >/dev/null 2>&1 && break; sleep 0.05; done
+sandbox_containerd
 say "containerd pid $(cat "$D/containerd.pid"), socket $sock"
-
-mkdir -p "$D/rootfs/bin"
-cp /usr/bin/sleep "$D/rootfs/bin/"
-for lib in $(ldd /usr/bin/sleep | grep -o '/[^ ]*'); do mkdir -p "$D/rootfs$(dirname "$lib")"; cp "$lib" "$D/rootfs$lib"; done
+sandbox_rootfs
 ctr --address "$sock" run -d --rootfs --runc-root "$D/runc" "$D/rootfs" "web-$$" /bin/sleep 100000 >/dev/null
 web_pid() { ctr --address "$sock" task ls | awk -v id="web-$$" '$1 == id && $3 == "RUNNING" { print $2 }'; }
 first_pid=$(web_pid)
 say "a workload is running: container web-$$, pid $first_pid"
 
 bold "A shim release on a loopback server (containerd's runc shim renamed: a shim that really runs)"
-mkdir -p "$D/www" "$D/pkg"
-cp /usr/bin/containerd-shim-runc-v2 "$D/pkg/containerd-shim-demo-v2"
-tar -C "$D/pkg" -czf "$D/www/containerd-shim-demo-v2-linux-x86_64.tar.gz" containerd-shim-demo-v2
-cp "$D/www/containerd-shim-demo-v2-linux-x86_64.tar.gz" "$D/www/containerd-shim-demo-v2-linux-aarch64.tar.gz"
-sha=$(sha256sum "$D/www/containerd-shim-demo-v2-linux-x86_64.tar.gz" | cut -d' ' -f1)
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+sandbox_shim_release
+port=$(free_port)
 (cd "$D/www" && exec python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
 server_pid=$!
 for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
-say "http://127.0.0.1:$port/containerd-shim-demo-v2-linux-x86_64.tar.gz  sha256 $sha"
+say "http://127.0.0.1:$port/containerd-shim-demo-v2-linux-x86_64.tar.gz  sha256 $shim_sha"
 
-cat > "$D/settings.toml" <<EOF
-[host]
-root = "/"
-install_dir = "$D/opt/kwasm"
-
-[artifacts]
-allow_http = true          # loopback demo only
-
-[containerd]
-config = "$D/config.toml"
-socket = "$sock"
-restart = ["$D/restart.sh"]
-timeout = "20s"
-
-[[shims]]
-name = "demo"
-runtime_type = "io.containerd.demo.v2"
-binary = "containerd-shim-demo-v2"
-version = "v1.0.0"
-  [[shims.platforms]]
-  arch = "amd64"
-  url = "http://127.0.0.1:$port/containerd-shim-demo-v2-linux-x86_64.tar.gz"
-  sha256 = "$sha"
-  [[shims.platforms]]
-  arch = "arm64"
-  url = "http://127.0.0.1:$port/containerd-shim-demo-v2-linux-aarch64.tar.gz"
-  sha256 = "$sha"
-EOF
+sandbox_settings "$port" </dev/null
 export KWASM_LOG=warn
 
 bold "kwasm-agent plan   (changes nothing)"

@@ -6,9 +6,10 @@ use kwasm_agent::cli::Cli;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     kwasm_agent::telemetry::init(cli.log_format);
-    // A node agent needs little parallelism; two workers keep the footprint small.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // A node agent waits far more than it computes: one thread drives the I/O, and the CPU-heavy
+    // unpacking runs on a blocking thread beside it. Fewer threads keep the idle footprint small.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .max_blocking_threads(4)
         .enable_all()
         .build()
     {

@@ -121,13 +121,8 @@ impl KubeApi {
     }
 
     pub fn event_reasons(&self, node: &str) -> Vec<String> {
-        let v: serde_json::Value =
-            serde_json::from_str(&self.kubectl_ok(&["get", "events", "-A", "-o", "json"])).unwrap();
-        v["items"]
-            .as_array()
-            .unwrap()
+        self.events(node)
             .iter()
-            .filter(|e| e["involvedObject"]["name"] == node)
             .map(|e| e["reason"].as_str().unwrap_or("").to_owned())
             .collect()
     }

@@ -140,7 +140,7 @@ pub async fn wait_for(
                 humantime::format_duration(timeout)
             )));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

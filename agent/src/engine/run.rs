@@ -288,17 +288,35 @@ async fn provision(
             Ok(())
         }
         Err(e) => {
-            let msg = format!("{e:#}");
-            nodes
-                .report(Report {
-                    provisioned: Some(false),
-                    status: Some(&status_doc(&state, "Failed", Some(msg.clone()))),
-                })
-                .await?;
-            nodes.event(true, "ProvisionFailed", &msg).await;
+            report_failure(
+                nodes,
+                &state,
+                "Failed",
+                "ProvisionFailed",
+                &format!("{e:#}"),
+            )
+            .await?;
             Err(e)
         }
     }
+}
+
+/// A failure stays visible on the Node: label false, the status annotation with the error, a Warning.
+async fn report_failure(
+    nodes: &NodeClient,
+    state: &State,
+    phase: &str,
+    reason: &str,
+    msg: &str,
+) -> anyhow::Result<()> {
+    nodes
+        .report(Report {
+            provisioned: Some(false),
+            status: Some(&status_doc(state, phase, Some(msg.to_owned()))),
+        })
+        .await?;
+    nodes.event(true, reason, msg).await;
+    Ok(())
 }
 
 fn previously_failed(node: &Node) -> bool {
@@ -393,14 +411,14 @@ async fn unprovision(engine: &Engine, nodes: &NodeClient, node: &Node) -> anyhow
                 "not removing shims still used by running containers: {}; will retry",
                 busy.join(", ")
             );
-            let state = engine.load_state()?;
-            nodes
-                .report(Report {
-                    provisioned: Some(false),
-                    status: Some(&status_doc(&state, "RemoveBlocked", Some(msg.clone()))),
-                })
-                .await?;
-            nodes.event(true, "RemoveBlocked", &msg).await;
+            report_failure(
+                nodes,
+                &engine.load_state()?,
+                "RemoveBlocked",
+                "RemoveBlocked",
+                &msg,
+            )
+            .await?;
             Err(anyhow!(msg))
         }
         Err(e) => {
