@@ -22,7 +22,10 @@ use source::Source;
 pub struct ArtifactStore {
     layout: InstallLayout,
     settings: ArtifactSettings,
-    fetcher: Fetcher,
+    /// Built on the first download: most reconciles never download, and an HTTPS client with its
+    /// root store is the largest allocation an idle agent would otherwise keep.
+    fetcher: std::sync::OnceLock<Fetcher>,
+    ca_bundle: Option<Vec<u8>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,10 +51,19 @@ impl ArtifactStore {
             )
         };
         Ok(Self {
-            fetcher: Fetcher::new(settings, ca.as_deref())?,
+            fetcher: std::sync::OnceLock::new(),
+            ca_bundle: ca,
             layout,
             settings: settings.clone(),
         })
+    }
+
+    fn fetcher(&self) -> anyhow::Result<&Fetcher> {
+        if let Some(f) = self.fetcher.get() {
+            return Ok(f);
+        }
+        let f = Fetcher::new(&self.settings, self.ca_bundle.as_deref())?;
+        Ok(self.fetcher.get_or_init(|| f))
     }
 
     pub fn layout(&self) -> &InstallLayout {
@@ -141,7 +153,7 @@ impl ArtifactStore {
                     None => format!("unverified-{}.part", shim.name),
                 });
                 let fetched = self
-                    .fetcher
+                    .fetcher()?
                     .fetch(
                         &source,
                         expected,
