@@ -539,10 +539,9 @@ impl Planner<'_> {
         for e in desired {
             if existing.contains_key(&e.handler) && !self.owned_handlers.contains_key(&e.handler) {
                 bail!(
-                    "runtime handler {:?} is already in {} (added by {} or by hand)",
+                    "runtime handler {:?} is already in {} (added by the distribution's shim auto-detection or by hand); remove it there or give the shim another name",
                     e.handler,
-                    rendered.display(),
-                    "k3s"
+                    rendered.display()
                 );
             }
         }

@@ -201,8 +201,8 @@ pub fn same_runtime(existing: &Table, wanted: &Table) -> bool {
     norm(existing) == norm(wanted)
 }
 
-/// Add (or replace, when `replace` — it is ours) the runtime table for `entry`. Returns the intermediate
-/// tables created on the way, which removal takes away again when they end up empty.
+/// Add the runtime table for `handler`, or replace an existing one (the caller checked it is ours).
+/// Missing parent tables are created implicit, so `remove_runtime` can prune them again.
 pub fn put_runtime(
     doc: &mut DocumentMut,
     version: ConfigVersion,
