@@ -8,3 +8,4 @@ pub mod containerd;
 pub mod kube_api;
 pub mod node_host;
 pub mod sandbox;
+pub mod tls_server;

@@ -761,3 +761,47 @@ fn settings_errors_name_the_file_and_key() {
     r.failed();
     assert!(r.reason().contains("missing.toml"), "{}", r.reason());
 }
+
+#[test]
+fn https_with_a_private_ca_is_trusted_only_through_ca_bundle() {
+    use kwasm_tests::tls_server::TlsServer;
+    let sb = Sandbox::new();
+    let binary = fake_binary("tls", 50_000);
+    let archive = release(BIN, &binary);
+    let server = TlsServer::start("/shim.tar.gz", archive.clone());
+    let shim = || {
+        ShimSpec::new("kwtest", BIN).platform(
+            "amd64",
+            &server.url("/shim.tar.gz"),
+            Some(&sha256(&archive)),
+        )
+    };
+    // Plain https, as in production (no allow_http), with a CA the agent does not know: refused.
+    let strict =
+        artifact_settings("", &[shim()]).replace("allow_http = true", "allow_http = false");
+    sb.write_settings(&strict);
+    let r = apply(&sb, &[]);
+    r.failed();
+    assert!(
+        r.reason().contains("is not trusted") && r.reason().contains("ca_bundle"),
+        "{}",
+        r.reason()
+    );
+    assert_eq!(server.served(), 0);
+    assert_eq!(
+        server.connections(),
+        1,
+        "an untrusted certificate must not be retried"
+    );
+    assert!(sb.list("/opt/kwasm/bin").is_empty());
+    // The private CA through artifacts.ca_bundle (a host path under the host root): installed.
+    std::fs::create_dir_all(sb.host("/etc/kwasm")).unwrap();
+    std::fs::write(sb.host("/etc/kwasm/mirror-ca.pem"), &server.ca_pem).unwrap();
+    sb.write_settings(&strict.replace(
+        "attempts = 4\n",
+        "attempts = 4\nca_bundle = \"/etc/kwasm/mirror-ca.pem\"\n",
+    ));
+    apply(&sb, &[]).ok();
+    assert_eq!(std::fs::read(sb.bin(BIN)).unwrap(), binary);
+    assert_eq!(server.served(), 1);
+}

@@ -185,10 +185,16 @@ impl Fetcher {
         if offset > 0 {
             req = req.header(reqwest::header::RANGE, format!("bytes={offset}-"));
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| Failure::Retry(anyhow!(e).context(format!("requesting {url}"))))?;
+        let resp = req.send().await.map_err(|e| {
+            if is_certificate_error(&e) {
+                // Retrying cannot make an untrusted certificate trusted.
+                Failure::Fatal(anyhow!(e).context(format!(
+                    "the TLS certificate of {url} is not trusted (for a private mirror's CA set artifacts.ca_bundle)"
+                )))
+            } else {
+                Failure::Retry(anyhow!(e).context(format!("requesting {url}")))
+            }
+        })?;
         let status = resp.status();
         let len = resp.content_length();
         let total = match status.as_u16() {
@@ -218,6 +224,30 @@ impl Fetcher {
             .map(|r| r.map_err(std::io::Error::other));
         Ok((Box::pin(body), total))
     }
+}
+
+/// Is a rustls certificate rejection somewhere in the chain? io::Error's `source()` skips the error
+/// it wraps, so wrapped errors are looked into explicitly.
+fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            return matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            );
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if is_certificate_error(inner) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
 }
 
 fn content_range_starts_at(resp: &reqwest::Response, offset: u64) -> bool {
