@@ -23,6 +23,16 @@ pub struct CriStatus {
     pub handlers: BTreeMap<String, LoadedRuntime>,
 }
 
+impl CriStatus {
+    /// containerd has `handler` loaded, running the binary at `binary` (a host path).
+    pub fn lists(&self, handler: &str, binary: &Path) -> bool {
+        self.handlers
+            .get(handler)
+            .map(|l| Path::new(&l.runtime_path) == binary)
+            .unwrap_or(false)
+    }
+}
+
 /// One verbose CRI status call on `socket` (the agent's view of the socket path).
 pub async fn status(socket: &Path) -> anyhow::Result<CriStatus> {
     let path: PathBuf = socket.to_owned();
@@ -111,12 +121,7 @@ pub async fn wait_for(
             Ok(st) => {
                 let missing: Vec<String> = expected
                     .iter()
-                    .filter(|(h, path)| {
-                        st.handlers
-                            .get(*h)
-                            .map(|l| Path::new(&l.runtime_path) != path.as_path())
-                            .unwrap_or(true)
-                    })
+                    .filter(|(h, path)| !st.lists(h, path))
                     .map(|(h, _)| h.clone())
                     .collect();
                 let lingering: Vec<&String> = absent

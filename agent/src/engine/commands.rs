@@ -215,12 +215,7 @@ async fn status(s: StatusArgs) -> anyhow::Result<()> {
                     configured: owned
                         .map(|o| o.handlers.contains_key(&r.name))
                         .unwrap_or(false),
-                    loaded: cri.as_ref().ok().map(|c| {
-                        c.handlers
-                            .get(&r.name)
-                            .map(|l| l.runtime_path == r.binary_path.to_string_lossy())
-                            .unwrap_or(false)
-                    }),
+                    loaded: cri.as_ref().ok().map(|c| c.lists(&r.name, &r.binary_path)),
                 }
             })
             .collect(),

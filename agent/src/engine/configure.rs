@@ -162,14 +162,10 @@ impl Containerd {
         let loaded = if plan.changes() {
             None
         } else {
-            self.cri_status().await.ok().map(|st| {
-                expected.iter().all(|(h, p)| {
-                    st.handlers
-                        .get(h)
-                        .map(|l| Path::new(&l.runtime_path) == p)
-                        .unwrap_or(false)
-                })
-            })
+            self.cri_status()
+                .await
+                .ok()
+                .map(|st| expected.iter().all(|(h, p)| st.lists(h, p)))
         };
         let action = restart::decide(
             &self.settings.restart,

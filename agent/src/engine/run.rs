@@ -2,7 +2,6 @@
 //! `false`), act, then report (label `true` only once containerd proves the handlers loaded). Failures
 //! are retried with capped backoff and stay visible in the status annotation and Events.
 
-use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -258,22 +257,24 @@ async fn provision(
                 r.in_use.iter().map(|(n, _)| n).collect::<Vec<_>>()
             );
         }
+        // With restart = "none" the handlers load at containerd's next start: not an error, but the
+        // node is not labelled ready until they do.
+        let loaded_now = handlers_loaded(engine, &names).await;
         anyhow::ensure!(
-            handlers_loaded(engine, &names).await || restart_disabled(engine),
+            loaded_now || restart_disabled(engine),
             "containerd does not list the handlers after apply"
         );
-        Ok(report)
+        Ok((report, loaded_now))
     }
     .await;
     let state = engine.load_state()?;
     match result {
-        Ok(report) => {
+        Ok((report, provisioned)) => {
             let loaded = report
                 .config
                 .as_ref()
                 .and_then(|c| c.loaded.clone())
                 .unwrap_or_default();
-            let provisioned = !restart_disabled(engine) || handlers_loaded(engine, &names).await;
             nodes
                 .report(Report {
                     provisioned: Some(provisioned),
@@ -354,11 +355,10 @@ async fn handlers_loaded(engine: &Engine, names: &[String]) -> bool {
     };
     match cd.cri_status().await {
         Ok(cri) => names.iter().all(|n| {
-            let want: Option<PathBuf> = st.shims.get(n).map(|r| r.binary_path.clone());
-            match (cri.handlers.get(n), want) {
-                (Some(l), Some(p)) => std::path::Path::new(&l.runtime_path) == p,
-                _ => false,
-            }
+            st.shims
+                .get(n)
+                .map(|r| cri.lists(n, &r.binary_path))
+                .unwrap_or(false)
         }),
         Err(_) => false,
     }
