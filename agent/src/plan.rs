@@ -149,6 +149,7 @@ mod tests {
             binary_sha256: "c".repeat(64),
             binary_path: "/opt/kwasm/bin/containerd-shim-spin-v2".into(),
             installed_at: String::new(),
+            link: None,
         }
     }
 

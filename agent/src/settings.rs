@@ -177,6 +177,10 @@ pub struct ContainerdSettings {
     pub timeout: Duration,
     /// Path of the containerd binary used to validate a candidate config ("auto": look on the host).
     pub binary: String,
+    /// A host directory on containerd's PATH (e.g. /usr/local/bin) where each shim is also linked
+    /// under the name its runtime_type maps to, for clients that name the runtime rather than the
+    /// handler (`ctr run --runtime io.containerd.wasmtime.v1`, nerdctl). None: no links.
+    pub link_dir: Option<PathBuf>,
 }
 
 impl Default for ContainerdSettings {
@@ -188,6 +192,7 @@ impl Default for ContainerdSettings {
             socket: "auto".into(),
             timeout: Duration::from_secs(30),
             binary: "auto".into(),
+            link_dir: None,
         }
     }
 }
@@ -249,6 +254,17 @@ impl Settings {
             return Err(invalid(
                 "host.install_dir".into(),
                 "expected an absolute host path".into(),
+            ));
+        }
+        if let Some(d) = self
+            .containerd
+            .link_dir
+            .as_ref()
+            .filter(|d| !d.is_absolute())
+        {
+            return Err(invalid(
+                "containerd.link_dir".into(),
+                format!("expected an absolute host path, found {}", d.display()),
             ));
         }
         let mut seen = std::collections::BTreeSet::new();

@@ -59,9 +59,10 @@ pub fn release(binary: &str, contents: &[u8]) -> Vec<u8> {
     ]))
 }
 
-/// Contents that look like (and are unique as) a binary for a test.
+/// Contents unique to a test that run as a shim does when asked its version (`-v`): a shell script
+/// that exits before the filler bytes, which make it as large as asked.
 pub fn fake_binary(tag: &str, len: usize) -> Vec<u8> {
-    let mut v = format!("\x7fELF fake shim {tag}\n").into_bytes();
+    let mut v = format!("#!/bin/sh\necho \"fake shim {tag}\"\nexit 0\n").into_bytes();
     let mut x: u32 = 0x9e3779b9 ^ tag.len() as u32;
     while v.len() < len {
         x ^= x << 13;

@@ -14,12 +14,17 @@ pub struct Containerd {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub rootfs: PathBuf,
+    /// A directory on this containerd's PATH (where runtime names resolve to shim binaries).
+    pub path_dir: PathBuf,
     containers: std::cell::RefCell<Vec<String>>,
 }
 
 /// What the tests put in the operator's config: comments and ordering the agent must keep.
 pub const OPERATOR_HEADER: &str =
     "# Operator's containerd config. Reviewed 2026-11-01; keep these notes.\n";
+
+/// The pod sandbox image the CRI plugin is configured with; tests import it (no registry here).
+pub const PAUSE_IMAGE: &str = "registry.kwasm.test/pause:1";
 
 impl Containerd {
     /// Starts containerd in `<sandbox>/cd`. Its config is `containerd config default` with sandbox
@@ -45,10 +50,17 @@ impl Containerd {
         doc["grpc"]["address"] = toml_edit::value(socket.to_str().unwrap());
         doc["plugins"]["io.containerd.internal.v1.opt"]["path"] =
             toml_edit::value(format!("{d}/opt"));
+        // Pods through CRI: this machine does not let containerd lower oom_score_adj below its own,
+        // and the pause image is a local one.
+        let cri = &mut doc["plugins"]["io.containerd.grpc.v1.cri"];
+        cri["restrict_oom_score_adj"] = toml_edit::value(true);
+        cri["sandbox_image"] = toml_edit::value(PAUSE_IMAGE);
         let text = format!("{OPERATOR_HEADER}{doc}\n# Trailing operator note.\n");
         std::fs::write(&config, text).unwrap();
+        let path_dir = dir.join("path");
+        std::fs::create_dir_all(&path_dir).unwrap();
         let restart = dir.join("restart.sh");
-        std::fs::write(&restart, restart_script(&dir, &config)).unwrap();
+        std::fs::write(&restart, restart_script(&dir, &config, &path_dir)).unwrap();
         std::fs::set_permissions(
             &restart,
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -61,6 +73,7 @@ impl Containerd {
             socket,
             config,
             rootfs,
+            path_dir,
             containers: Default::default(),
         };
         c.restart();
@@ -195,6 +208,12 @@ impl Drop for Containerd {
         for id in ids {
             self.stop_container(&id);
         }
+        // Pods a failing test left behind: removed through CRI so their shims exit cleanly.
+        if self.socket.exists() {
+            if let Ok(mut cri) = crate::cri::Cri::try_connect(&self.socket) {
+                cri.remove_all_pods();
+            }
+        }
         if let Ok(pid) = std::fs::read_to_string(self.dir.join("containerd.pid")) {
             if let Ok(pid) = pid.trim().parse::<i32>() {
                 kill_and_wait(pid);
@@ -210,6 +229,38 @@ impl Drop for Containerd {
             kill_and_wait(pid);
         }
         reap_exited();
+        self.remove_leftovers();
+    }
+}
+
+impl Containerd {
+    /// What killed shims cannot clean up: their sockets (containerd 1.6 puts them in
+    /// /run/containerd/s whatever its state dir; each task's `address` file names its own) and the
+    /// mounts of their tasks under this sandbox (detached, deepest first).
+    fn remove_leftovers(&self) {
+        let tasks = self.dir.join("state/io.containerd.runtime.v2.task");
+        for ns in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            for task in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                if let Ok(a) = std::fs::read_to_string(task.path().join("address")) {
+                    if let Some(sock) = a.trim().strip_prefix("unix://") {
+                        if sock.starts_with("/run/containerd/s/") {
+                            let _ = std::fs::remove_file(sock);
+                        }
+                    }
+                }
+            }
+        }
+        let dir = self.dir.to_string_lossy().into_owned();
+        let mut mounts: Vec<String> = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            .filter(|m| m.starts_with(&dir))
+            .collect();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
     }
 }
 
@@ -290,7 +341,7 @@ pub fn pids_mentioning(needle: &str) -> Vec<i32> {
 
 /// The restart command, like `systemctl restart containerd` for a unit with KillMode=process: stop
 /// the daemon only (shims and containers live on), start it again, return.
-fn restart_script(dir: &Path, config: &Path) -> String {
+fn restart_script(dir: &Path, config: &Path, path_dir: &Path) -> String {
     let d = dir.display();
     format!(
         r#"#!/bin/sh
@@ -309,28 +360,16 @@ if [ -f "$pidfile" ]; then
     done
   fi
 fi
+export PATH={path_dir}:$PATH
 setsid containerd --config {config} >>{d}/containerd.log 2>&1 </dev/null &
 echo $! > "$pidfile"
 "#,
-        config = config.display()
+        config = config.display(),
+        path_dir = path_dir.display()
     )
 }
 
 /// A root filesystem with /bin/sleep and the libraries it links.
 fn make_rootfs(rootfs: &Path) {
-    let sleep = Path::new("/usr/bin/sleep");
-    copy_into(rootfs, sleep, Path::new("/bin/sleep"));
-    let ldd = Command::new("ldd").arg(sleep).output().unwrap();
-    for lib in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
-        copy_into(rootfs, Path::new(lib), Path::new(lib));
-    }
-}
-
-fn copy_into(rootfs: &Path, src: &Path, dest: &Path) {
-    let target = rootfs.join(dest.strip_prefix("/").unwrap());
-    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    std::fs::copy(src, &target).unwrap();
+    crate::rootfs::install_program(rootfs, Path::new("/usr/bin/sleep"), Path::new("/bin/sleep"));
 }

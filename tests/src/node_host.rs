@@ -12,6 +12,27 @@ use crate::sandbox::{Sandbox, ShimSpec};
 
 pub const SHIM_BIN: &str = "containerd-shim-kwtest-v2";
 
+/// The shim release a node host serves and its settings name.
+pub struct TestShim {
+    pub name: String,
+    pub binary: String,
+    pub runtime_type: String,
+    pub archive: Vec<u8>,
+}
+
+impl TestShim {
+    /// containerd's runc shim under another name: a shim that really runs containers.
+    pub fn kwtest() -> Self {
+        let shim_bytes = std::fs::read("/usr/bin/containerd-shim-runc-v2").unwrap();
+        Self {
+            name: "kwtest".into(),
+            binary: SHIM_BIN.into(),
+            runtime_type: "io.containerd.kwtest.v2".into(),
+            archive: release(SHIM_BIN, &shim_bytes),
+        }
+    }
+}
+
 /// Field order matters: containerd (and its containers) stop before the sandbox directory goes.
 pub struct NodeHost {
     pub cd: Containerd,
@@ -19,6 +40,7 @@ pub struct NodeHost {
     pub sb: Sandbox,
     pub original: String,
     pub archive: Vec<u8>,
+    pub shim: TestShim,
 }
 
 impl NodeHost {
@@ -32,17 +54,23 @@ impl NodeHost {
     }
 
     pub fn with_options(options: &str, extra: impl FnOnce(&Sandbox) -> String) -> Self {
+        Self::serving(TestShim::kwtest(), options, extra)
+    }
+
+    /// A node whose settings name `shim`, served over loopback HTTP with its digest pinned.
+    pub fn serving(shim: TestShim, options: &str, extra: impl FnOnce(&Sandbox) -> String) -> Self {
         let sb = Sandbox::new();
         let cd = Containerd::start(&sb);
         let server = ArtifactServer::start();
-        let shim_bytes = std::fs::read("/usr/bin/containerd-shim-runc-v2").unwrap();
-        let archive = release(SHIM_BIN, &shim_bytes);
-        server.route("/kwtest.tar.gz", vec![Behavior::Serve(archive.clone())]);
-        let spec = ShimSpec::new("kwtest", SHIM_BIN).platform(
+        let archive = shim.archive.clone();
+        let route = format!("/{}.tar.gz", shim.name);
+        server.route(&route, vec![Behavior::Serve(archive.clone())]);
+        let mut spec = ShimSpec::new(&shim.name, &shim.binary).platform(
             "amd64",
-            &server.url("/kwtest.tar.gz"),
+            &server.url(&route),
             Some(&sha256(&archive)),
         );
+        spec.runtime_type = shim.runtime_type.clone();
         let shim_toml = spec
             .to_toml()
             .replacen("version = ", &format!("{options}\nversion = "), 1);
@@ -62,6 +90,7 @@ impl NodeHost {
             sb,
             original,
             archive,
+            shim,
         }
     }
 
@@ -75,7 +104,7 @@ impl NodeHost {
     }
 
     pub fn binary(&self) -> PathBuf {
-        self.sb.path().join("opt/kwasm/bin").join(SHIM_BIN)
+        self.sb.path().join("opt/kwasm/bin").join(&self.shim.binary)
     }
 
     pub fn config(&self) -> String {

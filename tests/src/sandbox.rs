@@ -26,6 +26,9 @@ impl Sandbox {
         let root = dir.path().join("root");
         std::fs::create_dir_all(&root).unwrap();
         let settings = dir.path().join("settings.toml");
+        // A host has a shell: the agent runs a new shim binary (here, a script) as the host to
+        // prove it starts before installing it.
+        crate::rootfs::install_program(&root, Path::new("/bin/sh"), Path::new("/bin/sh"));
         // A node has a containerd config; this one is the minimal shape of a kubeadm node's.
         let cfg = root.join("etc/containerd/config.toml");
         std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();

@@ -805,3 +805,41 @@ fn https_with_a_private_ca_is_trusted_only_through_ca_bundle() {
     assert_eq!(std::fs::read(sb.bin(BIN)).unwrap(), binary);
     assert_eq!(server.served(), 1);
 }
+
+#[test]
+fn a_verified_binary_that_does_not_start_on_this_host_is_never_installed() {
+    // Pinned and verified, but not a program this host can run (another architecture's build, say):
+    // the agent runs it as the host before installing it, and refuses it.
+    let sb = Sandbox::new();
+    let server = ArtifactServer::start();
+    let not_runnable = b"\x7fELF\x02\x01\x01\0 not for this machine".repeat(100);
+    let archive = release(BIN, &not_runnable);
+    server.route("/shim.tar.gz", vec![Behavior::Serve(archive.clone())]);
+    let shim = ShimSpec::new("kwtest", BIN).platform(
+        "amd64",
+        &server.url("/shim.tar.gz"),
+        Some(&sha256(&archive)),
+    );
+    sb.write_settings(&artifact_settings("", &[shim]));
+    let config = std::fs::read(sb.host("/etc/containerd/config.toml")).unwrap();
+    let r = apply(&sb, &[]);
+    r.failed();
+    assert!(
+        r.reason().contains("does not start on this host"),
+        "{}",
+        r.reason()
+    );
+    assert!(
+        sb.list("/opt/kwasm/bin").is_empty(),
+        "{:?}",
+        sb.list("/opt/kwasm/bin")
+    );
+    assert!(sb.list("/opt/kwasm/cache/staging").is_empty());
+    assert_eq!(
+        std::fs::read(sb.host("/etc/containerd/config.toml")).unwrap(),
+        config,
+        "containerd's config was changed for a shim that cannot start"
+    );
+    let state = std::fs::read_to_string(sb.host("/opt/kwasm/state.json")).unwrap_or_default();
+    assert!(!state.contains("kwtest"), "{state}");
+}

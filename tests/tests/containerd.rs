@@ -76,7 +76,7 @@ fn apply_wires_the_shim_in_without_disturbing_containers_and_remove_restores_eve
     assert!(edited.starts_with(OPERATOR_HEADER) && edited.ends_with("# Trailing operator note.\n"));
     assert_only_one_block_added(&n.original, &edited);
     assert!(
-        edited.contains(&format!("runtime_path = \"{}\"", n.binary().display())),
+        edited.contains(&format!("runtime_type = \"{}\"", n.binary().display())),
         "{edited}"
     );
 

@@ -3,6 +3,8 @@
 
 pub mod digest;
 pub mod fetch;
+pub mod link;
+pub mod probe;
 pub mod retry;
 pub mod source;
 pub mod unpack;
@@ -12,6 +14,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Context};
 
 use crate::arch::Arch;
+use crate::host::exec::HostExec;
 use crate::host::state::{now_rfc3339, InstalledShim, State};
 use crate::host::{HostRoot, InstallLayout};
 use crate::plan::{ArtifactFacts, ArtifactStep};
@@ -26,6 +29,7 @@ pub struct ArtifactStore {
     /// root store is the largest allocation an idle agent would otherwise keep.
     fetcher: std::sync::OnceLock<Fetcher>,
     ca_bundle: Option<Vec<u8>>,
+    exec: HostExec,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +57,7 @@ impl ArtifactStore {
         Ok(Self {
             fetcher: std::sync::OnceLock::new(),
             ca_bundle: ca,
+            exec: HostExec::new(host),
             layout,
             settings: settings.clone(),
         })
@@ -168,6 +173,11 @@ impl ArtifactStore {
                 (fetched.archive_sha256, (fetched.unpacked, fetched.binary))
             }
         };
+        let mut pending = pending;
+        pending.seal()?;
+        let staged = self.layout.host_path(pending.temp_path())?;
+        let says = probe::shim_starts(&self.exec, &shim.name, &staged).await?;
+        tracing::debug!(shim = %shim.name, version = %says, "shim binary starts on this host");
         pending
             .commit()
             .with_context(|| format!("installing {}", dest.display()))?;
@@ -184,6 +194,7 @@ impl ArtifactStore {
                 binary_sha256: unpacked.binary_sha256,
                 binary_path: self.layout.host_bin_path(&shim.binary),
                 installed_at: now_rfc3339(),
+                link: state.shims.get(&shim.name).and_then(|r| r.link.clone()),
             },
         );
         Ok(how)

@@ -9,7 +9,7 @@ use anyhow::{anyhow, bail};
 use sha2::{Digest, Sha256};
 use toml_edit::DocumentMut;
 
-use super::config::{self, ConfigVersion, RuntimeEntry};
+use super::config::{self, ConfigVersion, ContainerdVersion, OptionsDelivery, RuntimeEntry};
 use super::flavor::{Flavor, Kind};
 use super::ownership::{ConfigOwnership, FileRecord, OwnedRuntime};
 use super::template;
@@ -23,8 +23,8 @@ pub struct ConfigFacts {
     pub backups: BTreeMap<PathBuf, String>,
     /// `containerd config default` from the host's binary, for hosts with no config file at all.
     pub default_config: Option<String>,
-    /// Major version of the host's containerd, when it could be asked.
-    pub containerd_major: Option<u32>,
+    /// The host's containerd release, when its binary could be asked.
+    pub containerd: Option<ContainerdVersion>,
 }
 
 impl ConfigFacts {
@@ -66,6 +66,9 @@ pub struct ConfigPlan {
     pub ownership: Option<ConfigOwnership>,
     /// The config containerd reads, as it will be after the writes (validated before they are made).
     pub effective_config: Option<(PathBuf, String)>,
+    /// Things the operator should know about what was (not) written, e.g. options this containerd
+    /// cannot pass to a shim.
+    pub notes: Vec<String>,
 }
 
 impl ConfigPlan {
@@ -106,8 +109,8 @@ pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strateg
                 }
             }
             None => {
-                let v = match (facts.containerd_major, &facts.default_config) {
-                    (Some(m), _) if m >= 2 => ConfigVersion(3),
+                let v = match (facts.containerd, &facts.default_config) {
+                    (Some(c), _) if c.major >= 2 => ConfigVersion(3),
                     (_, Some(d)) => config::version(&config::parse(d, Path::new("containerd config default"))?, main)?,
                     _ => bail!(
                         "{} does not exist and the host's containerd could not be asked for its defaults; create the file or set containerd.binary",
@@ -203,20 +206,35 @@ pub fn plan(
     if flavor.kind == Kind::Microk8s {
         if let Some(e) = desired
             .iter()
-            .find(|e| !e.runtime_path.starts_with("/var/snap/microk8s/common"))
+            .find(|e| !e.binary.starts_with("/var/snap/microk8s/common"))
         {
             bail!(
                 "microk8s' strictly confined containerd only runs binaries under /var/snap/microk8s/common; {} is outside it: set host.install_dir to e.g. /var/snap/microk8s/common/kwasm",
-                e.runtime_path.display()
+                e.binary.display()
             );
         }
     }
+    let delivery = OptionsDelivery::for_host(facts.containerd, version);
+    let notes = if delivery == OptionsDelivery::Dropped {
+        desired
+            .iter()
+            .filter(|e| e.options.as_ref().is_some_and(|o| !o.is_empty()))
+            .map(|e| format!(
+                "runtime {:?}: options not written: this containerd ({}) passes no runtime options to non-runc shims (1.7 and later do)",
+                e.handler,
+                facts.containerd.map(|v| format!("{}.{}", v.major, v.minor)).unwrap_or_else(|| "version unknown, config version 2".into())
+            ))
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut p = Planner {
         facts,
         owned_handlers: owned.map(|o| o.handlers.clone()).unwrap_or_default(),
         records: owned.map(|o| o.files.clone()).unwrap_or_default(),
         writes: Vec::new(),
         version,
+        delivery,
     };
     let effective = match &strategy {
         Strategy::InPlace { file } => {
@@ -237,7 +255,7 @@ pub fn plan(
                 e.handler.clone(),
                 OwnedRuntime {
                     runtime_type: e.runtime_type.clone(),
-                    runtime_path: e.runtime_path.clone(),
+                    runtime_path: e.binary.clone(),
                 },
             )
         })
@@ -254,6 +272,7 @@ pub fn plan(
         writes: p.writes,
         ownership,
         effective_config: effective,
+        notes,
     })
 }
 
@@ -263,6 +282,7 @@ struct Planner<'a> {
     records: BTreeMap<PathBuf, FileRecord>,
     writes: Vec<FileWrite>,
     version: ConfigVersion,
+    delivery: OptionsDelivery,
 }
 
 pub fn sha256(s: &str) -> String {
@@ -336,12 +356,12 @@ impl Planner<'_> {
         }
         let indent = config::runtime_indent(doc, v);
         for e in desired {
-            let table = config::runtime_table(e, inherit, &indent);
+            let table = config::runtime_table(e, self.delivery, inherit, &indent);
             match existing.get(&e.handler) {
                 Some(cur) if config::same_runtime(cur, &table) => {}
                 Some(cur)
                     if !self.owned_handlers.contains_key(&e.handler)
-                        && !points_into(cur, &e.runtime_path) =>
+                        && !points_into(cur, &e.binary) =>
                 {
                     bail!(
                         "runtime handler {:?} is already configured in {} (runtime_type {}) by someone else; remove it there or give the shim another name",
@@ -421,7 +441,8 @@ impl Planner<'_> {
         let inherit = main_doc
             .as_ref()
             .and_then(|d| config::default_systemd_cgroup(d, version));
-        let drop_in = (!desired.is_empty()).then(|| drop_in_text(version, desired, inherit));
+        let drop_in =
+            (!desired.is_empty()).then(|| drop_in_text(version, self.delivery, desired, inherit));
         let mut order = Vec::new();
         // The drop-in first, then the import naming it; on the way out, the import goes first.
         let dropin_rec = drop_in.as_ref().map(|_| FileRecord {
@@ -524,7 +545,7 @@ impl Planner<'_> {
         desired: &[RuntimeEntry],
     ) -> anyhow::Result<Option<(PathBuf, String)>> {
         for e in desired {
-            if e.runtime_path.starts_with("/opt/kwasm/bin") {
+            if e.binary.starts_with("/opt/kwasm/bin") {
                 bail!(
                     "k3s/rke2 add runtimes themselves for shims they find in /opt/kwasm/bin, which would duplicate handler {:?} in the rendered config; set host.install_dir to another path (for example /var/lib/kwasm) on these nodes",
                     e.handler
@@ -550,7 +571,8 @@ impl Planner<'_> {
             .get(file)
             .map(|r| r.created)
             .unwrap_or(current.is_none());
-        let block = (!desired.is_empty()).then(|| block_text(self.version, desired, inherit));
+        let block = (!desired.is_empty())
+            .then(|| block_text(self.version, self.delivery, desired, inherit));
         let after = template::set_block(current, block.as_deref(), created);
         let rec = after
             .as_ref()
@@ -573,9 +595,13 @@ impl Planner<'_> {
     }
 }
 
-/// A table that already points at our binary is ours (written by a run killed before it saved state).
+/// A table that already points at our binary is ours (written by a run killed before it saved state,
+/// or by an agent release that named the binary in `runtime_path`).
 fn points_into(t: &toml_edit::Table, path: &Path) -> bool {
-    t.get("runtime_path").and_then(|v| v.as_str()) == Some(&*path.to_string_lossy())
+    let path = path.to_string_lossy();
+    ["runtime_type", "runtime_path"]
+        .iter()
+        .any(|k| t.get(k).and_then(|v| v.as_str()) == Some(&*path))
 }
 
 const DROP_IN_HEADER: &str =
@@ -585,21 +611,31 @@ fn is_ours(text: &str) -> bool {
     text.starts_with(DROP_IN_HEADER)
 }
 
-fn block_text(version: ConfigVersion, desired: &[RuntimeEntry], inherit: Option<bool>) -> String {
+fn block_text(
+    version: ConfigVersion,
+    delivery: OptionsDelivery,
+    desired: &[RuntimeEntry],
+    inherit: Option<bool>,
+) -> String {
     let mut doc = DocumentMut::new();
     for e in desired {
-        let mut t = config::runtime_table(e, inherit, "");
+        let mut t = config::runtime_table(e, delivery, inherit, "");
         t.decor_mut().set_prefix("\n");
         config::put_runtime(&mut doc, version, t, &e.handler).expect("known version");
     }
     doc.to_string().trim_start().to_owned()
 }
 
-fn drop_in_text(version: ConfigVersion, desired: &[RuntimeEntry], inherit: Option<bool>) -> String {
+fn drop_in_text(
+    version: ConfigVersion,
+    delivery: OptionsDelivery,
+    desired: &[RuntimeEntry],
+    inherit: Option<bool>,
+) -> String {
     format!(
         "{DROP_IN_HEADER}version = {}\n\n{}",
         version.0,
-        block_text(version, desired, inherit)
+        block_text(version, delivery, desired, inherit)
     )
 }
 

@@ -41,9 +41,17 @@ fn entry(handler: &str, dir: &str) -> RuntimeEntry {
     RuntimeEntry {
         handler: handler.into(),
         runtime_type: format!("io.containerd.{handler}.v2"),
-        runtime_path: Path::new(dir).join(format!("containerd-shim-{handler}-v2")),
+        binary: Path::new(dir).join(format!("containerd-shim-{handler}-v2")),
         options: None,
     }
+}
+
+const C16: Option<ContainerdVersion> = Some(ContainerdVersion { major: 1, minor: 6 });
+const C17: Option<ContainerdVersion> = Some(ContainerdVersion { major: 1, minor: 7 });
+
+fn on(mut f: ConfigFacts, containerd: Option<ContainerdVersion>) -> ConfigFacts {
+    f.containerd = containerd;
+    f
 }
 
 /// Carry the writes out on the in-memory host, keeping backups of originals as the engine does.
@@ -77,7 +85,7 @@ fn assert_lines_kept(original: &str, edited: &str) {
 #[test]
 fn containerd_1_6_is_edited_in_place_and_restored_byte_for_byte() {
     let fl = flavor(Kind::Containerd, MAIN);
-    let mut f = facts(&[(MAIN, V16)]);
+    let mut f = on(facts(&[(MAIN, V16)]), C16);
     let desired = [entry("spin", "/opt/kwasm/bin")];
     let plan = super::plan(&fl, &f, None, &desired).unwrap();
     assert_eq!(plan.strategy, Strategy::InPlace { file: MAIN.into() });
@@ -86,10 +94,22 @@ fn containerd_1_6_is_edited_in_place_and_restored_byte_for_byte() {
     let edited = text(&f, MAIN).to_owned();
     assert_lines_kept(V16, &edited);
     assert!(edited.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.spin]"));
-    assert!(edited.contains("runtime_path = \"/opt/kwasm/bin/containerd-shim-spin-v2\""));
     assert!(
-        edited.contains("SystemdCgroup = false"),
-        "inherits the default runtime's cgroup driver"
+        edited.contains("runtime_type = \"/opt/kwasm/bin/containerd-shim-spin-v2\""),
+        "containerd starts the installed binary by its path: {edited}"
+    );
+    let doc: toml::Table = toml::from_str(&edited).unwrap();
+    let spin = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["spin"]
+        .as_table()
+        .unwrap();
+    assert_eq!(
+        spin.keys().collect::<Vec<_>>(),
+        ["runtime_type"],
+        "no runtime_path: the sandbox's shim would not honour it"
+    );
+    assert!(
+        !edited.contains("runtimes.spin.options]"),
+        "containerd 1.6 sends non-runc shims an empty options body that runwasi refuses: {edited}"
     );
     // Idempotent.
     let again = super::plan(&fl, &f, plan.ownership.as_ref(), &desired).unwrap();
@@ -235,7 +255,7 @@ fn missing_config_is_created_and_removed_again() {
     let fl = flavor(Kind::Containerd, MAIN);
     // containerd 2.x: a file with the version and our runtime is enough.
     let mut f = ConfigFacts {
-        containerd_major: Some(2),
+        containerd: Some(ContainerdVersion { major: 2, minor: 0 }),
         ..Default::default()
     };
     let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
@@ -246,7 +266,7 @@ fn missing_config_is_created_and_removed_again() {
     assert!(f.file(Path::new(MAIN)).is_none());
     // containerd 1.x: start from the binary's defaults so the default runtime still exists.
     let mut f = ConfigFacts {
-        containerd_major: Some(1),
+        containerd: C16,
         default_config: Some(V16.into()),
         ..Default::default()
     };
@@ -289,6 +309,15 @@ fn handlers_configured_by_someone_else_are_not_taken_over() {
     )
     .unwrap();
     assert!(plan.ownership.unwrap().handlers.contains_key("spin"));
+    let ours = format!("{V16}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.spin]\n  runtime_type = \"/opt/kwasm/bin/containerd-shim-spin-v2\"\n");
+    let plan = super::plan(
+        &fl,
+        &facts(&[(MAIN, &ours)]),
+        None,
+        &[entry("spin", "/opt/kwasm/bin")],
+    )
+    .unwrap();
+    assert!(plan.ownership.unwrap().handlers.contains_key("spin"));
 }
 
 #[test]
@@ -296,7 +325,7 @@ fn k3s_without_drop_in_dirs_gets_a_template_block() {
     let rendered = format!("{K3S_DIR}/config.toml");
     let tmpl = format!("{K3S_DIR}/config.toml.tmpl");
     let fl = flavor(Kind::K3s, &rendered);
-    let mut f = facts(&[(&rendered, K3S)]);
+    let mut f = on(facts(&[(&rendered, K3S)]), C17);
     let e = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
     assert!(
         e.to_string().contains("install_dir"),
@@ -453,4 +482,52 @@ fn a_drop_in_someone_else_wrote_is_not_overwritten() {
     ]);
     let e = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
     assert!(e.to_string().contains("not written by kwasm-agent"), "{e}");
+}
+
+#[test]
+fn options_are_written_the_way_each_containerd_passes_them_to_a_shim() {
+    let fl = flavor(Kind::Containerd, MAIN);
+    let mut spin = entry("spin", "/opt/kwasm/bin");
+    spin.options = Some(toml::toml! { ConfigLevel = "debug" });
+    let options_of = |f: &ConfigFacts| {
+        let plan = super::plan(&fl, f, None, std::slice::from_ref(&spin)).unwrap();
+        let after = plan.writes[0].after.clone().unwrap();
+        let doc: toml::Table = toml::from_str(&after).unwrap();
+        let opts = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["spin"]
+            .get("options")
+            .cloned();
+        (opts, plan.notes)
+    };
+    // 1.7: the table's TOML is the shim's config body; runwasi needs SystemdCgroup in it, inherited
+    // from the default runtime so pods keep the node's cgroup driver.
+    let (opts, notes) = options_of(&on(facts(&[(MAIN, V16)]), C17));
+    let opts = opts.expect("an options table on 1.7");
+    assert_eq!(opts["SystemdCgroup"].as_bool(), Some(false));
+    assert_eq!(opts["ConfigLevel"].as_str(), Some("debug"));
+    assert!(notes.is_empty(), "{notes:?}");
+    // 1.6, or a version 2 config whose containerd cannot be asked: no table, and the plan says why.
+    for version in [C16, None] {
+        let (opts, notes) = options_of(&on(facts(&[(MAIN, V16)]), version));
+        assert!(opts.is_none(), "{version:?}");
+        assert!(
+            notes.len() == 1 && notes[0].contains("options not written"),
+            "{notes:?}"
+        );
+    }
+}
+
+#[test]
+fn containerd_versions_are_read_from_what_each_build_prints() {
+    let v = |s: &str| ContainerdVersion::parse(s).map(|v| (v.major, v.minor));
+    assert_eq!(
+        v("containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3"),
+        Some((1, 6))
+    );
+    assert_eq!(v("containerd containerd.io v2.0.4 1a43cb"), Some((2, 0)));
+    assert_eq!(
+        v("containerd github.com/k3s-io/containerd v1.7.23-k3s2 2f8c6f2e"),
+        Some((1, 7))
+    );
+    assert_eq!(v("garbage"), None);
+    assert_eq!(v(""), None);
 }

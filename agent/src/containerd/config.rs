@@ -44,10 +44,60 @@ impl ConfigVersion {
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuntimeEntry {
     pub handler: String,
+    /// The runtime's name from the settings (`io.containerd.spin.v2`), kept for the ownership record.
     pub runtime_type: String,
-    /// The installed binary as the host sees it.
-    pub runtime_path: PathBuf,
+    /// The installed binary as the host sees it: written as the table's `runtime_type`.
+    pub binary: PathBuf,
     pub options: Option<toml::Table>,
+}
+
+/// How containerd hands a runtime's `options` table to a shim that is not runc — every WebAssembly
+/// shim, and any runtime whose `runtime_type` is a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionsDelivery {
+    /// containerd 1.7 and later pass the table's TOML as the shim's `ConfigBody`; runwasi's shims read
+    /// `SystemdCgroup` from it and refuse a body without it.
+    TomlBody,
+    /// containerd 1.6 keeps only `ConfigPath` and `TypeUrl` and sends an empty body, which runwasi's
+    /// shims refuse ("missing field systemd_cgroup"): no table is written.
+    Dropped,
+}
+
+impl OptionsDelivery {
+    /// From the host's containerd version; when it is unknown a version 3+ config means containerd
+    /// 2.x, and a version 2 config may be 1.6, so no table is written (the shim then runs on its own
+    /// defaults rather than refusing every pod).
+    pub fn for_host(containerd: Option<ContainerdVersion>, config: ConfigVersion) -> Self {
+        match containerd {
+            Some(v) if (v.major, v.minor) >= (1, 7) => Self::TomlBody,
+            Some(_) => Self::Dropped,
+            None if config.merges_imports() => Self::TomlBody,
+            None => Self::Dropped,
+        }
+    }
+}
+
+/// The host containerd's release, from `containerd --version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ContainerdVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ContainerdVersion {
+    /// "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1" or
+    /// "containerd containerd.io v2.0.4 1a43cb…" or "… v1.7.23-k3s2 …".
+    pub fn parse(version_output: &str) -> Option<Self> {
+        let v = version_output
+            .split_whitespace()
+            .nth(2)?
+            .trim_start_matches('v');
+        let mut parts = v.split(['.', '-', '~', '+']);
+        Some(Self {
+            major: parts.next()?.parse().ok()?,
+            minor: parts.next()?.parse().ok()?,
+        })
+    }
 }
 
 pub fn parse(text: &str, origin: &Path) -> anyhow::Result<DocumentMut> {
@@ -121,23 +171,29 @@ pub fn default_systemd_cgroup(doc: &DocumentMut, version: ConfigVersion) -> Opti
         .as_bool()
 }
 
-/// The table the agent writes for a runtime.
+/// The table the agent writes for a runtime. `runtime_type` is the installed binary's absolute path:
+/// every containerd since 1.6 starts exactly that file for pod sandboxes and containers alike, while
+/// `runtime_path` is ignored for sandboxes by some releases (1.6 among them) and a runtime name only
+/// resolves on containerd's PATH.
 pub fn runtime_table(
     entry: &RuntimeEntry,
+    delivery: OptionsDelivery,
     inherit_systemd_cgroup: Option<bool>,
     indent: &str,
 ) -> Table {
     let mut t = Table::new();
-    t.insert("runtime_type", value(entry.runtime_type.clone()));
     t.insert(
-        "runtime_path",
-        value(entry.runtime_path.to_string_lossy().into_owned()),
+        "runtime_type",
+        value(entry.binary.to_string_lossy().into_owned()),
     );
     let mut options = entry.options.clone().unwrap_or_default();
     if let Some(sc) = inherit_systemd_cgroup {
         options
             .entry("SystemdCgroup")
             .or_insert(toml::Value::Boolean(sc));
+    }
+    if delivery == OptionsDelivery::Dropped {
+        options.clear();
     }
     if !options.is_empty() {
         let mut o = Table::new();

@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::StatusRequest;
 use tokio::net::UnixStream;
-use tonic::transport::{Endpoint, Uri};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LoadedRuntime {
@@ -24,33 +24,36 @@ pub struct CriStatus {
 }
 
 impl CriStatus {
-    /// containerd has `handler` loaded, running the binary at `binary` (a host path).
+    /// containerd has `handler` loaded with `runtime_type` naming the binary at `binary` (a host
+    /// path): the file containerd will start for that handler's pods.
     pub fn lists(&self, handler: &str, binary: &Path) -> bool {
         self.handlers
             .get(handler)
-            .map(|l| Path::new(&l.runtime_path) == binary)
+            .map(|l| Path::new(&l.runtime_type) == binary)
             .unwrap_or(false)
     }
 }
 
+/// A gRPC channel to containerd's socket (the agent's view of its path).
+pub async fn channel(socket: &Path) -> anyhow::Result<Channel> {
+    let path: PathBuf = socket.to_owned();
+    tokio::time::timeout(
+        Duration::from_secs(3),
+        Endpoint::try_from("http://[::]:0")?.connect_with_connector(tower::service_fn(
+            move |_: Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            },
+        )),
+    )
+    .await
+    .map_err(|_| anyhow!("connecting to {} timed out", socket.display()))?
+    .with_context(|| format!("connecting to containerd at {}", socket.display()))
+}
+
 /// One verbose CRI status call on `socket` (the agent's view of the socket path).
 pub async fn status(socket: &Path) -> anyhow::Result<CriStatus> {
-    let path: PathBuf = socket.to_owned();
-    let channel =
-        tokio::time::timeout(
-            Duration::from_secs(3),
-            Endpoint::try_from("http://[::]:0")?.connect_with_connector(tower::service_fn(
-                move |_: Uri| {
-                    let path = path.clone();
-                    async move {
-                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
-                    }
-                },
-            )),
-        )
-        .await
-        .map_err(|_| anyhow!("connecting to {} timed out", socket.display()))?
-        .with_context(|| format!("connecting to containerd at {}", socket.display()))?;
+    let channel = channel(socket).await?;
     let mut client = RuntimeServiceClient::new(channel);
     let resp = tokio::time::timeout(
         Duration::from_secs(5),
@@ -155,12 +158,14 @@ mod tests {
 
     #[test]
     fn parses_the_runtimes_containerd_reports() {
-        let j = r#"{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"runtimeType":"io.containerd.runc.v2","runtimePath":""},"spin":{"runtimeType":"io.containerd.spin.v2","runtimePath":"/opt/kwasm/bin/containerd-shim-spin-v2"}}}}"#;
-        let r = parse_runtimes(j).unwrap();
-        assert_eq!(
-            r["spin"].runtime_path,
-            "/opt/kwasm/bin/containerd-shim-spin-v2"
-        );
-        assert_eq!(r.len(), 2);
+        let j = r#"{"containerd":{"defaultRuntimeName":"runc","runtimes":{"runc":{"runtimeType":"io.containerd.runc.v2","runtimePath":""},"spin":{"runtimeType":"/opt/kwasm/bin/containerd-shim-spin-v2","runtimePath":""}}}}"#;
+        let st = CriStatus {
+            runtime_ready: true,
+            handlers: parse_runtimes(j).unwrap(),
+        };
+        assert_eq!(st.handlers.len(), 2);
+        assert!(st.lists("spin", Path::new("/opt/kwasm/bin/containerd-shim-spin-v2")));
+        assert!(!st.lists("spin", Path::new("/opt/kwasm/bin/other")));
+        assert!(!st.lists("runc", Path::new("/opt/kwasm/bin/containerd-shim-spin-v2")));
     }
 }

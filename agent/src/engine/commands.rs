@@ -35,6 +35,9 @@ async fn apply(t: Target) -> anyhow::Result<()> {
     if let Some(c) = &report.config {
         print_config(c);
     }
+    for n in &report.notes {
+        println!("note: {n}");
+    }
     let failed = report.failures();
     if !failed.is_empty() {
         bail!(
@@ -138,6 +141,11 @@ async fn plan(t: Target) -> anyhow::Result<()> {
         }
         Err(e) => println!("containerd config: cannot plan: {e:#}"),
     }
+    if let Ok(c) = &plan.config {
+        for n in &c.notes {
+            println!("note: {n}");
+        }
+    }
     println!("restart containerd: {}", plan.restart);
     plan.config.map(|_| ())
 }
@@ -167,6 +175,9 @@ struct ShimStatus {
     configured: bool,
     /// containerd's CRI plugin lists the handler with this binary (null: containerd not reachable).
     loaded: Option<bool>,
+    /// The runtime-name link in `containerd.link_dir`, when the agent made one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    link: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -216,6 +227,7 @@ async fn status(s: StatusArgs) -> anyhow::Result<()> {
                         .map(|o| o.handlers.contains_key(&r.name))
                         .unwrap_or(false),
                     loaded: cri.as_ref().ok().map(|c| c.lists(&r.name, &r.binary_path)),
+                    link: r.link.as_ref().map(|l| l.display().to_string()),
                 }
             })
             .collect(),
@@ -292,5 +304,8 @@ fn print_status(r: &StatusReport) {
                 "  [binary missing or changed]"
             }
         );
+        if let Some(l) = &sh.link {
+            println!("  linked as {l}");
+        }
     }
 }

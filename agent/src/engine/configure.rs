@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 
 use crate::containerd::change::{self, ConfigFacts, ConfigPlan, FileWrite, DROP_IN_NAME};
-use crate::containerd::config::RuntimeEntry;
+use crate::containerd::config::{ContainerdVersion, RuntimeEntry};
 use crate::containerd::cri::{self, CriStatus};
 use crate::containerd::flavor::{self, Flavor};
 use crate::containerd::ownership::ConfigOwnership;
@@ -106,23 +106,47 @@ impl Containerd {
                 facts.backups.insert(f.clone(), b);
             }
         }
-        if facts.file(&main).is_none() && self.flavor.kind == flavor::Kind::Containerd {
-            if let Some(bin) = &self.flavor.binary {
-                let bin = bin.to_string_lossy().into_owned();
-                let t = Duration::from_secs(15);
-                if let Ok(o) = self.exec.run(&[bin.clone(), "--version".into()], t).await {
-                    facts.containerd_major = parse_major(&o.stdout);
-                }
-                if let Ok(o) = self
-                    .exec
-                    .run(&[bin, "config".into(), "default".into()], t)
-                    .await
-                {
+        if let Some(bin) = &self.flavor.binary {
+            facts.containerd = self.containerd_version(bin).await;
+            if facts.file(&main).is_none() && self.flavor.kind == flavor::Kind::Containerd {
+                let argv = [
+                    bin.to_string_lossy().into_owned(),
+                    "config".into(),
+                    "default".into(),
+                ];
+                if let Ok(o) = self.exec.run(&argv, Duration::from_secs(15)).await {
                     facts.default_config = o.success.then_some(o.stdout);
                 }
             }
         }
         Ok(facts)
+    }
+
+    /// `containerd --version` of the host's binary. Its answer changes only with the binary, so it
+    /// is asked once per binary (path, size, mtime) rather than on every reconcile.
+    async fn containerd_version(&self, bin: &Path) -> Option<ContainerdVersion> {
+        type Cached = Option<(
+            (PathBuf, u64, std::time::SystemTime),
+            Option<ContainerdVersion>,
+        )>;
+        static CACHE: std::sync::Mutex<Cached> = std::sync::Mutex::new(None);
+        let meta = std::fs::metadata(self.host.resolve(bin).ok()?).ok()?;
+        let key = (bin.to_owned(), meta.len(), meta.modified().ok()?);
+        if let Some((k, v)) = CACHE.lock().ok()?.as_ref() {
+            if *k == key {
+                return *v;
+            }
+        }
+        let argv = [bin.to_string_lossy().into_owned(), "--version".into()];
+        let version = match self.exec.run(&argv, Duration::from_secs(15)).await {
+            Ok(o) if o.success => ContainerdVersion::parse(&o.stdout),
+            _ => None,
+        };
+        if version.is_none() {
+            tracing::warn!(binary = %bin.display(), "could not tell the host's containerd version; assuming the most conservative option encoding");
+        }
+        *CACHE.lock().ok()? = Some((key, version));
+        version
     }
 
     pub async fn plan(
@@ -372,31 +396,5 @@ fn describe(a: &Action) -> String {
         Action::Skip(r) => format!("not restarted: {r}"),
         Action::Systemd { unit } => format!("restarted (systemctl restart {unit})"),
         Action::Argv(v) => format!("restarted ({})", v.join(" ")),
-    }
-}
-
-/// "containerd github.com/containerd/containerd v2.0.0 ..." or "... 1.6.20~ds1 ..." → major.
-fn parse_major(version_output: &str) -> Option<u32> {
-    version_output
-        .split_whitespace()
-        .nth(2)
-        .and_then(|v| v.trim_start_matches('v').split('.').next()?.parse().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn parses_containerd_major_versions() {
-        assert_eq!(
-            super::parse_major(
-                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1"
-            ),
-            Some(1)
-        );
-        assert_eq!(
-            super::parse_major("containerd containerd.io v2.0.4 1a43cb"),
-            Some(2)
-        );
-        assert_eq!(super::parse_major("garbage"), None);
     }
 }

@@ -51,6 +51,9 @@ pub struct ShimOutcome {
 pub struct ApplyReport {
     pub shims: Vec<ShimOutcome>,
     pub config: Option<ConfigOutcome>,
+    /// What the operator should know though nothing failed (a link name taken, options this
+    /// containerd cannot pass).
+    pub notes: Vec<String>,
 }
 
 impl ApplyReport {
@@ -137,7 +140,7 @@ impl Engine {
             runtime_type: shim
                 .map(|s| s.runtime_type.clone())
                 .or_else(|| owned.map(|o| o.runtime_type.clone()))?,
-            runtime_path: rec.binary_path.clone(),
+            binary: rec.binary_path.clone(),
             options: shim.and_then(|s| s.options.clone()),
         })
     }
@@ -169,6 +172,7 @@ impl Engine {
                         binary_sha256: String::new(),
                         binary_path: self.layout.host_bin_path(&p.shim.binary),
                         installed_at: String::new(),
+                        link: None,
                     }
                 });
             }
@@ -249,6 +253,12 @@ impl Engine {
                 }
             }
         }
+        let mut notes = Vec::new();
+        for p in plans.iter().filter(|p| wanted.contains(&p.shim.name)) {
+            if let Some(note) = self.sync_link(&p.shim, &mut state)? {
+                notes.push(note);
+            }
+        }
         let desired: Vec<RuntimeEntry> = wanted
             .iter()
             .filter_map(|h| self.entry(h, &state))
@@ -257,20 +267,26 @@ impl Engine {
             return Ok(ApplyReport {
                 shims: outcomes,
                 config: None,
+                notes,
             });
         }
         let result = match containerd.plan(state.containerd.as_ref(), &desired).await {
             Ok(plan) => {
+                notes.extend(plan.notes.iter().cloned());
                 containerd
                     .carry_out(&plan, &mut state, &self.layout.state_path(), &[])
                     .await
             }
             Err(e) => Err(e),
         };
+        for n in &notes {
+            tracing::warn!(note = %n, "applied with a note");
+        }
         match result {
             Ok(config) => Ok(ApplyReport {
                 shims: outcomes,
                 config: Some(config),
+                notes,
             }),
             Err(e) => {
                 // containerd never used the binaries this run added: take them away too, so the node is
@@ -283,7 +299,7 @@ impl Engine {
                     .collect::<Vec<_>>()
                 {
                     if let Some(rec) = state.shims.remove(&name) {
-                        crate::host::atomic::remove(&self.host.resolve(&rec.binary_path)?)?;
+                        self.remove_binary(&rec)?;
                     }
                 }
                 state.save(&self.layout.state_path())?;
@@ -361,7 +377,7 @@ impl Engine {
         // Binaries go only after containerd no longer points at them.
         for name in &removable {
             if let Some(rec) = state.shims.remove(name) {
-                crate::host::atomic::remove(&self.host.resolve(&rec.binary_path)?)?;
+                self.remove_binary(&rec)?;
                 tracing::info!(shim = %name, path = %rec.binary_path.display(), "shim binary removed");
             }
             state.save(&self.layout.state_path())?;
@@ -374,6 +390,63 @@ impl Engine {
             in_use,
             config,
         })
+    }
+}
+
+impl Engine {
+    /// Keep the shim's runtime-name link in `containerd.link_dir` as the settings ask: made when set,
+    /// removed when unset. Returns a note when the name is taken by a file the agent does not own.
+    fn sync_link(&self, shim: &Shim, state: &mut State) -> anyhow::Result<Option<String>> {
+        let Some(rec) = state.shims.get(&shim.name).cloned() else {
+            return Ok(None);
+        };
+        let wanted = self.settings.containerd.link_dir.as_ref().and_then(|dir| {
+            crate::artifact::link::shim_name_for(&shim.runtime_type).map(|n| dir.join(n))
+        });
+        if let Some(old) = rec.link.as_ref().filter(|l| Some(*l) != wanted.as_ref()) {
+            crate::artifact::link::remove(&self.host, old, &rec.binary_path)?;
+            self.record_link(&shim.name, None, state)?;
+        }
+        let Some(link) = wanted else {
+            return Ok(None);
+        };
+        let dir = link.parent().unwrap_or(std::path::Path::new("/"));
+        let name = link.file_name().unwrap_or_default().to_string_lossy();
+        match crate::artifact::link::ensure(&self.host, dir, &name, &rec.binary_path)? {
+            crate::artifact::link::Linked::Ours(l) => {
+                self.record_link(&shim.name, Some(l), state)?;
+                Ok(None)
+            }
+            crate::artifact::link::Linked::Taken(l) => Ok(Some(format!(
+                "shim {}: {} exists and is not kwasm-agent's; left as it is (clients naming runtime {} get that file)",
+                shim.name,
+                l.display(),
+                shim.runtime_type
+            ))),
+        }
+    }
+
+    fn record_link(
+        &self,
+        shim: &str,
+        link: Option<std::path::PathBuf>,
+        state: &mut State,
+    ) -> anyhow::Result<()> {
+        if let Some(rec) = state.shims.get_mut(shim) {
+            if rec.link != link {
+                rec.link = link;
+                state.save(&self.layout.state_path())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The link first, so no name ever points at a missing binary.
+    fn remove_binary(&self, rec: &crate::host::state::InstalledShim) -> anyhow::Result<()> {
+        if let Some(link) = &rec.link {
+            crate::artifact::link::remove(&self.host, link, &rec.binary_path)?;
+        }
+        crate::host::atomic::remove(&self.host.resolve(&rec.binary_path)?)
     }
 }
 

@@ -15,6 +15,7 @@ pub struct PendingFile {
     file: Option<File>,
     tmp: PathBuf,
     dest: PathBuf,
+    committed: bool,
 }
 
 impl PendingFile {
@@ -47,22 +48,38 @@ impl PendingFile {
             file: Some(file),
             tmp,
             dest: dest.to_owned(),
+            committed: false,
         })
     }
 
     pub fn file(&mut self) -> &mut File {
-        self.file.as_mut().expect("file taken only by commit")
+        self.file
+            .as_mut()
+            .expect("written only before it is sealed")
     }
 
-    /// fsync the data, rename over the destination, fsync the directory.
+    /// Where the content waits until `commit`.
+    pub fn temp_path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// fsync and close the temp file: its content is final and it can be executed (an executable
+    /// still open for writing fails with ETXTBSY).
+    pub fn seal(&mut self) -> anyhow::Result<()> {
+        if let Some(file) = self.file.take() {
+            file.sync_all()
+                .with_context(|| format!("fsync {}", self.tmp.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Seal, rename over the destination, fsync the directory.
     pub fn commit(mut self) -> anyhow::Result<()> {
-        let file = self.file.take().expect("commit once");
-        file.sync_all()
-            .with_context(|| format!("fsync {}", self.tmp.display()))?;
-        drop(file);
+        self.seal()?;
         std::fs::rename(&self.tmp, &self.dest).with_context(|| {
             format!("renaming {} to {}", self.tmp.display(), self.dest.display())
         })?;
+        self.committed = true;
         sync_dir(
             self.dest
                 .parent()
@@ -73,7 +90,7 @@ impl PendingFile {
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
-        if self.file.is_some() {
+        if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }

@@ -65,6 +65,18 @@ impl InstallLayout {
         })
     }
 
+    /// The host's name for a path the agent reaches under the install directory.
+    pub fn host_path(&self, agent_path: &Path) -> anyhow::Result<PathBuf> {
+        let rel = agent_path.strip_prefix(&self.dir).with_context(|| {
+            format!(
+                "{} is not under the install directory {}",
+                agent_path.display(),
+                self.dir.display()
+            )
+        })?;
+        Ok(self.host_dir.join(rel))
+    }
+
     pub fn bin_dir(&self) -> PathBuf {
         self.dir.join("bin")
     }

@@ -34,6 +34,9 @@ pub struct InstalledShim {
     /// As the host sees it (what containerd's config points at).
     pub binary_path: PathBuf,
     pub installed_at: String,
+    /// The agent's link to the binary in `containerd.link_dir` (host path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<PathBuf>,
 }
 
 impl State {
@@ -96,6 +99,7 @@ mod tests {
                 binary_sha256: "b".repeat(64),
                 binary_path: "/opt/kwasm/bin/x".into(),
                 installed_at: now_rfc3339(),
+                link: None,
             },
         );
         s.save(&p).unwrap();

@@ -1,0 +1,252 @@
+//! A CRI client that starts pods the way the kubelet does — RunPodSandbox with a RuntimeClass's
+//! handler, then CreateContainer and StartContainer — over containerd's socket, and reads back what
+//! the kubelet would: container state, exit code, and the log file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
+    CreateContainerRequest, ImageSpec, KeyValue, LinuxPodSandboxConfig,
+    LinuxSandboxSecurityContext, ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
+    StartContainerRequest, StopPodSandboxRequest,
+};
+use tonic::transport::Channel;
+
+pub struct Cri {
+    rt: tokio::runtime::Runtime,
+    client: RuntimeServiceClient<Channel>,
+    socket: PathBuf,
+}
+
+/// A container to run in a pod.
+pub struct Container<'a> {
+    pub name: &'a str,
+    pub image: &'a str,
+    pub args: Vec<&'a str>,
+    pub env: Vec<(&'a str, &'a str)>,
+    /// (container path, host path)
+    pub mounts: Vec<(&'a str, PathBuf)>,
+}
+
+impl<'a> Container<'a> {
+    pub fn new(name: &'a str, image: &'a str) -> Self {
+        Self {
+            name,
+            image,
+            args: vec![],
+            env: vec![],
+            mounts: vec![],
+        }
+    }
+}
+
+/// A pod sandbox as the kubelet creates it: host network (no CNI here), its own log directory.
+pub struct Pod {
+    pub id: String,
+    config: PodSandboxConfig,
+    pub log_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exited {
+    pub exit_code: i32,
+    pub reason: String,
+    pub log: String,
+}
+
+impl Cri {
+    pub fn connect(socket: &Path) -> Self {
+        Self::try_connect(socket).expect("CRI socket")
+    }
+
+    pub fn try_connect(socket: &Path) -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let channel = rt.block_on(kwasm_agent::containerd::cri::channel(socket))?;
+        Ok(Self {
+            rt,
+            client: RuntimeServiceClient::new(channel),
+            socket: socket.to_owned(),
+        })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// RunPodSandbox with `handler` (a RuntimeClass's handler); logs go under `log_dir`.
+    pub fn run_pod(&mut self, name: &str, handler: &str, log_dir: &Path) -> anyhow::Result<Pod> {
+        std::fs::create_dir_all(log_dir)?;
+        let host = NamespaceMode::Node as i32;
+        let config = PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.into(),
+                uid: format!("uid-{name}-{}", std::process::id()),
+                namespace: "default".into(),
+                attempt: 0,
+            }),
+            // No hostname: with the host's network the pod has the host's UTS namespace too.
+            hostname: String::new(),
+            log_directory: log_dir.to_string_lossy().into_owned(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: host,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let req = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        };
+        let id = self
+            .rt
+            .block_on(self.client.run_pod_sandbox(req))
+            .map_err(|s| anyhow::anyhow!("RunPodSandbox({handler}): {}", s.message()))?
+            .into_inner()
+            .pod_sandbox_id;
+        Ok(Pod {
+            id,
+            config,
+            log_dir: log_dir.to_owned(),
+        })
+    }
+
+    /// CreateContainer + StartContainer; returns the container ID.
+    pub fn start(&mut self, pod: &Pod, c: &Container) -> anyhow::Result<String> {
+        let config = ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: c.name.into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: c.image.into(),
+                ..Default::default()
+            }),
+            args: c.args.iter().map(|a| a.to_string()).collect(),
+            envs: c
+                .env
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            mounts: c
+                .mounts
+                .iter()
+                .map(|(cp, hp)| Mount {
+                    container_path: cp.to_string(),
+                    host_path: hp.to_string_lossy().into_owned(),
+                    ..Default::default()
+                })
+                .collect(),
+            log_path: format!("{}.log", c.name),
+            annotations: HashMap::new(),
+            ..Default::default()
+        };
+        let req = CreateContainerRequest {
+            pod_sandbox_id: pod.id.clone(),
+            config: Some(config),
+            sandbox_config: Some(pod.config.clone()),
+        };
+        let id = self
+            .rt
+            .block_on(self.client.create_container(req))
+            .map_err(|s| anyhow::anyhow!("CreateContainer({}): {}", c.name, s.message()))?
+            .into_inner()
+            .container_id;
+        self.rt
+            .block_on(self.client.start_container(StartContainerRequest {
+                container_id: id.clone(),
+            }))
+            .map_err(|s| anyhow::anyhow!("StartContainer({}): {}", c.name, s.message()))?;
+        Ok(id)
+    }
+
+    /// Polls the container's status (no exit event is awaited) until it has exited.
+    pub fn wait_exited(&mut self, pod: &Pod, name: &str, id: &str, within: Duration) -> Exited {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = self
+                .rt
+                .block_on(self.client.container_status(ContainerStatusRequest {
+                    container_id: id.into(),
+                    verbose: false,
+                }))
+                .expect("ContainerStatus")
+                .into_inner()
+                .status
+                .expect("a status");
+            if st.state == ContainerState::ContainerExited as i32 {
+                return Exited {
+                    exit_code: st.exit_code,
+                    reason: st.reason,
+                    log: self.log(pod, name),
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {name} did not exit within {within:?} (state {})",
+                st.state
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The container's output, without the CRI log format's timestamp/stream/tag prefix.
+    pub fn log(&self, pod: &Pod, name: &str) -> String {
+        std::fs::read_to_string(pod.log_dir.join(format!("{name}.log")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.splitn(4, ' ').nth(3).unwrap_or(""))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    pub fn remove_pod(&mut self, pod: &Pod) -> anyhow::Result<()> {
+        self.rt
+            .block_on(self.client.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            }))
+            .map_err(|s| anyhow::anyhow!("StopPodSandbox: {}", s.message()))?;
+        self.rt
+            .block_on(self.client.remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            }))
+            .map_err(|s| anyhow::anyhow!("RemovePodSandbox: {}", s.message()))?;
+        Ok(())
+    }
+
+    /// Stops and removes every pod sandbox (a test's teardown, whatever state it stopped in).
+    pub fn remove_all_pods(&mut self) {
+        let Ok(list) = self.rt.block_on(
+            self.client
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None }),
+        ) else {
+            return;
+        };
+        for p in list.into_inner().items {
+            let id = p.id;
+            let _ = self
+                .rt
+                .block_on(self.client.stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                }));
+            let _ = self.rt.block_on(
+                self.client
+                    .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }),
+            );
+        }
+    }
+}
