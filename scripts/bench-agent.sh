@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Agent benchmark: time from `kubectl annotate node` to the ready label (warm cache), against a bare
 # restart of the same containerd (restart + socket answering) measured in the same run. Prints the
 # ratio (goal <= 1.2) and the agent's idle RSS (goal <= 10 MiB).
@@ -6,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/measure.sh
-. scripts/lib/measure.sh
+. "$(dirname "$0")/lib/measure.sh"
 runs=${1:-5}
 
 cargo build --release --quiet -p kwasm-agent
@@ -14,7 +15,7 @@ agent="$PWD/target/release/kwasm-agent"
 
 D=$(mktemp -d /tmp/kw.bench.XXXXXX)
 # shellcheck source=lib/sandbox.sh
-. scripts/lib/sandbox.sh
+. "$(dirname "$0")/lib/sandbox.sh"
 pids=()
 cleanup() {
   set +e

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Fetch benchmark: serve a ~200 MiB shim archive on loopback and compare, in one run, the agent's
 # fetch + verify + unpack + install against `curl -s URL | sha256sum`. Prints the throughput ratio
 # (agent / curl); the goal is >= 0.95.
@@ -6,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/measure.sh
-. scripts/lib/measure.sh
+. "$(dirname "$0")/lib/measure.sh"
 size_mib=${1:-200}
 runs=${2:-5}
 
@@ -16,7 +17,7 @@ agent="$PWD/target/release/kwasm-agent"
 work=$(mktemp -d /tmp/kw.bench.XXXXXX)
 server_pid=""
 cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null; wait "$server_pid" 2>/dev/null; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -61,7 +62,7 @@ TOML
 
 
 curl_times=() agent_times=()
-for i in $(seq "$runs"); do
+for _ in $(seq "$runs"); do
   t0=$(now); got=$(curl -s "$url" | sha256sum | cut -d' ' -f1); t1=$(now)
   [ "$got" = "$sha" ] || { echo "curl digest mismatch"; exit 1; }
   curl_times+=("$(calc "$t1 - $t0")")

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # Builds the test WebAssembly shim (tests/wasm-shim: runwasi's containerd-shim-wasm + wasmtime) in
 # release mode and packs it like an upstream release archive: containerd-shim-wasmtime-v1 at the root
 # of a .tar.gz. The archive's path is the LAST line of output (other scripts and the tests read it).

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # The whole test suite, as CI runs it: installs what the tests need (Debian packages), then format
 # check, clippy with warnings as errors, and every test (unit, integration against a real containerd,
 # end-to-end with the real kubectl, and WASI modules through CRI on a wasm shim built from runwasi's

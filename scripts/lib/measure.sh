@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Timing helpers shared by the benchmark scripts.
 now() { date +%s.%N; }
 calc() { awk "BEGIN { print $* }"; }

@@ -11,17 +11,24 @@ use std::time::SystemTime;
 pub fn agent_bin() -> PathBuf {
     static BUILD: Once = Once::new();
     let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
+    // Test binaries live in <profile>/deps, the benchmark binaries in <profile>.
+    let mut profile_dir = exe.parent().unwrap().to_owned();
+    if profile_dir.ends_with("deps") {
+        profile_dir.pop();
+    }
     let bin = profile_dir.join("kwasm-agent");
+    let release = profile_dir.ends_with("release");
     BUILD.call_once(|| {
         let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok();
         let sources = Path::new(env!("CARGO_MANIFEST_DIR")).join("../agent");
         if built.map(|b| newest(&sources) > b).unwrap_or(true) {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let st = Command::new(cargo)
-                .args(["build", "-p", "kwasm-agent", "--bin", "kwasm-agent"])
-                .status()
-                .unwrap();
+            let mut build = Command::new(cargo);
+            build.args(["build", "-p", "kwasm-agent", "--bin", "kwasm-agent"]);
+            if release {
+                build.arg("--release");
+            }
+            let st = build.status().unwrap();
             assert!(st.success(), "building kwasm-agent failed");
         }
     });

@@ -204,6 +204,18 @@ impl Cri {
         }
     }
 
+    /// Polls the container's log (every 2 ms) until it holds `needle`.
+    pub fn wait_output(&self, pod: &Pod, name: &str, needle: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        while !self.log(pod, name).contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{name} printed no {needle:?} within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// The container's output, without the CRI log format's timestamp/stream/tag prefix.
     pub fn log(&self, pod: &Pod, name: &str) -> String {
         std::fs::read_to_string(pod.log_dir.join(format!("{name}.log")))

@@ -50,35 +50,35 @@ pub fn native(name: &str, work: &Path) -> Vec<u8> {
     std::fs::read(out).unwrap()
 }
 
-/// Builds every test image and imports it into `cd`'s `k8s.io` namespace (where CRI looks).
-pub fn import_all(cd: &Containerd, work: &Path) {
+/// Builds every test image as an OCI archive in `work`: (image name, archive path).
+pub fn build_all(work: &Path) -> Vec<(&'static str, PathBuf)> {
     std::fs::create_dir_all(work).unwrap();
     let images = [
         (PAUSE_IMAGE, "/pause", native("pause", work)),
         (HELLO_NATIVE, "/hello", native("hello", work)),
         (HELLO_WASM, "/hello.wasm", wasm("hello", work)),
         (EXIT42_WASM, "/exit42.wasm", wasm("exit42", work)),
-        (
-            WRITE_FILE_WASM,
-            "/write-file.wasm",
-            wasm("write-file", work),
-        ),
+        (WRITE_FILE_WASM, "/write-file.wasm", wasm("write-file", work)),
     ];
-    for (name, entry, program) in images {
-        let archive = work.join(format!("{}.tar", name.replace(['/', ':'], "_")));
-        Image {
-            name,
-            files: vec![(entry, program, 0o755)],
-            entrypoint: vec![entry],
-        }
-        .write(&archive);
-        let out = cd.ctr(&[
-            "-n",
-            "k8s.io",
-            "images",
-            "import",
-            archive.to_str().unwrap(),
-        ]);
+    images
+        .into_iter()
+        .map(|(name, entry, program)| {
+            let archive = work.join(format!("{}.tar", name.replace(['/', ':'], "_")));
+            Image {
+                name,
+                files: vec![(entry, program, 0o755)],
+                entrypoint: vec![entry],
+            }
+            .write(&archive);
+            (name, archive)
+        })
+        .collect()
+}
+
+/// Builds every test image and imports it into `cd`'s `k8s.io` namespace (where CRI looks).
+pub fn import_all(cd: &Containerd, work: &Path) {
+    for (name, archive) in build_all(work) {
+        let out = cd.ctr(&["-n", "k8s.io", "images", "import", archive.to_str().unwrap()]);
         assert!(
             out.status.success(),
             "importing {name}: {}",
