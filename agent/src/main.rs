@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&anyhow::anyhow!(e).context("starting the async runtime")),
     };
-    match rt.block_on(kwasm_agent::engine::commands::dispatch(cli.command)) {
+    match rt.block_on(kwasm_agent::cli::commands::dispatch(cli.command)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

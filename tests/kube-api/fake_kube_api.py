@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """A small Kubernetes API stand-in on loopback, faithful enough for the real kubectl and for kube-rs:
 discovery, Nodes (get, list, watch with fieldSelector / resourceVersion / bookmarks, merge,
-strategic-merge and JSON patches with resourceVersion preconditions) and core/v1 Events.
+strategic-merge and JSON patches with resourceVersion preconditions), and Events both ways a real
+API server serves them: events.k8s.io/v1 (what kube's Recorder writes, series patched in place) and
+core/v1 (what kubectl reads), one store seen through both.
 
 No API server can be installed on the test machines; this is the one stand-in the tests use.
 Test-only controls live under /_test/. Prints "PORT <n>" on stdout once listening.
@@ -20,7 +22,8 @@ STATE = {
     "rv": 1,
     "nodes": {},  # name -> node object
     "history": [],  # (rv, type, node object) for watches
-    "events": [],
+    "events": [],  # core/v1 Events posted as such
+    "events_v1": {},  # (namespace, name) -> events.k8s.io/v1 Event
     "conflicts": 0,  # next N node patches answer 409
     "fail_requests": 0,  # next N requests (any) answer 503
     "requests": [],
@@ -160,6 +163,44 @@ def new_node(name, arch="amd64", labels=None, annotations=None):
     }
 
 
+EVENTS_V1 = {
+    "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "events.k8s.io/v1",
+    "resources": [
+        {"name": "events", "singularName": "event", "namespaced": True, "kind": "Event",
+         "verbs": ["create", "get", "list", "watch", "patch"], "shortNames": ["ev"]},
+    ],
+}
+
+GROUPS = {
+    "kind": "APIGroupList", "apiVersion": "v1",
+    "groups": [
+        {"name": "events.k8s.io", "versions": [{"groupVersion": "events.k8s.io/v1", "version": "v1"}],
+         "preferredVersion": {"groupVersion": "events.k8s.io/v1", "version": "v1"}},
+    ],
+}
+
+
+def core_event(ev):
+    """An events.k8s.io/v1 Event as core/v1 shows it (the API server's conversion)."""
+    series = ev.get("series") or {}
+    first = ev.get("eventTime")
+    last = series.get("lastObservedTime") or first
+    meta = dict(ev.get("metadata") or {})
+    return {
+        "kind": "Event", "apiVersion": "v1", "metadata": meta,
+        "involvedObject": ev.get("regarding") or {},
+        "related": ev.get("related"),
+        "reason": ev.get("reason"), "message": ev.get("note"), "type": ev.get("type"),
+        "action": ev.get("action"),
+        "source": {"component": ev.get("reportingController")},
+        "reportingComponent": ev.get("reportingController"),
+        "reportingInstance": ev.get("reportingInstance"),
+        "eventTime": first,
+        "firstTimestamp": first, "lastTimestamp": last,
+        "count": series.get("count", 1),
+    }
+
+
 RESOURCES = {
     "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "v1",
     "resources": [
@@ -171,6 +212,8 @@ RESOURCES = {
          "verbs": ["create", "get", "list", "watch", "patch"], "shortNames": ["ev"]},
         {"name": "namespaces", "singularName": "namespace", "namespaced": False, "kind": "Namespace",
          "verbs": ["get", "list"], "shortNames": ["ns"]},
+        {"name": "pods", "singularName": "pod", "namespaced": True, "kind": "Pod",
+         "verbs": ["get", "list"], "shortNames": ["po"]},
     ],
 }
 
@@ -190,10 +233,13 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def body(self):
-        n = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(n) if n else b""
+        return self._body
 
     def route(self, method):
+        # Read the whole request first, whatever the answer: an unread body would be taken for the
+        # next request on this keep-alive connection.
+        n = int(self.headers.get("Content-Length") or 0)
+        self._body = self.rfile.read(n) if n else b""
         url = urlparse(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         path = url.path.rstrip("/")
@@ -212,11 +258,17 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(200, {"kind": "APIVersions", "versions": ["v1"],
                                             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.headers.get("Host", "")}]})
             if path == "/apis":
-                return self.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": []})
+                return self.send_json(200, GROUPS)
+            if path == "/apis/events.k8s.io/v1":
+                return self.send_json(200, EVENTS_V1)
             if path == "/api/v1":
                 return self.send_json(200, RESOURCES)
             if path == "/api/v1/nodes":
                 return self.watch_nodes(q) if q.get("watch") in ("true", "1") else self.list_nodes(q)
+            if path == "/api/v1/pods" or (path.startswith("/api/v1/namespaces/") and path.endswith("/pods")):
+                # No pods run here; `kubectl describe node` asks for the node's.
+                return self.send_json(200, {"kind": "PodList", "apiVersion": "v1",
+                                            "metadata": {"resourceVersion": str(STATE["rv"])}, "items": []})
             if path.startswith("/api/v1/nodes/"):
                 name = path.split("/")[4]
                 with LOCK:
@@ -225,12 +277,23 @@ class Handler(BaseHTTPRequestHandler):
                         return self.send_json(404, status(404, "NotFound", 'nodes "%s" not found' % name))
                     return self.send_json(200, node)
             if path in ("/api/v1/events",) or (path.startswith("/api/v1/namespaces/") and path.endswith("/events")):
+                ns = path.split("/")[4] if path.startswith("/api/v1/namespaces/") else None
                 with LOCK:
-                    items = [e for e in STATE["events"] if field_match(e, q.get("fieldSelector"))]
+                    every = STATE["events"] + [core_event(e) for e in STATE["events_v1"].values()]
+                    items = [e for e in every if (ns is None or e["metadata"].get("namespace") == ns)
+                             and field_match(e, q.get("fieldSelector"))]
                     return self.send_json(200, {"kind": "EventList", "apiVersion": "v1",
+                                                "metadata": {"resourceVersion": str(STATE["rv"])}, "items": items})
+            if path == "/apis/events.k8s.io/v1/events" or (path.startswith("/apis/events.k8s.io/v1/namespaces/") and path.endswith("/events")):
+                with LOCK:
+                    items = list(STATE["events_v1"].values())
+                    return self.send_json(200, {"kind": "EventList", "apiVersion": "events.k8s.io/v1",
                                                 "metadata": {"resourceVersion": str(STATE["rv"])}, "items": items})
         if method == "PATCH" and path.startswith("/api/v1/nodes/"):
             return self.patch_node(path.split("/")[4], path.endswith("/status"))
+        parts = path.split("/")
+        if path.startswith("/apis/events.k8s.io/v1/namespaces/") and len(parts) >= 7 and parts[6] == "events":
+            return self.events_v1(method, parts[5], parts[7] if len(parts) > 7 else None)
         if method == "POST" and path.startswith("/api/v1/namespaces/") and path.endswith("/events"):
             ev = json.loads(self.body() or b"{}")
             with LOCK:
@@ -244,6 +307,39 @@ class Handler(BaseHTTPRequestHandler):
                 STATE["events"].append(ev)
             return self.send_json(201, ev)
         return self.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
+
+    def events_v1(self, method, ns, name):
+        """events.k8s.io/v1: create, and merge-patch (how kube's Recorder counts a series)."""
+        if method == "POST" and name is None:
+            ev = json.loads(self.body() or b"{}")
+            with LOCK:
+                meta = ev.setdefault("metadata", {})
+                meta.setdefault("name", "ev-%s" % uuid.uuid4().hex[:10])
+                key = (ns, meta["name"])
+                if key in STATE["events_v1"]:
+                    return self.send_json(409, status(409, "AlreadyExists", 'events "%s" already exists' % meta["name"]))
+                meta.update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion=next_rv(), creationTimestamp=now())
+                ev.setdefault("kind", "Event")
+                ev.setdefault("apiVersion", "events.k8s.io/v1")
+                STATE["events_v1"][key] = ev
+            return self.send_json(201, ev)
+        if method == "PATCH" and name is not None:
+            patch = json.loads(self.body() or b"null")
+            with LOCK:
+                cur = STATE["events_v1"].get((ns, name))
+                if cur is None:
+                    return self.send_json(404, status(404, "NotFound", 'events.events.k8s.io "%s" not found' % name))
+                updated = merge_patch(cur, patch)
+                updated["metadata"].update(name=name, namespace=ns, uid=cur["metadata"]["uid"], resourceVersion=next_rv())
+                STATE["events_v1"][(ns, name)] = updated
+            return self.send_json(200, updated)
+        if method == "GET" and name is not None:
+            with LOCK:
+                cur = STATE["events_v1"].get((ns, name))
+            if cur is None:
+                return self.send_json(404, status(404, "NotFound", 'events.events.k8s.io "%s" not found' % name))
+            return self.send_json(200, cur)
+        return self.send_json(405, status(405, "MethodNotAllowed", "method not allowed"))
 
     def list_nodes(self, q):
         with LOCK:

@@ -58,7 +58,11 @@ pub fn build_all(work: &Path) -> Vec<(&'static str, PathBuf)> {
         (HELLO_NATIVE, "/hello", native("hello", work)),
         (HELLO_WASM, "/hello.wasm", wasm("hello", work)),
         (EXIT42_WASM, "/exit42.wasm", wasm("exit42", work)),
-        (WRITE_FILE_WASM, "/write-file.wasm", wasm("write-file", work)),
+        (
+            WRITE_FILE_WASM,
+            "/write-file.wasm",
+            wasm("write-file", work),
+        ),
     ];
     images
         .into_iter()
@@ -78,7 +82,13 @@ pub fn build_all(work: &Path) -> Vec<(&'static str, PathBuf)> {
 /// Builds every test image and imports it into `cd`'s `k8s.io` namespace (where CRI looks).
 pub fn import_all(cd: &Containerd, work: &Path) {
     for (name, archive) in build_all(work) {
-        let out = cd.ctr(&["-n", "k8s.io", "images", "import", archive.to_str().unwrap()]);
+        let out = cd.ctr(&[
+            "-n",
+            "k8s.io",
+            "images",
+            "import",
+            archive.to_str().unwrap(),
+        ]);
         assert!(
             out.status.success(),
             "importing {name}: {}",

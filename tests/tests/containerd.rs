@@ -285,3 +285,47 @@ fn containerd_not_coming_back_is_rolled_back() {
     assert!(st["shims"].as_array().unwrap().is_empty());
     assert_eq!(n.cd.task_pid("before"), Some(before_pid));
 }
+
+#[test]
+fn a_rollback_that_cannot_finish_still_reports_the_original_cause() {
+    // containerd does not come back (a refused flag on its first start), and at that moment the state
+    // file cannot be written (a directory sits where it was). The user must read why containerd failed
+    // *and* what the cleanup could not do — the second never replaces the first.
+    let n = Node::new();
+    let flaky = n.cd.dir.join("flaky-restart.sh");
+    let state = n.sb.path().join("opt/kwasm/state.json");
+    let script = std::fs::read_to_string(n.cd.restart_script()).unwrap().replace(
+        "setsid containerd --config",
+        &format!(
+            "if [ ! -e {d}/failed-once ]; then touch {d}/failed-once; EXTRA='--log-level bogus'; rm -f {s}; mkdir -p {s}/blocked; fi\nsetsid containerd $EXTRA --config",
+            d = n.cd.dir.display(),
+            s = state.display()
+        ),
+    );
+    std::fs::write(&flaky, script).unwrap();
+    std::fs::set_permissions(&flaky, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let settings = std::fs::read_to_string(&n.sb.settings).unwrap();
+    n.sb.write_settings(
+        &settings
+            .replace(
+                n.cd.restart_script().to_str().unwrap(),
+                flaky.to_str().unwrap(),
+            )
+            .replace("timeout = \"20s\"", "timeout = \"3s\""),
+    );
+    let r = n.agent("apply", &[]);
+    r.failed();
+    let reason = r.reason();
+    assert!(
+        reason.contains("not ready within 3s"),
+        "the cause is lost: {reason}"
+    );
+    assert!(
+        reason.contains("recording the rollback in the state file failed"),
+        "{reason}"
+    );
+    assert!(reason.contains("could not all be taken back"), "{reason}");
+    assert_eq!(n.config(), n.original, "old config not live after rollback");
+    n.cd.wait_ready();
+    std::fs::remove_dir_all(&state).unwrap();
+}

@@ -302,13 +302,20 @@ fn a_failure_is_reported_and_retried_until_the_cause_is_fixed() {
         assert!(status["error"].as_str().unwrap().contains("404"));
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert!(
-        api.events("n1")
-            .iter()
+    // Each retry is the same Event, counted as a series on the Node's real UID (kube's Recorder).
+    let uid = api.node("n1")["metadata"]["uid"].clone();
+    let repeated = eventually("the failure counted twice", || {
+        let failed: Vec<_> = api
+            .events("n1")
+            .into_iter()
             .filter(|e| e["reason"] == "ProvisionFailed")
-            .count()
-            >= 1
-    );
+            .collect();
+        (failed.len() == 1 && failed[0]["count"].as_i64() >= Some(2)).then(|| failed[0].clone())
+    });
+    assert_eq!(repeated["involvedObject"]["uid"], uid, "{repeated}");
+    assert_eq!(repeated["involvedObject"]["kind"], "Node");
+    let described = api.kubectl_ok(&["describe", "node", "n1"]);
+    assert!(described.contains("ProvisionFailed"), "{described}");
     assert_eq!(host.config(), host.original);
     host.server.route(
         "/kwtest.tar.gz",
@@ -350,4 +357,46 @@ fn sigterm_leaves_the_host_provisioned() {
     assert_eq!(host.config(), config);
     assert!(host.binary().exists());
     assert_eq!(api.provisioned_label("n1").as_deref(), Some("true"));
+}
+
+#[test]
+fn health_endpoints_answer_while_another_agent_holds_the_host_lock() {
+    // Two agent pods overlap in a rollout: the new one waits for the host lock. Meanwhile its health
+    // endpoints must answer (or the kubelet would kill it) and its watch must stay alive.
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let (host, a) = host_and_agent(&api, "n1");
+    let lock_path = host.sb.path().join("opt/kwasm/lock");
+    std::fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| e)
+        .unwrap();
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    eventually("the agent to wait for the lock", || {
+        a.log()
+            .contains("holds the host lock; waiting")
+            .then_some(())
+    });
+    for _ in 0..20 {
+        for path in ["/healthz", "/readyz", "/metrics"] {
+            let started = Instant::now();
+            let (code, _) = a.get(path).expect("an answer");
+            let took = started.elapsed();
+            assert_eq!(code, 200, "{path}");
+            assert!(
+                took < Duration::from_millis(100),
+                "{path} took {took:?} while the lock was held"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(api.provisioned_label("n1").as_deref(), Some("false"));
+    drop(held);
+    wait_label(&api, "n1", Some("true"), &a);
 }

@@ -14,9 +14,9 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use super::retry::Backoff;
 use super::source::Source;
 use super::unpack::{unpack, Unpacked};
+use crate::backoff::Backoff;
 use crate::host::atomic::PendingFile;
 use crate::settings::ArtifactSettings;
 
@@ -447,7 +447,7 @@ impl UnpackJob {
                 rx,
                 cur: Bytes::new(),
             };
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file()?);
             let unpacked = unpack(&mut reader, &binary, &mut w, max)?;
             w.flush()?;
             drop(w);
@@ -496,7 +496,9 @@ impl UnpackJob {
 
     async fn finish(mut self) -> anyhow::Result<(Unpacked, PendingFile)> {
         self.join().await;
-        self.result.take().expect("joined")
+        self.result
+            .take()
+            .unwrap_or_else(|| Err(anyhow!("the unpack thread's result was already taken")))
     }
 }
 

@@ -226,11 +226,10 @@ fn to_edit_value(v: &toml::Value) -> Value {
         toml::Value::Integer(i) => Value::from(*i),
         toml::Value::Float(f) => Value::from(*f),
         toml::Value::Boolean(b) => Value::from(*b),
-        toml::Value::Datetime(d) => Value::from(
-            d.to_string()
-                .parse::<toml_edit::Datetime>()
-                .expect("round-trips"),
-        ),
+        toml::Value::Datetime(d) => match d.to_string().parse::<toml_edit::Datetime>() {
+            Ok(dt) => Value::from(dt),
+            Err(_) => Value::from(d.to_string()),
+        },
         toml::Value::Array(a) => Value::Array(a.iter().map(to_edit_value).collect()),
         toml::Value::Table(t) => {
             let mut it = toml_edit::InlineTable::new();
@@ -319,7 +318,10 @@ pub fn remove_runtime(
         let (parent_path, key) = (&path[..depth - 1], path[depth - 1]);
         let mut cur = doc.as_table_mut();
         for k in parent_path {
-            cur = cur[k].as_table_mut().expect("walked above");
+            match cur.get_mut(k).and_then(|i| i.as_table_mut()) {
+                Some(t) => cur = t,
+                None => return Ok(removed),
+            }
         }
         let prune = cur
             .get(key)
@@ -396,18 +398,39 @@ pub fn remove_import(doc: &mut DocumentMut, entry: &str, remove_key_if_empty: bo
     }
 }
 
-/// `*` and `?` within one path component, as Go's filepath.Match that containerd uses.
+/// `*` and `?` within one path component, as Go's filepath.Match that containerd uses. Iterative, so
+/// no import line however long or starry can exhaust the stack or take exponential time.
 fn glob_match(pattern: &str, name: &str) -> bool {
-    fn m(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => m(&p[1..], n) || (!n.is_empty() && n[0] != b'/' && m(p, &n[1..])),
-            (Some(b'?'), Some(c)) if *c != b'/' => m(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => m(&p[1..], &n[1..]),
-            _ => false,
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    // Where the last `*` was, and how much of the name it has absorbed so far.
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi + 1, ni));
+                pi += 1;
+            }
+            Some(b'?') if n[ni] != b'/' => {
+                pi += 1;
+                ni += 1;
+            }
+            Some(c) if *c != b'?' && *c == n[ni] => {
+                pi += 1;
+                ni += 1;
+            }
+            // A `*` never absorbs a '/', and no earlier one can either (it would have to cross it).
+            _ => match star {
+                Some((after, absorbed)) if n[absorbed] != b'/' => {
+                    star = Some((after, absorbed + 1));
+                    pi = after;
+                    ni = absorbed + 1;
+                }
+                _ => return false,
+            },
         }
     }
-    m(pattern.as_bytes(), name.as_bytes())
+    p[pi..].iter().all(|c| *c == b'*')
 }
 
 #[cfg(test)]
@@ -449,5 +472,13 @@ mod tests {
             "/etc/containerd/conf.d/x/y.toml"
         ));
         assert!(glob_match("/a/?.toml", "/a/b.toml"));
+        assert!(!glob_match("/a/?.toml", "/a/bc.toml"));
+        assert!(glob_match("/a/*b*c", "/a/xbyc"));
+        assert!(!glob_match("/a/*", "/a/b/c"));
+        assert!(glob_match("*", ""));
+        // Hostile input: long, starry, mismatching — answered at once.
+        let p = format!("/{}x", "*a".repeat(5000));
+        let n = format!("/{}", "a".repeat(20000));
+        assert!(!glob_match(&p, &n));
     }
 }

@@ -11,13 +11,13 @@ use k8s_cri::v1::StatusRequest;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedRuntime {
     pub runtime_type: String,
     pub runtime_path: String,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone)]
 pub struct CriStatus {
     pub runtime_ready: bool,
     pub handlers: BTreeMap<String, LoadedRuntime>,

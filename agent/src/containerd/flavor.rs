@@ -67,7 +67,7 @@ fn kind_at(host: &HostRoot) -> Kind {
 
 /// Detects the flavor under the host root; explicit settings override each part.
 pub fn detect(host: &HostRoot, s: &ContainerdSettings) -> anyhow::Result<Flavor> {
-    let explicit_config = (s.config != "auto").then(|| PathBuf::from(&s.config));
+    let explicit_config = s.config.given().cloned();
     let kind = match &explicit_config {
         Some(p) => kind_of_path(p),
         None => kind_at(host),
@@ -108,25 +108,24 @@ pub fn detect(host: &HostRoot, s: &ContainerdSettings) -> anyhow::Result<Flavor>
             &["/snap/microk8s/current/bin/containerd"],
         ),
     };
-    let unit = if s.unit != "auto" {
-        s.unit.clone()
-    } else {
-        units
+    let unit = match s.unit.given() {
+        Some(u) => u.clone(),
+        None => units
             .iter()
             .find(|u| unit_installed(host, u))
-            .unwrap_or(&units[0])
-            .to_string()
+            .or(units.first())
+            .map(|u| u.to_string())
+            .unwrap_or_default(),
     };
-    let binary = if s.binary != "auto" {
-        Some(PathBuf::from(&s.binary))
-    } else {
-        binaries.iter().map(PathBuf::from).find(|b| host.exists(b))
+    let binary = match s.binary.given() {
+        Some(b) => Some(b.clone()),
+        None => binaries.iter().map(PathBuf::from).find(|b| host.exists(b)),
     };
-    let socket = if s.socket != "auto" {
-        PathBuf::from(&s.socket)
-    } else {
-        PathBuf::from(socket)
-    };
+    let socket = s
+        .socket
+        .given()
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from(socket));
     let config = explicit_config.unwrap_or_else(|| PathBuf::from(config));
     if !config.is_absolute() {
         bail!(
@@ -172,6 +171,7 @@ fn unit_installed(host: &HostRoot, unit: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::Auto;
 
     fn host_with(files: &[&str]) -> (tempfile::TempDir, HostRoot) {
         let d = tempfile::tempdir().unwrap();
@@ -246,9 +246,9 @@ mod tests {
     fn explicit_settings_override_detection() {
         let (_d, h) = host_with(&["/var/lib/rancher/k3s/agent/etc/containerd/config.toml"]);
         let s = ContainerdSettings {
-            config: "/srv/containerd/config.toml".into(),
-            socket: "/srv/c.sock".into(),
-            unit: "my-containerd".into(),
+            config: Auto::Given("/srv/containerd/config.toml".into()),
+            socket: Auto::Given("/srv/c.sock".into()),
+            unit: Auto::Given("my-containerd".into()),
             ..Default::default()
         };
         let f = detect(&h, &s).unwrap();

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShimProcess {
     pub pid: i32,
     /// The `-id` the shim was started with (a container or pod sandbox ID).

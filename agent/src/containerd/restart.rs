@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 
 use super::flavor::Kind;
-use crate::host::exec::{ExecOutput, HostExec};
+use crate::host::exec::HostExec;
 use crate::settings::RestartMethod;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,14 +78,10 @@ pub fn systemd_argv(unit: &str) -> [Vec<String>; 2] {
     ]
 }
 
-/// Carry out the restart; the output of the command is returned for error reports.
-pub async fn run(
-    action: &Action,
-    exec: &HostExec,
-    timeout: Duration,
-) -> anyhow::Result<Option<ExecOutput>> {
+/// Carry out the restart; what the command said goes into the error when it fails.
+pub async fn run(action: &Action, exec: &HostExec, timeout: Duration) -> anyhow::Result<()> {
     match action {
-        Action::Skip(_) => Ok(None),
+        Action::Skip(_) => Ok(()),
         Action::Systemd { unit } => {
             let [show, restart] = systemd_argv(unit);
             let out = exec.run(&show, timeout).await?;
@@ -98,7 +94,7 @@ pub async fn run(
                 let journal = journal_tail(exec, unit).await;
                 bail!("systemctl restart {unit} failed: {}{journal}", out.tail(3));
             }
-            Ok(Some(out))
+            Ok(())
         }
         Action::Argv(argv) => {
             let out = exec.run(argv, timeout).await?;
@@ -110,7 +106,7 @@ pub async fn run(
                     out.tail(5)
                 );
             }
-            Ok(Some(out))
+            Ok(())
         }
     }
 }

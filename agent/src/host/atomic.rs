@@ -52,10 +52,11 @@ impl PendingFile {
         })
     }
 
-    pub fn file(&mut self) -> &mut File {
+    /// The temp file, to write to until it is sealed.
+    pub fn file(&mut self) -> std::io::Result<&mut File> {
         self.file
             .as_mut()
-            .expect("written only before it is sealed")
+            .ok_or_else(|| std::io::Error::other("the file is sealed"))
     }
 
     /// Where the content waits until `commit`.
@@ -98,11 +99,11 @@ impl Drop for PendingFile {
 
 pub fn write(dest: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let mut p = PendingFile::create(dest, mode)?;
-    p.file()
+    p.file()?
         .write_all(bytes)
         .with_context(|| format!("writing {}", dest.display()))?;
     // create() honours the umask; the mode asked for is the mode wanted.
-    p.file()
+    p.file()?
         .set_permissions(std::fs::Permissions::from_mode(mode))?;
     p.commit()
 }
@@ -154,7 +155,7 @@ mod tests {
         write(&p, b"old", 0o644).unwrap();
         {
             let mut pf = PendingFile::create(&p, 0o644).unwrap();
-            pf.file().write_all(b"half").unwrap();
+            pf.file().unwrap().write_all(b"half").unwrap();
         }
         assert_eq!(std::fs::read(&p).unwrap(), b"old");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);

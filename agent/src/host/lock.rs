@@ -13,24 +13,34 @@ pub struct HostLock {
 
 impl HostLock {
     /// Waits for another agent to finish rather than failing: two agents racing on one host (a rollout
-    /// overlapping the old pod) should serialise, not error.
-    pub fn acquire(path: &Path) -> anyhow::Result<Self> {
-        let file = OpenOptions::new()
+    /// overlapping the old pod) should serialise, not error. The wait is an async poll, so the agent's
+    /// health endpoints and its Node watch keep answering meanwhile, and a SIGTERM ends it at once.
+    pub async fn acquire(path: &Path) -> anyhow::Result<Self> {
+        let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(path)
             .with_context(|| format!("opening lock file {}", path.display()))?;
-        let flock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(f) => f,
-            Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
-                tracing::info!(lock = %path.display(), "another kwasm-agent holds the host lock; waiting");
-                Flock::lock(file, FlockArg::LockExclusive)
-                    .map_err(|(_, e)| e)
-                    .with_context(|| format!("locking {}", path.display()))?
+        let mut waited = false;
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(flock) => return Ok(Self { _flock: flock }),
+                Err((f, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if !waited {
+                        tracing::info!(lock = %path.display(), "another kwasm-agent holds the host lock; waiting");
+                        waited = true;
+                    }
+                    file = f;
+                    tokio::time::sleep(POLL).await;
+                }
+                Err((_, e)) => {
+                    return Err(e).with_context(|| format!("locking {}", path.display()))
+                }
             }
-            Err((_, e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
-        };
-        Ok(Self { _flock: flock })
+        }
     }
 }
+
+/// How often a waiting agent tries the lock again: short next to any reconcile.
+const POLL: std::time::Duration = std::time::Duration::from_millis(50);

@@ -4,7 +4,6 @@
 pub mod atomic;
 pub mod exec;
 pub mod lock;
-pub mod state;
 
 use std::path::{Component, Path, PathBuf};
 

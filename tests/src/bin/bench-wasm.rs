@@ -62,7 +62,11 @@ fn main() {
         let mut cri = Cri::connect(&n.cd.socket);
         let first = first_output(&mut cri, &n, "wasmtime", HELLO_WASM, run);
         to_output.push(started.elapsed());
-        eprintln!("run {run}: apply -> first output {:.3}s (pod part {:.3}s)", started.elapsed().as_secs_f64(), first.as_secs_f64());
+        eprintln!(
+            "run {run}: apply -> first output {:.3}s (pod part {:.3}s)",
+            started.elapsed().as_secs_f64(),
+            first.as_secs_f64()
+        );
         // Warm containerd and caches alike for both sides, then alternate so drift hits both.
         for i in 0..3 {
             wasm.push(first_output(&mut cri, &n, "wasmtime", HELLO_WASM, 10 + i));
@@ -73,6 +77,9 @@ fn main() {
     let a = median(to_output);
     println!("wasm_cold_start_s {:.3}", w.as_secs_f64());
     println!("runc_cold_start_s {:.3}", r.as_secs_f64());
-    println!("wasm_vs_runc_ratio {:.2}", w.as_secs_f64() / r.as_secs_f64());
+    println!(
+        "wasm_vs_runc_ratio {:.2}",
+        w.as_secs_f64() / r.as_secs_f64()
+    );
     println!("apply_to_first_output_s {:.3}", a.as_secs_f64());
 }

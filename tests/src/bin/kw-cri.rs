@@ -31,7 +31,11 @@ fn images(socket: &Path, work: &Path) {
             .arg(archive)
             .output()
             .unwrap();
-        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
     };
     for (name, archive) in kwasm_tests::workloads::build_all(work) {
         import(&archive);
@@ -55,7 +59,11 @@ fn run(args: &[String]) {
     let mut cri = Cri::connect(socket);
     let logs = tempfile::tempdir().unwrap();
     let pod = cri
-        .run_pod(&format!("demo-{}", std::process::id()), handler, logs.path())
+        .run_pod(
+            &format!("demo-{}", std::process::id()),
+            handler,
+            logs.path(),
+        )
         .unwrap_or_else(|e| {
             eprintln!("{e:#}");
             std::process::exit(1)

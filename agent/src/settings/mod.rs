@@ -1,6 +1,10 @@
 //! The settings file (TOML). The Helm chart renders it into a ConfigMap; `kwasm-agent apply --config`
 //! reads it on a bare host. Every key has a default so an empty file is valid; unknown keys are errors
-//! so a typo never silently falls back to a default.
+//! so a typo never silently falls back to a default; every value is checked (`validate`) before
+//! anything runs, so no setting can reach arithmetic or I/O it would break.
+
+mod auto;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,6 +14,7 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer};
 
 use crate::arch::Arch;
+pub use auto::Auto;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -106,8 +111,9 @@ pub struct ArtifactSettings {
     pub allow_unverified: bool,
     /// URL prefix rewrites; the longest matching prefix wins.
     pub mirrors: BTreeMap<String, String>,
-    /// Extra PEM bundle (host path, resolved under the host root) trusted for HTTPS.
-    pub ca_bundle: String,
+    /// Extra PEM bundle (host path, resolved under the host root) trusted for HTTPS; `""`: none.
+    #[serde(deserialize_with = "auto::empty_is_none")]
+    pub ca_bundle: Option<PathBuf>,
     pub max_size: ByteSize,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -126,7 +132,7 @@ impl Default for ArtifactSettings {
             allow_http: false,
             allow_unverified: false,
             mirrors: BTreeMap::new(),
-            ca_bundle: String::new(),
+            ca_bundle: None,
             max_size: ByteSize::mib(512),
             connect_timeout: Duration::from_secs(10),
             read_timeout: Duration::from_secs(30),
@@ -169,14 +175,17 @@ impl<'de> Deserialize<'de> for RestartMethod {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ContainerdSettings {
-    pub config: String,
+    /// The config file to change (host path); `auto`: the flavor's.
+    pub config: Auto<PathBuf>,
     pub restart: RestartMethod,
-    pub unit: String,
-    pub socket: String,
+    /// The systemd unit to restart; `auto`: the flavor's.
+    pub unit: Auto<String>,
+    /// containerd's socket (host path); `auto`: the flavor's.
+    pub socket: Auto<PathBuf>,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Path of the containerd binary used to validate a candidate config ("auto": look on the host).
-    pub binary: String,
+    /// The containerd binary used to validate a candidate config (host path); `auto`: look on the host.
+    pub binary: Auto<PathBuf>,
     /// A host directory on containerd's PATH (e.g. /usr/local/bin) where each shim is also linked
     /// under the name its runtime_type maps to, for clients that name the runtime rather than the
     /// handler (`ctr run --runtime io.containerd.wasmtime.v1`, nerdctl). None: no links.
@@ -186,12 +195,12 @@ pub struct ContainerdSettings {
 impl Default for ContainerdSettings {
     fn default() -> Self {
         Self {
-            config: "auto".into(),
+            config: Auto::Detect,
             restart: RestartMethod::Systemd,
-            unit: "auto".into(),
-            socket: "auto".into(),
+            unit: Auto::Detect,
+            socket: Auto::Detect,
             timeout: Duration::from_secs(30),
-            binary: "auto".into(),
+            binary: Auto::Detect,
             link_dir: None,
         }
     }
@@ -240,77 +249,12 @@ impl Settings {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        settings.validate(origin)?;
-        Ok(settings)
-    }
-
-    fn validate(&self, origin: &Path) -> Result<(), SettingsError> {
-        let invalid = |key: String, message: String| SettingsError::Invalid {
+        validate::check(&settings).map_err(|(key, message)| SettingsError::Invalid {
             path: origin.to_owned(),
             key,
             message,
-        };
-        if !self.host.install_dir.is_absolute() {
-            return Err(invalid(
-                "host.install_dir".into(),
-                "expected an absolute host path".into(),
-            ));
-        }
-        if let Some(d) = self
-            .containerd
-            .link_dir
-            .as_ref()
-            .filter(|d| !d.is_absolute())
-        {
-            return Err(invalid(
-                "containerd.link_dir".into(),
-                format!("expected an absolute host path, found {}", d.display()),
-            ));
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, shim) in self.shims.iter().enumerate() {
-            let key = |k: &str| format!("shims[{i}].{k}");
-            if !is_handler_name(&shim.name) {
-                return Err(invalid(
-                    key("name"),
-                    format!("expected a CRI handler name (lowercase letters, digits, '-', '_'), found {:?}", shim.name),
-                ));
-            }
-            if !seen.insert(shim.name.as_str()) {
-                return Err(invalid(
-                    key("name"),
-                    format!("shim {:?} is listed twice", shim.name),
-                ));
-            }
-            if shim.binary.is_empty() || shim.binary.contains('/') || shim.binary.starts_with('.') {
-                return Err(invalid(
-                    key("binary"),
-                    format!("expected a plain file name, found {:?}", shim.binary),
-                ));
-            }
-            if shim.runtime_type.is_empty() {
-                return Err(invalid(key("runtime_type"), "must not be empty".into()));
-            }
-            let mut arches = std::collections::BTreeSet::new();
-            for (j, p) in shim.platforms.iter().enumerate() {
-                let pkey = |k: &str| format!("shims[{i}].platforms[{j}].{k}");
-                if !arches.insert(p.arch) {
-                    return Err(invalid(pkey("arch"), format!("{} is listed twice", p.arch)));
-                }
-                if let Some(d) = &p.sha256 {
-                    if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-                        return Err(invalid(
-                            pkey("sha256"),
-                            format!("expected 64 hex digits, found {d:?}"),
-                        ));
-                    }
-                }
-                if url::Url::parse(&p.url).is_err() {
-                    return Err(invalid(pkey("url"), format!("not a URL: {:?}", p.url)));
-                }
-            }
-        }
-        Ok(())
+        })?;
+        Ok(settings)
     }
 
     pub fn shim(&self, name: &str) -> Option<&Shim> {
@@ -335,14 +279,6 @@ impl Settings {
             })
             .collect()
     }
-}
-
-fn is_handler_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| {
-            b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_' || b == b'.'
-        })
 }
 
 #[cfg(test)]
@@ -448,6 +384,76 @@ options = { SystemdCgroup = true }
     fn bad_durations_and_sizes_are_refused() {
         assert!(parse("[containerd]\ntimeout = 'soon'\n").is_err());
         assert!(parse("[artifacts]\nmax_size = 'big'\n").is_err());
+    }
+
+    #[test]
+    fn durations_sizes_and_counts_must_be_in_range() {
+        for (toml, key) in [
+            ("[containerd]\ntimeout = '0s'\n", "containerd.timeout"),
+            (
+                "[containerd]\ntimeout = '18446744073709551615s'\n",
+                "containerd.timeout",
+            ),
+            ("[agent]\nresync = '0s'\n", "agent.resync"),
+            ("[agent]\nmax_backoff = '1000d'\n", "agent.max_backoff"),
+            (
+                "[artifacts]\nread_timeout = '0s'\n",
+                "artifacts.read_timeout",
+            ),
+            ("[artifacts]\nattempts = 0\n", "artifacts.attempts"),
+            ("[artifacts]\nattempts = 4294967295\n", "artifacts.attempts"),
+            ("[artifacts]\nmax_size = '0B'\n", "artifacts.max_size"),
+            ("[artifacts]\nmax_size = '1PiB'\n", "artifacts.max_size"),
+        ] {
+            let e = parse(toml).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains("expected"), "{toml}: {e}");
+        }
+        // Huge numbers TOML cannot hold are parse errors, not panics.
+        assert!(parse("[artifacts]\nattempts = 99999999999999999999\n").is_err());
+        assert!(parse("[containerd]\ntimeout = '999999999999999999999999s'\n").is_err());
+    }
+
+    #[test]
+    fn names_must_be_what_kubernetes_accepts() {
+        let shim = |name: &str| {
+            format!("[[shims]]\nname='{name}'\nruntime_type='io.containerd.x.v2'\nbinary='x'\nversion='1'\n")
+        };
+        for bad in ["spin.v2", "Spin", "-spin", "spin_v2", "", &"a".repeat(51)] {
+            let e = parse(&shim(bad)).unwrap_err().to_string();
+            assert!(
+                e.contains("shims[0].name") && e.contains("DNS label"),
+                "{bad}: {e}"
+            );
+        }
+        assert!(parse(&shim("wasmtime-v1")).is_ok());
+        let e = parse("[trigger]\nlabel = 'kwasm.sh/has space'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trigger.label"), "{e}");
+        let e = parse("[agent]\nlisten = '9101'\n").unwrap_err().to_string();
+        assert!(e.contains("agent.listen"), "{e}");
+        assert!(parse("[agent]\nlisten = '[::]:9101'\n").is_ok());
+    }
+
+    #[test]
+    fn auto_and_empty_values_are_typed() {
+        let s = parse(
+            "[containerd]\nconfig = '/etc/c.toml'\nunit = 'auto'\n[artifacts]\nca_bundle = ''\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.containerd.config,
+            Auto::Given(PathBuf::from("/etc/c.toml"))
+        );
+        assert_eq!(s.containerd.unit, Auto::Detect);
+        assert_eq!(s.artifacts.ca_bundle, None);
+        let e = parse("[containerd]\nconfig = 'etc/c.toml'\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("containerd.config") && e.contains("absolute"),
+            "{e}"
+        );
     }
 
     #[test]

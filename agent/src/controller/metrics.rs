@@ -1,4 +1,4 @@
-//! Prometheus counters for `run`, rendered in the text exposition format on /metrics.
+//! Prometheus counters of the node controller, rendered in the text exposition format on /metrics.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -15,17 +15,16 @@ pub struct Metrics {
     pub ready: AtomicBool,
 }
 
-pub static METRICS: Metrics = Metrics {
-    reconciles: AtomicU64::new(0),
-    failures: AtomicU64::new(0),
-    duration_micros: AtomicU64::new(0),
-    bytes_downloaded: AtomicU64::new(0),
-    restarts: AtomicU64::new(0),
-    last_success_unix: AtomicU64::new(0),
-    ready: AtomicBool::new(false),
-};
-
 impl Metrics {
+    /// What a carried-out plan downloaded and whether it restarted containerd.
+    pub fn count_apply(&self, report: &crate::engine::ApplyReport) {
+        self.bytes_downloaded
+            .fetch_add(report.bytes_downloaded(), Relaxed);
+        if report.restarted() {
+            self.restarts.fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {

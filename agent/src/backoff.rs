@@ -1,4 +1,4 @@
-//! Exponential backoff with jitter, so a fleet of agents retrying one mirror spreads out.
+//! Exponential backoff with jitter, so a fleet of agents retrying one mirror (or the API server) spreads out.
 
 use std::time::Duration;
 

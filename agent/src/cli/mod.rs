@@ -1,4 +1,8 @@
-//! The command line contract (see the README): `run`, `apply`, `remove`, `plan`, `status`.
+//! The command line contract (see the README): `run`, `apply`, `remove`, `plan`, `status`. What each
+//! command does is in `commands`; how its result is printed, in `output`.
+
+pub mod commands;
+mod output;
 
 use std::path::PathBuf;
 

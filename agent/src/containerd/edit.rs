@@ -1,6 +1,7 @@
-//! The config change, computed without I/O: from the files as they are (read by the caller), what the
-//! agent owns, and the runtimes that should be configured, derive every file write and the new ownership
-//! record. `plan` prints these writes as diffs; `apply` and `remove` carry them out.
+//! The config edit, computed without I/O: from the files as they are (read by `facts`), what the agent
+//! owns, and the runtimes that should be configured, derive every file write and the new ownership
+//! record. `kwasm-agent plan` prints these writes as diffs; `apply` and `remove` carry them out. The
+//! files an edit may look at are declared here once (`inputs`), and `facts` reads exactly those.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -58,7 +59,7 @@ pub struct FileWrite {
 }
 
 #[derive(Debug, Clone)]
-pub struct ConfigPlan {
+pub struct ConfigEdit {
     pub strategy: Strategy,
     pub version: ConfigVersion,
     /// In the order to carry them out (a drop-in before the import that names it; reversed on removal).
@@ -71,13 +72,47 @@ pub struct ConfigPlan {
     pub notes: Vec<String>,
 }
 
-impl ConfigPlan {
+impl ConfigEdit {
     pub fn changes(&self) -> bool {
         !self.writes.is_empty()
     }
 }
 
 pub const DROP_IN_NAME: &str = "99-kwasm.toml";
+/// The CRI config k0s generates: its `version` is the one k0s' containerd speaks.
+const K0S_CRI: &str = "/run/k0s/containerd-cri.toml";
+
+/// What `compute` may read from the host for a flavor: files (absent ones are facts too) and
+/// directories whose existence matters.
+pub struct Inputs {
+    pub files: Vec<PathBuf>,
+    pub dirs: Vec<PathBuf>,
+}
+
+pub fn inputs(flavor: &Flavor, owned: Option<&ConfigOwnership>) -> Inputs {
+    let main = flavor.config.clone();
+    let dir = main.parent().unwrap_or(Path::new("/")).to_owned();
+    let mut files = vec![main.clone()];
+    let mut dirs = Vec::new();
+    match flavor.kind {
+        Kind::Containerd => files.push(dir.join("conf.d").join(DROP_IN_NAME)),
+        Kind::K3s | Kind::Rke2 => {
+            for d in ["config.toml.d", "config-v3.toml.d"] {
+                files.push(dir.join(d).join(DROP_IN_NAME));
+                dirs.push(dir.join(d));
+            }
+            files.push(dir.join("config.toml.tmpl"));
+            files.push(dir.join("config-v3.toml.tmpl"));
+        }
+        Kind::K0s => files.push(PathBuf::from(K0S_CRI)),
+        Kind::Microk8s => {}
+    }
+    // Whatever the agent wrote before (its flavor or paths may have changed since) is read too.
+    files.extend(owned.iter().flat_map(|o| o.files.keys().cloned()));
+    files.sort();
+    files.dedup();
+    Inputs { files, dirs }
+}
 
 pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strategy, ConfigVersion)> {
     let main = &flavor.config;
@@ -169,7 +204,7 @@ pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strateg
             // k0s merges drop-ins into the config it generates; that generated CRI config says which
             // version its containerd speaks.
             let v = facts
-                .file(Path::new("/run/k0s/containerd-cri.toml"))
+                .file(Path::new(K0S_CRI))
                 .and_then(|t| t.parse::<DocumentMut>().ok())
                 .and_then(|d| config::version(&d, main).ok())
                 .unwrap_or(ConfigVersion(2));
@@ -196,12 +231,12 @@ pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strateg
 /// Compute the writes that make the host's config hold exactly `desired` (owned handlers not in it are
 /// removed; when nothing stays owned every trace is removed, restoring originals byte for byte when
 /// nobody edited them since).
-pub fn plan(
+pub fn compute(
     flavor: &Flavor,
     facts: &ConfigFacts,
     owned: Option<&ConfigOwnership>,
     desired: &[RuntimeEntry],
-) -> anyhow::Result<ConfigPlan> {
+) -> anyhow::Result<ConfigEdit> {
     let (strategy, version) = strategy(flavor, facts)?;
     if flavor.kind == Kind::Microk8s {
         if let Some(e) = desired
@@ -266,7 +301,7 @@ pub fn plan(
         handlers,
         files: p.records.clone(),
     });
-    Ok(ConfigPlan {
+    Ok(ConfigEdit {
         strategy,
         version,
         writes: p.writes,
@@ -441,8 +476,9 @@ impl Planner<'_> {
         let inherit = main_doc
             .as_ref()
             .and_then(|d| config::default_systemd_cgroup(d, version));
-        let drop_in =
-            (!desired.is_empty()).then(|| drop_in_text(version, self.delivery, desired, inherit));
+        let drop_in = (!desired.is_empty())
+            .then(|| drop_in_text(version, self.delivery, desired, inherit))
+            .transpose()?;
         let mut order = Vec::new();
         // The drop-in first, then the import naming it; on the way out, the import goes first.
         let dropin_rec = drop_in.as_ref().map(|_| FileRecord {
@@ -572,7 +608,8 @@ impl Planner<'_> {
             .map(|r| r.created)
             .unwrap_or(current.is_none());
         let block = (!desired.is_empty())
-            .then(|| block_text(self.version, self.delivery, desired, inherit));
+            .then(|| block_text(self.version, self.delivery, desired, inherit))
+            .transpose()?;
         let after = template::set_block(current, block.as_deref(), created);
         let rec = after
             .as_ref()
@@ -616,14 +653,14 @@ fn block_text(
     delivery: OptionsDelivery,
     desired: &[RuntimeEntry],
     inherit: Option<bool>,
-) -> String {
+) -> anyhow::Result<String> {
     let mut doc = DocumentMut::new();
     for e in desired {
         let mut t = config::runtime_table(e, delivery, inherit, "");
         t.decor_mut().set_prefix("\n");
-        config::put_runtime(&mut doc, version, t, &e.handler).expect("known version");
+        config::put_runtime(&mut doc, version, t, &e.handler)?;
     }
-    doc.to_string().trim_start().to_owned()
+    Ok(doc.to_string().trim_start().to_owned())
 }
 
 fn drop_in_text(
@@ -631,14 +668,14 @@ fn drop_in_text(
     delivery: OptionsDelivery,
     desired: &[RuntimeEntry],
     inherit: Option<bool>,
-) -> String {
-    format!(
+) -> anyhow::Result<String> {
+    Ok(format!(
         "{DROP_IN_HEADER}version = {}\n\n{}",
         version.0,
-        block_text(version, delivery, desired, inherit)
-    )
+        block_text(version, delivery, desired, inherit)?
+    ))
 }
 
 #[cfg(test)]
-#[path = "change_tests.rs"]
+#[path = "edit_tests.rs"]
 mod tests;

@@ -1,4 +1,5 @@
-//! /healthz, /readyz and /metrics for `run`: a plain HTTP/1 server (hyper) on `agent.listen`.
+//! /healthz, /readyz and /metrics of the node controller: a plain HTTP/1 server (hyper) on
+//! `agent.listen`, answering from its own task so a reconcile in progress never delays it.
 
 use std::convert::Infallible;
 
@@ -9,9 +10,14 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::metrics::METRICS;
+use std::sync::Arc;
 
-pub async fn serve(listen: &str) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+use super::metrics::Metrics;
+
+pub async fn serve(
+    listen: &str,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen} (agent.listen)"))?;
@@ -21,8 +27,9 @@ pub async fn serve(listen: &str) -> anyhow::Result<tokio::task::JoinHandle<()>> 
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let metrics = metrics.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(handle);
+                let svc = hyper::service::service_fn(move |req| handle(req, metrics.clone()));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -31,10 +38,13 @@ pub async fn serve(listen: &str) -> anyhow::Result<tokio::task::JoinHandle<()>> 
     }))
 }
 
-async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let (code, ctype, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" if METRICS.ready.load(std::sync::atomic::Ordering::Relaxed) => {
+        "/readyz" if metrics.ready.load(std::sync::atomic::Ordering::Relaxed) => {
             (StatusCode::OK, "text/plain", "ready\n".to_owned())
         }
         "/readyz" => (
@@ -45,7 +55,7 @@ async fn handle(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
         "/metrics" => (
             StatusCode::OK,
             "text/plain; version=0.0.4",
-            METRICS.render(),
+            metrics.render(),
         ),
         _ => (
             StatusCode::NOT_FOUND,

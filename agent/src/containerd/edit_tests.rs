@@ -55,7 +55,7 @@ fn on(mut f: ConfigFacts, containerd: Option<ContainerdVersion>) -> ConfigFacts 
 }
 
 /// Carry the writes out on the in-memory host, keeping backups of originals as the engine does.
-fn carry(f: &mut ConfigFacts, plan: &ConfigPlan) {
+fn carry(f: &mut ConfigFacts, plan: &ConfigEdit) {
     for w in &plan.writes {
         if let Some(b) = &w.before {
             f.backups.entry(w.path.clone()).or_insert_with(|| b.clone());
@@ -87,7 +87,7 @@ fn containerd_1_6_is_edited_in_place_and_restored_byte_for_byte() {
     let fl = flavor(Kind::Containerd, MAIN);
     let mut f = on(facts(&[(MAIN, V16)]), C16);
     let desired = [entry("spin", "/opt/kwasm/bin")];
-    let plan = super::plan(&fl, &f, None, &desired).unwrap();
+    let plan = super::compute(&fl, &f, None, &desired).unwrap();
     assert_eq!(plan.strategy, Strategy::InPlace { file: MAIN.into() });
     assert_eq!(plan.writes.len(), 1);
     carry(&mut f, &plan);
@@ -112,10 +112,10 @@ fn containerd_1_6_is_edited_in_place_and_restored_byte_for_byte() {
         "containerd 1.6 sends non-runc shims an empty options body that runwasi refuses: {edited}"
     );
     // Idempotent.
-    let again = super::plan(&fl, &f, plan.ownership.as_ref(), &desired).unwrap();
+    let again = super::compute(&fl, &f, plan.ownership.as_ref(), &desired).unwrap();
     assert!(!again.changes());
     // Removal restores the exact original.
-    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    let rm = super::compute(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
     carry(&mut f, &rm);
     assert_eq!(text(&f, MAIN), V16);
     assert!(rm.ownership.is_none());
@@ -125,7 +125,7 @@ fn containerd_1_6_is_edited_in_place_and_restored_byte_for_byte() {
 fn operator_edits_after_apply_survive_removal() {
     let fl = flavor(Kind::Containerd, MAIN);
     let mut f = facts(&[(MAIN, V16)]);
-    let plan = super::plan(
+    let plan = super::compute(
         &fl,
         &f,
         None,
@@ -139,7 +139,7 @@ fn operator_edits_after_apply_survive_removal() {
     let user = text(&f, MAIN).replace("oom_score = 0", "# tuned\noom_score = -999");
     f.files.insert(MAIN.into(), Some(user));
     // Remove one shim, then the other.
-    let one = super::plan(
+    let one = super::compute(
         &fl,
         &f,
         plan.ownership.as_ref(),
@@ -150,7 +150,7 @@ fn operator_edits_after_apply_survive_removal() {
     assert!(
         !text(&f, MAIN).contains("runtimes.spin]") && text(&f, MAIN).contains("runtimes.wasmtime]")
     );
-    let all = super::plan(&fl, &f, one.ownership.as_ref(), &[]).unwrap();
+    let all = super::compute(&fl, &f, one.ownership.as_ref(), &[]).unwrap();
     carry(&mut f, &all);
     assert_eq!(
         text(&f, MAIN),
@@ -163,7 +163,7 @@ fn containerd_2_uses_a_drop_in_and_an_import_removed_in_reverse_order() {
     for (fixture, version) in [(V20, 3), (V4, 4)] {
         let fl = flavor(Kind::Containerd, MAIN);
         let mut f = facts(&[(MAIN, fixture)]);
-        let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+        let plan = super::compute(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
         let drop_in = "/etc/containerd/conf.d/99-kwasm.toml";
         let paths: Vec<_> = plan
             .writes
@@ -192,7 +192,7 @@ fn containerd_2_uses_a_drop_in_and_an_import_removed_in_reverse_order() {
             text(&f, MAIN)
         );
         assert_lines_kept(&fixture.replace("imports = []\n", ""), text(&f, MAIN));
-        let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+        let rm = super::compute(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
         let paths: Vec<_> = rm
             .writes
             .iter()
@@ -213,7 +213,7 @@ fn containerd_2_uses_a_drop_in_and_an_import_removed_in_reverse_order() {
 fn containerd_2_2_default_import_is_used_as_is() {
     let fl = flavor(Kind::Containerd, MAIN);
     let mut f = facts(&[(MAIN, V22)]);
-    let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+    let plan = super::compute(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
     assert_eq!(
         plan.writes.len(),
         1,
@@ -221,7 +221,7 @@ fn containerd_2_2_default_import_is_used_as_is() {
     );
     carry(&mut f, &plan);
     assert_eq!(text(&f, MAIN), V22);
-    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    let rm = super::compute(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
     carry(&mut f, &rm);
     assert!(f
         .file(Path::new("/etc/containerd/conf.d/99-kwasm.toml"))
@@ -232,7 +232,7 @@ fn containerd_2_2_default_import_is_used_as_is() {
 #[test]
 fn unknown_versions_and_docker_containerd_are_refused() {
     let fl = flavor(Kind::Containerd, MAIN);
-    let e = super::plan(
+    let e = super::compute(
         &fl,
         &facts(&[(MAIN, "version = 5\n")]),
         None,
@@ -240,7 +240,7 @@ fn unknown_versions_and_docker_containerd_are_refused() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("version 5 is not supported"), "{e}");
-    let e = super::plan(
+    let e = super::compute(
         &fl,
         &facts(&[(MAIN, DOCKER)]),
         None,
@@ -258,10 +258,10 @@ fn missing_config_is_created_and_removed_again() {
         containerd: Some(ContainerdVersion { major: 2, minor: 0 }),
         ..Default::default()
     };
-    let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+    let plan = super::compute(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
     carry(&mut f, &plan);
     assert!(text(&f, MAIN).starts_with("version = 3\n"));
-    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    let rm = super::compute(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
     carry(&mut f, &rm);
     assert!(f.file(Path::new(MAIN)).is_none());
     // containerd 1.x: start from the binary's defaults so the default runtime still exists.
@@ -270,11 +270,11 @@ fn missing_config_is_created_and_removed_again() {
         default_config: Some(V16.into()),
         ..Default::default()
     };
-    let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+    let plan = super::compute(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
     carry(&mut f, &plan);
     assert_lines_kept(V16, text(&f, MAIN));
     // Nothing to ask: a clear error.
-    let e = super::plan(
+    let e = super::compute(
         &fl,
         &ConfigFacts::default(),
         None,
@@ -288,7 +288,7 @@ fn missing_config_is_created_and_removed_again() {
 fn handlers_configured_by_someone_else_are_not_taken_over() {
     let fl = flavor(Kind::Containerd, MAIN);
     let theirs = format!("{V16}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.spin]\n  runtime_type = \"io.containerd.spin.v2\"\n");
-    let e = super::plan(
+    let e = super::compute(
         &fl,
         &facts(&[(MAIN, &theirs)]),
         None,
@@ -301,7 +301,7 @@ fn handlers_configured_by_someone_else_are_not_taken_over() {
     );
     // A table pointing at our binary was written by a run killed before it saved state: adopted.
     let ours = format!("{theirs}  runtime_path = \"/opt/kwasm/bin/containerd-shim-spin-v2\"\n");
-    let plan = super::plan(
+    let plan = super::compute(
         &fl,
         &facts(&[(MAIN, &ours)]),
         None,
@@ -310,7 +310,7 @@ fn handlers_configured_by_someone_else_are_not_taken_over() {
     .unwrap();
     assert!(plan.ownership.unwrap().handlers.contains_key("spin"));
     let ours = format!("{V16}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.spin]\n  runtime_type = \"/opt/kwasm/bin/containerd-shim-spin-v2\"\n");
-    let plan = super::plan(
+    let plan = super::compute(
         &fl,
         &facts(&[(MAIN, &ours)]),
         None,
@@ -326,13 +326,13 @@ fn k3s_without_drop_in_dirs_gets_a_template_block() {
     let tmpl = format!("{K3S_DIR}/config.toml.tmpl");
     let fl = flavor(Kind::K3s, &rendered);
     let mut f = on(facts(&[(&rendered, K3S)]), C17);
-    let e = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
+    let e = super::compute(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
     assert!(
         e.to_string().contains("install_dir"),
         "k3s auto-adds shims from /opt/kwasm/bin: {e}"
     );
     let desired = [entry("spin", "/var/lib/kwasm/bin")];
-    let plan = super::plan(&fl, &f, None, &desired).unwrap();
+    let plan = super::compute(&fl, &f, None, &desired).unwrap();
     assert_eq!(
         plan.strategy,
         Strategy::Template {
@@ -353,7 +353,7 @@ fn k3s_without_drop_in_dirs_gets_a_template_block() {
     effective
         .parse::<DocumentMut>()
         .expect("the rendered result is valid TOML");
-    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    let rm = super::compute(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
     carry(&mut f, &rm);
     assert!(
         f.file(Path::new(&tmpl)).is_none(),
@@ -373,10 +373,10 @@ fn k3s_with_an_operator_template_keeps_it() {
     let user_tmpl = "{{ template \"base\" . }}\n\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/k3s-certs.d\"\n";
     let fl = flavor(Kind::K3s, &rendered);
     let mut f = facts(&[(&rendered, K3S), (&tmpl, user_tmpl)]);
-    let plan = super::plan(&fl, &f, None, &[entry("spin", "/var/lib/kwasm/bin")]).unwrap();
+    let plan = super::compute(&fl, &f, None, &[entry("spin", "/var/lib/kwasm/bin")]).unwrap();
     carry(&mut f, &plan);
     assert!(text(&f, &tmpl).starts_with(user_tmpl));
-    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    let rm = super::compute(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
     carry(&mut f, &rm);
     assert_eq!(text(&f, &tmpl), user_tmpl);
 }
@@ -387,7 +387,7 @@ fn k3s_and_rke2_drop_in_dirs_are_preferred() {
     let fl = flavor(Kind::K3s, &rendered);
     let mut f = facts(&[(&rendered, K3S_V3)]);
     f.dirs.insert(format!("{K3S_DIR}/config-v3.toml.d").into());
-    let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+    let plan = super::compute(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
     let file = PathBuf::from(format!("{K3S_DIR}/config-v3.toml.d/99-kwasm.toml"));
     assert_eq!(
         plan.strategy,
@@ -408,7 +408,7 @@ fn k3s_and_rke2_drop_in_dirs_are_preferred() {
     let rendered = format!("{rdir}/config.toml");
     let mut f = facts(&[(&rendered, K3S)]);
     f.dirs.insert(format!("{rdir}/config.toml.d").into());
-    let plan = super::plan(
+    let plan = super::compute(
         &flavor(Kind::Rke2, &rendered),
         &f,
         None,
@@ -420,7 +420,7 @@ fn k3s_and_rke2_drop_in_dirs_are_preferred() {
     );
     // rke2 without drop-in dirs: template next to its rendered config.
     let f = facts(&[(&rendered, K3S)]);
-    let plan = super::plan(
+    let plan = super::compute(
         &flavor(Kind::Rke2, &rendered),
         &f,
         None,
@@ -437,7 +437,7 @@ fn k0s_gets_a_drop_in_in_its_directory() {
     let dropin = "/etc/k0s/containerd.d/kwasm.toml";
     let fl = flavor(Kind::K0s, dropin);
     let mut f = facts(&[("/run/k0s/containerd-cri.toml", K0S_CRI)]);
-    let plan = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
+    let plan = super::compute(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap();
     assert_eq!(plan.writes.len(), 1);
     carry(&mut f, &plan);
     let d = text(&f, dropin);
@@ -446,7 +446,7 @@ fn k0s_gets_a_drop_in_in_its_directory() {
             && d.contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.spin]"),
         "{d}"
     );
-    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    let rm = super::compute(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
     carry(&mut f, &rm);
     assert!(f.file(Path::new(dropin)).is_none());
 }
@@ -456,9 +456,9 @@ fn microk8s_template_is_edited_in_place_with_its_comments() {
     let t = "/var/snap/microk8s/current/args/containerd-template.toml";
     let fl = flavor(Kind::Microk8s, t);
     let mut f = facts(&[(t, MICROK8S)]);
-    let e = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
+    let e = super::compute(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
     assert!(e.to_string().contains("/var/snap/microk8s/common"), "{e}");
-    let plan = super::plan(
+    let plan = super::compute(
         &fl,
         &f,
         None,
@@ -468,7 +468,7 @@ fn microk8s_template_is_edited_in_place_with_its_comments() {
     carry(&mut f, &plan);
     assert_lines_kept(MICROK8S, text(&f, t));
     assert!(text(&f, t).contains("runtimes.spin]"));
-    let rm = super::plan(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
+    let rm = super::compute(&fl, &f, plan.ownership.as_ref(), &[]).unwrap();
     carry(&mut f, &rm);
     assert_eq!(text(&f, t), MICROK8S);
 }
@@ -480,7 +480,7 @@ fn a_drop_in_someone_else_wrote_is_not_overwritten() {
         (MAIN, V22),
         ("/etc/containerd/conf.d/99-kwasm.toml", "version = 3\n"),
     ]);
-    let e = super::plan(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
+    let e = super::compute(&fl, &f, None, &[entry("spin", "/opt/kwasm/bin")]).unwrap_err();
     assert!(e.to_string().contains("not written by kwasm-agent"), "{e}");
 }
 
@@ -490,7 +490,7 @@ fn options_are_written_the_way_each_containerd_passes_them_to_a_shim() {
     let mut spin = entry("spin", "/opt/kwasm/bin");
     spin.options = Some(toml::toml! { ConfigLevel = "debug" });
     let options_of = |f: &ConfigFacts| {
-        let plan = super::plan(&fl, f, None, std::slice::from_ref(&spin)).unwrap();
+        let plan = super::compute(&fl, f, None, std::slice::from_ref(&spin)).unwrap();
         let after = plan.writes[0].after.clone().unwrap();
         let doc: toml::Table = toml::from_str(&after).unwrap();
         let opts = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["spin"]
@@ -530,4 +530,47 @@ fn containerd_versions_are_read_from_what_each_build_prints() {
     );
     assert_eq!(v("garbage"), None);
     assert_eq!(v(""), None);
+}
+
+#[test]
+fn an_unknown_version_anywhere_is_an_error_not_a_panic() {
+    // k0s: the version comes from the CRI config k0s generates.
+    let dropin = "/etc/k0s/containerd.d/kwasm.toml";
+    let f = facts(&[("/run/k0s/containerd-cri.toml", "version = 5\n")]);
+    let e = super::compute(
+        &flavor(Kind::K0s, dropin),
+        &f,
+        None,
+        &[entry("spin", "/opt/kwasm/bin")],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("version 5"), "{e}");
+    // A k3s rendering and a microk8s template with a version nobody knows.
+    let rendered = format!("{K3S_DIR}/config.toml");
+    for (kind, path) in [
+        (Kind::K3s, rendered.as_str()),
+        (
+            Kind::Microk8s,
+            "/var/snap/microk8s/current/args/containerd-template.toml",
+        ),
+        (Kind::Containerd, MAIN),
+    ] {
+        for text in [
+            "version = 5\n",
+            "version = -1\n",
+            "version = 9223372036854775807\n",
+        ] {
+            let e = super::compute(
+                &flavor(kind, path),
+                &facts(&[(path, text)]),
+                None,
+                &[entry("spin", "/var/snap/microk8s/common/kwasm/bin")],
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("not supported"),
+                "{kind:?} {text}: {e}"
+            );
+        }
+    }
 }

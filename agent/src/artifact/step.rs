@@ -1,13 +1,14 @@
-//! What must change, computed from the desired shims and facts read from the host — no I/O here, so
-//! every decision is unit-tested and `kwasm-agent plan` prints exactly what `apply` would do.
+//! One shim's artifact step — up to date, install from the cache, download, or cannot be installed —
+//! decided from the settings and facts read from the host. No I/O here, so every decision is
+//! unit-tested and `kwasm-agent plan` prints exactly what `apply` would do.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::PathBuf;
 
+use super::source::Source;
+use super::InstalledShim;
 use crate::arch::Arch;
-use crate::artifact::source::Source;
-use crate::host::state::InstalledShim;
 use crate::settings::{ArtifactSettings, Shim};
 
 /// What the host holds for one shim.
@@ -56,7 +57,7 @@ impl fmt::Display for ArtifactStep {
     }
 }
 
-pub fn artifact_step(
+pub fn decide(
     shim: &Shim,
     arch: Arch,
     settings: &ArtifactSettings,
@@ -168,13 +169,13 @@ mod tests {
     #[test]
     fn picks_the_platform_of_the_node() {
         let s = ArtifactSettings::default();
-        match artifact_step(&shim(Some(D1)), Arch::Arm64, &s, &facts(None, false, &[])) {
+        match decide(&shim(Some(D1)), Arch::Arm64, &s, &facts(None, false, &[])) {
             ArtifactStep::Download { url, .. } => assert_eq!(url, "https://x/arm64.tgz"),
             other => panic!("{other:?}"),
         }
         let mut one = shim(Some(D1));
         one.platforms.truncate(1);
-        let step = artifact_step(&one, Arch::Arm64, &s, &facts(None, false, &[]));
+        let step = decide(&one, Arch::Arm64, &s, &facts(None, false, &[]));
         assert!(
             matches!(&step, ArtifactStep::Unavailable(r) if r.contains("arm64") && r.contains("amd64")),
             "{step:?}"
@@ -186,17 +187,17 @@ mod tests {
         let s = ArtifactSettings::default();
         let sh = shim(Some(D1));
         assert_eq!(
-            artifact_step(&sh, Arch::Amd64, &s, &facts(Some(record(D1)), true, &[D1])),
+            decide(&sh, Arch::Amd64, &s, &facts(Some(record(D1)), true, &[D1])),
             ArtifactStep::UpToDate
         );
         // The binary on disk was altered: reinstall from the cache.
         assert!(matches!(
-            artifact_step(&sh, Arch::Amd64, &s, &facts(Some(record(D1)), false, &[D1])),
+            decide(&sh, Arch::Amd64, &s, &facts(Some(record(D1)), false, &[D1])),
             ArtifactStep::FromCache { .. }
         ));
         // A new pinned digest: download.
         assert!(matches!(
-            artifact_step(
+            decide(
                 &sh,
                 Arch::Amd64,
                 &s,
@@ -211,7 +212,7 @@ mod tests {
         let sh = shim(None);
         let strict = ArtifactSettings::default();
         assert!(matches!(
-            artifact_step(&sh, Arch::Amd64, &strict, &facts(None, false, &[])),
+            decide(&sh, Arch::Amd64, &strict, &facts(None, false, &[])),
             ArtifactStep::Unavailable(r) if r.contains("allow_unverified")
         ));
         let lax = ArtifactSettings {
@@ -219,14 +220,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            artifact_step(&sh, Arch::Amd64, &lax, &facts(None, false, &[])),
+            decide(&sh, Arch::Amd64, &lax, &facts(None, false, &[])),
             ArtifactStep::Download {
                 url: "https://x/amd64.tgz".into(),
                 sha256: None
             }
         );
         assert_eq!(
-            artifact_step(
+            decide(
                 &sh,
                 Arch::Amd64,
                 &lax,
@@ -241,7 +242,7 @@ mod tests {
         let mut sh = shim(Some(D1));
         sh.platforms[0].url = "http://127.0.0.1/a.tgz".into();
         assert!(matches!(
-            artifact_step(&sh, Arch::Amd64, &ArtifactSettings::default(), &facts(None, false, &[])),
+            decide(&sh, Arch::Amd64, &ArtifactSettings::default(), &facts(None, false, &[])),
             ArtifactStep::Unavailable(r) if r.contains("allow_http")
         ));
     }

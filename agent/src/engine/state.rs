@@ -3,12 +3,12 @@
 //! does not claim yet — which the next run finds and converges, never the opposite.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
 
-use crate::arch::Arch;
+use crate::artifact::InstalledShim;
 use crate::containerd::ownership::ConfigOwnership;
 
 const FORMAT: u32 = 1;
@@ -21,22 +21,6 @@ pub struct State {
     /// The edits the agent made to containerd's configuration, to be undone exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub containerd: Option<ConfigOwnership>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct InstalledShim {
-    pub name: String,
-    pub version: String,
-    pub arch: Arch,
-    pub url: String,
-    pub archive_sha256: String,
-    pub binary_sha256: String,
-    /// As the host sees it (what containerd's config points at).
-    pub binary_path: PathBuf,
-    pub installed_at: String,
-    /// The agent's link to the binary in `containerd.link_dir` (host path).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link: Option<PathBuf>,
 }
 
 impl State {
@@ -70,17 +54,15 @@ impl State {
         s.format = FORMAT;
         let mut bytes = serde_json::to_vec_pretty(&s)?;
         bytes.push(b'\n');
-        super::atomic::write(path, &bytes, 0o644)
+        crate::host::atomic::write(path, &bytes, 0o644)
     }
-}
-
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch::Arch;
+    use crate::clock::now_rfc3339;
 
     #[test]
     fn missing_file_is_empty_state_and_roundtrips() {

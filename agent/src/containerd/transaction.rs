@@ -1,0 +1,206 @@
+//! Carrying out a config edit as one transaction: write it, restart containerd when needed, prove the
+//! CRI plugin lists every handler with its binary, and when containerd does not come back healthy,
+//! put the previous config back, restart again, and report the original cause.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::anyhow;
+
+use super::cri::{self, CriStatus};
+use super::edit::ConfigEdit;
+use super::ownership::ConfigOwnership;
+use super::restart::{self, Action};
+use super::Containerd;
+
+/// What happened to containerd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restart {
+    /// Restarted, and the CRI plugin proved to list the handlers (how it was restarted).
+    Restarted(String),
+    /// The config changed but containerd was not restarted (why); the handlers load at its next start.
+    Deferred(String),
+    /// Nothing needed a restart (why).
+    NotNeeded(String),
+}
+
+impl std::fmt::Display for Restart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Restart::Restarted(how) => write!(f, "restarted ({how})"),
+            Restart::Deferred(why) | Restart::NotNeeded(why) => write!(f, "not restarted: {why}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub changed_files: Vec<PathBuf>,
+    pub restart: Restart,
+    /// Handlers containerd reported loaded after the change (None: not asked).
+    pub loaded: Option<Vec<String>>,
+}
+
+impl Containerd {
+    /// Carry out `edit`. `record` persists the ownership the host now has: called after the files are
+    /// written (so a crash after it finds the record), and with the previous ownership on rollback.
+    /// `removing` are handlers that must be gone from the CRI plugin afterwards.
+    pub async fn carry_out(
+        &self,
+        edit: &ConfigEdit,
+        previous: Option<&ConfigOwnership>,
+        removing: &[String],
+        record: &mut dyn FnMut(Option<&ConfigOwnership>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Outcome> {
+        let expected: BTreeMap<String, PathBuf> = edit
+            .ownership
+            .as_ref()
+            .map(|o| {
+                o.handlers
+                    .iter()
+                    .map(|(h, r)| (h.clone(), r.runtime_path.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.write_all(edit).await?;
+        if let Err(e) = record(edit.ownership.as_ref()) {
+            return Err(self.abort(edit, e, previous, record, None).await);
+        }
+        let changed_files = edit.writes.iter().map(|w| w.path.clone()).collect();
+        let loaded = if edit.changes() {
+            None
+        } else {
+            self.cri_status()
+                .await
+                .ok()
+                .map(|st| expected.iter().all(|(h, p)| st.lists(h, p)))
+        };
+        let action = restart::decide(
+            &self.settings.restart,
+            self.flavor.kind,
+            &self.flavor.unit,
+            edit.changes(),
+            loaded,
+        );
+        let reloads = self.flavor.kind.reloads_itself() && edit.changes();
+        let skip_reason = match &action {
+            Action::Skip(r) if !reloads => Some(r.clone()),
+            _ => None,
+        };
+        if let Some(reason) = skip_reason {
+            let restart = if edit.changes() {
+                tracing::warn!(reason = %reason, "config changed but containerd was not restarted; the handlers load at its next start");
+                Restart::Deferred(reason)
+            } else {
+                Restart::NotNeeded(reason)
+            };
+            return Ok(Outcome {
+                changed_files,
+                restart,
+                loaded: None,
+            });
+        }
+        tracing::info!(action = ?action, "restarting containerd");
+        match self.restart_and_prove(&action, &expected, removing).await {
+            Ok(st) => {
+                let loaded: Vec<String> = expected
+                    .keys()
+                    .filter(|h| st.handlers.contains_key(*h))
+                    .cloned()
+                    .collect();
+                tracing::info!(handlers = ?loaded, "containerd is back and its CRI plugin lists the handlers");
+                if edit.ownership.is_none() {
+                    self.drop_backups(edit);
+                }
+                Ok(Outcome {
+                    changed_files,
+                    restart: match action {
+                        Action::Skip(why) => Restart::NotNeeded(why),
+                        Action::Systemd { unit } => {
+                            Restart::Restarted(format!("systemctl restart {unit}"))
+                        }
+                        Action::Argv(v) => Restart::Restarted(v.join(" ")),
+                    },
+                    loaded: Some(loaded),
+                })
+            }
+            Err(err) => Err(self.abort(edit, err, previous, record, Some(&action)).await),
+        }
+    }
+
+    /// Put the previous config (and ownership record) back, restart containerd again when it was
+    /// restarted, and return `cause` — with every cleanup failure attached, never in its place.
+    async fn abort(
+        &self,
+        edit: &ConfigEdit,
+        cause: anyhow::Error,
+        previous: Option<&ConfigOwnership>,
+        record: &mut dyn FnMut(Option<&ConfigOwnership>) -> anyhow::Result<()>,
+        restarted: Option<&Action>,
+    ) -> anyhow::Error {
+        let mut problems = Vec::new();
+        if let Err(e) = self.restore(&edit.writes) {
+            problems.push(format!("restoring the previous config failed: {e:#}"));
+        }
+        if let Err(e) = record(previous) {
+            problems.push(format!(
+                "recording the rollback in the state file failed: {e:#}"
+            ));
+        }
+        let Some(action) = restarted else {
+            return with_problems(cause, "the previous config was restored", problems);
+        };
+        tracing::warn!("previous containerd config restored; restarting containerd again");
+        let healthy = async {
+            restart::run(action, &self.exec, self.settings.timeout).await?;
+            cri::wait_for(
+                &self.socket()?,
+                &BTreeMap::new(),
+                &[],
+                self.settings.timeout,
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = healthy {
+            problems.push(format!(
+                "containerd is not healthy even with the previous config: {e:#}"
+            ));
+        }
+        with_problems(
+            cause,
+            "containerd did not come back healthy with the new config; the previous config was restored and containerd restarted",
+            problems,
+        )
+    }
+
+    async fn restart_and_prove(
+        &self,
+        action: &Action,
+        expected: &BTreeMap<String, PathBuf>,
+        absent: &[String],
+    ) -> anyhow::Result<CriStatus> {
+        restart::run(action, &self.exec, self.settings.timeout).await?;
+        let res = cri::wait_for(&self.socket()?, expected, absent, self.settings.timeout).await;
+        match (res, action) {
+            (Ok(st), _) => Ok(st),
+            (Err(e), Action::Systemd { unit }) => Err(anyhow!(
+                "{e:#}{}",
+                restart::journal_tail(&self.exec, unit).await
+            )),
+            (Err(e), _) => Err(e),
+        }
+    }
+}
+
+/// `cause`, said with what was done about it and anything that went wrong doing it.
+fn with_problems(cause: anyhow::Error, done: &str, problems: Vec<String>) -> anyhow::Error {
+    if problems.is_empty() {
+        cause.context(done.to_owned())
+    } else {
+        cause.context(format!(
+            "{done}, but the rollback did not finish: {}",
+            problems.join("; ")
+        ))
+    }
+}

@@ -1,0 +1,118 @@
+//! Kubernetes Events on the Node (what `kubectl describe node` shows), through kube's Recorder: the
+//! Node's real UID in the reference, and repeats folded into one Event's series.
+
+use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::Client;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Provisioning,
+    Provisioned,
+    ProvisionFailed,
+    DriftDetected,
+    Removed,
+    RemoveBlocked,
+    RemoveFailed,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Reason::Provisioning => "Provisioning",
+            Reason::Provisioned => "Provisioned",
+            Reason::ProvisionFailed => "ProvisionFailed",
+            Reason::DriftDetected => "DriftDetected",
+            Reason::Removed => "Removed",
+            Reason::RemoveBlocked => "RemoveBlocked",
+            Reason::RemoveFailed => "RemoveFailed",
+        }
+    }
+
+    fn warning(self) -> bool {
+        matches!(
+            self,
+            Reason::ProvisionFailed
+                | Reason::DriftDetected
+                | Reason::RemoveBlocked
+                | Reason::RemoveFailed
+        )
+    }
+
+    fn action(self) -> &'static str {
+        match self {
+            Reason::Provisioning | Reason::Provisioned | Reason::ProvisionFailed => "Provision",
+            Reason::DriftDetected => "Repair",
+            Reason::Removed | Reason::RemoveBlocked | Reason::RemoveFailed => "Remove",
+        }
+    }
+}
+
+pub struct Events {
+    recorder: Recorder,
+}
+
+impl Events {
+    pub fn new(client: Client, instance: String) -> Self {
+        let reporter = Reporter {
+            controller: "kwasm.sh/kwasm-agent".into(),
+            instance: Some(instance),
+        };
+        Self {
+            recorder: Recorder::new(client, reporter),
+        }
+    }
+
+    /// Best effort: an Event that cannot be written is logged, never a reason to fail a reconcile.
+    pub async fn publish(&self, node: &Node, reason: Reason, note: &str) {
+        let ev = Event {
+            type_: if reason.warning() {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.as_str().into(),
+            note: Some(truncate(note, 1024)),
+            action: reason.action().into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &reference(node)).await {
+            tracing::warn!(reason = reason.as_str(), error = %e, "could not record an Event on the node");
+        }
+    }
+}
+
+/// The Node as Events name it. No resourceVersion: the same Event on a later version of the Node is
+/// the same series.
+fn reference(node: &Node) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: node.metadata.name.clone(),
+        uid: node.metadata.uid.clone(),
+        ..Default::default()
+    }
+}
+
+/// At most `max` bytes, cut on a character boundary (the Events API refuses longer notes).
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn notes_are_cut_on_character_boundaries() {
+        let s = "é".repeat(600);
+        let t = super::truncate(&s, 1024);
+        assert!(t.len() <= 1024 && t.chars().all(|c| c == 'é'));
+        assert_eq!(super::truncate("short", 1024), "short");
+    }
+}

@@ -1,0 +1,155 @@
+//! The node controller (`kwasm-agent run`): watch this node's Node object and keep the host as it
+//! asks, through the host engine. The loop here waits for a reason to look (a new request, the resync
+//! timer, a retry after a failure); `reconcile` holds the steps; `context` what they share.
+
+mod context;
+mod desired;
+mod events;
+mod metrics;
+mod node;
+mod reconcile;
+mod report;
+mod server;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context as _};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::backoff::Backoff;
+use crate::cli::Common;
+use crate::settings::Settings;
+use context::{Context, EngineSlot};
+use desired::{desired, Desired};
+use events::Events;
+use metrics::Metrics;
+use node::NodeClient;
+
+pub async fn run(common: Common) -> anyhow::Result<()> {
+    let settings = Settings::load(&common.config)?;
+    let node_name = std::env::var("NODE_NAME").context(
+        "NODE_NAME is not set (the DaemonSet sets it from the downward API, spec.nodeName)",
+    )?;
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client config (in-cluster or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::default());
+    server::serve(&settings.agent.listen, metrics.clone()).await?;
+    let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kwasm-agent-{node_name}"));
+    let ctx = Context {
+        nodes: NodeClient::new(client.clone(), &node_name),
+        events: Events::new(client, instance),
+        metrics,
+        settings: settings.clone(),
+    };
+    let mut engines = EngineSlot::new(settings, common.host_root.clone(), common.arch);
+    let mut nodes = watch_node(&ctx, &node_name);
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut backoff = Backoff::new(Duration::from_secs(1), ctx.settings.agent.max_backoff);
+    let mut wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
+    let mut handled: Option<Desired> = None;
+    tracing::info!(node = %node_name, "watching the node");
+    loop {
+        let mut periodic = false;
+        tokio::select! {
+            changed = nodes.changed() => changed.map_err(|_| anyhow!("the node watch ended"))?,
+            _ = tokio::time::sleep_until(wake) => periodic = true,
+            _ = sigterm.recv() => break,
+            _ = sigint.recv() => break,
+        }
+        let Some(node) = nodes.borrow_and_update().clone() else {
+            continue;
+        };
+        let want = desired(&node, &ctx.settings.trigger);
+        // Status heartbeats and the agent's own patches change the Node too: only a new request or
+        // the timer (resync, or the retry after a failure) is a reason to look at the host again.
+        if !periodic && handled.as_ref() == Some(&want) {
+            continue;
+        }
+        let started = Instant::now();
+        ctx.metrics.reconciles.fetch_add(1, Relaxed);
+        let result = match engines.get(want.arch) {
+            Ok(engine) => reconcile::reconcile(&ctx, engine, &node, &want, periodic).await,
+            Err(e) => Err(e),
+        };
+        release_freed_memory();
+        ctx.metrics
+            .duration_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        handled = Some(want);
+        match result {
+            Ok(()) => {
+                ctx.metrics.last_success_unix.store(unix_now(), Relaxed);
+                backoff.reset();
+                wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
+            }
+            Err(e) => {
+                ctx.metrics.failures.fetch_add(1, Relaxed);
+                let delay = backoff.next_delay();
+                tracing::error!(error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "reconcile failed");
+                wake = tokio::time::Instant::now() + delay;
+            }
+        }
+    }
+    // Shutting down is not a request to uninstall: a rolling update replaces this pod while pods keep
+    // running on the shims. The host is cleaned only when the node stops asking (trigger removed).
+    tracing::info!("terminating; the host is left as it is");
+    Ok(())
+}
+
+/// The latest copy of this node, kept current by kube's watcher: it lists then watches with
+/// bookmarks, resumes from the last resourceVersion after a dropped connection, and re-lists (never
+/// losing a change) when that version is too old.
+fn watch_node(ctx: &Context, name: &str) -> tokio::sync::watch::Receiver<Option<Node>> {
+    let (tx, rx) = tokio::sync::watch::channel::<Option<Node>>(None);
+    let api = ctx.nodes.api.clone();
+    let metrics = ctx.metrics.clone();
+    let selector = format!("metadata.name={name}");
+    tokio::spawn(async move {
+        let stream = watcher(api, watcher::Config::default().fields(&selector)).default_backoff();
+        futures_util::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(Event::Apply(n)) | Ok(Event::InitApply(n)) => {
+                    tx.send_replace(Some(n));
+                }
+                Ok(Event::InitDone) => {
+                    metrics.ready.store(true, Relaxed);
+                    tx.send_modify(|_| {});
+                }
+                Ok(Event::Delete(_)) => {
+                    tx.send_replace(None);
+                }
+                Ok(Event::Init) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching the node failed; retrying with backoff")
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// A reconcile allocates (HTTP clients, parsed configs) and frees it all; glibc keeps freed pages
+/// mapped unless asked. Handing them back keeps an idle agent small.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,138 @@
+//! Undoing what apply did: the config entries the agent added (exactly those, in reverse order),
+//! containerd restarted and proven, then the binaries and their links. A shim whose binary still runs
+//! containers stays, with its config entry, and is reported.
+
+use std::collections::BTreeSet;
+
+use crate::containerd::inuse::{self, ShimProcess};
+use crate::containerd::Outcome;
+use crate::host::lock::HostLock;
+
+use super::plan::owned_handlers;
+use super::{Engine, State};
+
+#[derive(Debug, Clone)]
+pub struct RemoveReport {
+    pub removed: Vec<String>,
+    /// Shims left in place because containers still run on them.
+    pub in_use: Vec<(String, Vec<ShimProcess>)>,
+    pub config: Option<Outcome>,
+    pub state: State,
+}
+
+impl Engine {
+    /// Remove the named shims (every shim the agent owns when none is named).
+    pub async fn remove(&self, names: &[String]) -> anyhow::Result<RemoveReport> {
+        if !self.layout.dir.exists() {
+            return Ok(RemoveReport {
+                removed: vec![],
+                in_use: vec![],
+                config: None,
+                state: State::default(),
+            });
+        }
+        let lock = self.lock().await?;
+        self.remove_locked(&lock, names).await
+    }
+
+    /// `remove`, for a caller that already holds the host lock.
+    pub async fn remove_locked(
+        &self,
+        _held: &HostLock,
+        names: &[String],
+    ) -> anyhow::Result<RemoveReport> {
+        let facts = self.facts(&[]).await?;
+        let mut state = facts.state;
+        let owned = owned_handlers(&state);
+        let known: BTreeSet<String> = state
+            .shims
+            .keys()
+            .cloned()
+            .chain(owned.iter().cloned())
+            .collect();
+        for n in names {
+            anyhow::ensure!(
+                known.contains(n) || self.settings.shim(n).is_some(),
+                "unknown shim {n:?}"
+            );
+        }
+        let targets: Vec<String> = if names.is_empty() {
+            known.iter().cloned().collect()
+        } else {
+            names
+                .iter()
+                .filter(|n| known.contains(*n))
+                .cloned()
+                .collect()
+        };
+        let (removable, in_use) = self.split_in_use(&targets, &state).await;
+        let remaining: BTreeSet<String> = owned
+            .iter()
+            .filter(|h| !removable.contains(h))
+            .cloned()
+            .collect();
+        let mut config = None;
+        if state.containerd.is_some() {
+            let edit = self.config_edit(&facts.config, &state, &remaining)?;
+            let previous = state.containerd.clone();
+            let state_path = self.layout.state_path();
+            config = Some(
+                self.containerd
+                    .carry_out(&edit, previous.as_ref(), &removable, &mut |owned| {
+                        if state.containerd.as_ref() == owned {
+                            return Ok(());
+                        }
+                        state.containerd = owned.cloned();
+                        state.save(&state_path)
+                    })
+                    .await?,
+            );
+        }
+        // Binaries go only after containerd no longer points at them.
+        for name in &removable {
+            if let Some(rec) = state.shims.remove(name) {
+                self.remove_binary(&rec)?;
+                tracing::info!(shim = %name, path = %rec.binary_path.display(), "shim binary removed");
+            }
+            state.save(&self.layout.state_path())?;
+        }
+        if state.shims.is_empty() && state.containerd.is_none() {
+            crate::host::atomic::remove(&self.layout.state_path())?;
+        }
+        Ok(RemoveReport {
+            removed: removable,
+            in_use,
+            config,
+            state,
+        })
+    }
+
+    /// Which targets no process runs (removable), and which are in use, by whom. The scan of /proc
+    /// runs off the async thread.
+    async fn split_in_use(
+        &self,
+        targets: &[String],
+        state: &State,
+    ) -> (Vec<String>, Vec<(String, Vec<ShimProcess>)>) {
+        let mut removable = Vec::new();
+        let mut in_use = Vec::new();
+        for name in targets {
+            let running = match state.shims.get(name) {
+                Some(r) => {
+                    let path = r.binary_path.clone();
+                    tokio::task::spawn_blocking(move || inuse::shims_running(&path))
+                        .await
+                        .unwrap_or_default()
+                }
+                None => Vec::new(),
+            };
+            if running.is_empty() {
+                removable.push(name.clone());
+            } else {
+                tracing::warn!(shim = %name, processes = running.len(), "shim in use by running containers; leaving it installed and configured");
+                in_use.push((name.clone(), running));
+            }
+        }
+        (removable, in_use)
+    }
+}

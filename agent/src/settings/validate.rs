@@ -1,0 +1,245 @@
+//! Every value of the settings file checked before anything runs: names that Kubernetes and containerd
+//! accept, host paths that are absolute, and durations, sizes and counts inside ranges the agent's
+//! arithmetic and its users' patience can take. An error names the key and says what was expected.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+
+use super::{Auto, RestartMethod, Settings};
+
+type Invalid = (String, String);
+
+/// A shim's name is its CRI handler and its RuntimeClass's `handler`: a DNS label (RFC 1123). It is
+/// also part of the shim's node label (`kwasm.sh/shim-<name>`), whose name part Kubernetes caps at 63.
+pub const MAX_SHIM_NAME: usize = 50;
+
+pub fn check(s: &Settings) -> Result<(), Invalid> {
+    absolute("host.root", &s.host.root)?;
+    absolute("host.install_dir", &s.host.install_dir)?;
+    for (key, v) in [
+        ("trigger.annotation", &s.trigger.annotation),
+        ("trigger.label", &s.trigger.label),
+        ("trigger.shims_annotation", &s.trigger.shims_annotation),
+    ] {
+        qualified_name(key, v)?;
+    }
+    s.agent
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .map_err(|_| {
+            invalid(
+                "agent.listen",
+                format!("expected an address and port such as \"0.0.0.0:9101\" or \"[::]:9101\", found {:?}", s.agent.listen),
+            )
+        })?;
+    within("agent.resync", s.agent.resync, secs(1), days(7))?;
+    within("agent.max_backoff", s.agent.max_backoff, secs(1), days(1))?;
+
+    let a = &s.artifacts;
+    if let Some(p) = &a.ca_bundle {
+        absolute("artifacts.ca_bundle", p)?;
+    }
+    for (from, to) in &a.mirrors {
+        for (what, u) in [("prefix", from), ("replacement", to)] {
+            url::Url::parse(u).map_err(|_| {
+                invalid(
+                    "artifacts.mirrors",
+                    format!("the {what} {u:?} is not a URL"),
+                )
+            })?;
+        }
+    }
+    if a.max_size < ByteSize::kib(1) || a.max_size > ByteSize::gib(64) {
+        return Err(invalid(
+            "artifacts.max_size",
+            format!("expected between 1KiB and 64GiB, found {}", a.max_size),
+        ));
+    }
+    within(
+        "artifacts.connect_timeout",
+        a.connect_timeout,
+        millis(100),
+        mins(10),
+    )?;
+    within(
+        "artifacts.read_timeout",
+        a.read_timeout,
+        millis(100),
+        mins(60),
+    )?;
+    within("artifacts.backoff", a.backoff, millis(1), mins(10))?;
+    if !(1..=100).contains(&a.attempts) {
+        return Err(invalid(
+            "artifacts.attempts",
+            format!("expected 1 to 100, found {}", a.attempts),
+        ));
+    }
+
+    let c = &s.containerd;
+    for (key, p) in [
+        ("containerd.config", c.config.given()),
+        ("containerd.socket", c.socket.given()),
+        ("containerd.binary", c.binary.given()),
+        ("containerd.link_dir", c.link_dir.as_ref()),
+    ] {
+        if let Some(p) = p {
+            absolute(key, p)?;
+        }
+    }
+    if let Auto::Given(unit) = &c.unit {
+        if unit.is_empty() || unit.contains('/') || unit.chars().any(char::is_whitespace) {
+            return Err(invalid(
+                "containerd.unit",
+                format!("expected a systemd unit name, found {unit:?}"),
+            ));
+        }
+    }
+    if let RestartMethod::Argv(argv) = &c.restart {
+        if argv.first().is_none_or(|p| p.is_empty()) {
+            return Err(invalid("containerd.restart", "the program is empty".into()));
+        }
+    }
+    within("containerd.timeout", c.timeout, secs(1), mins(60))?;
+
+    let mut names = BTreeSet::new();
+    for (i, shim) in s.shims.iter().enumerate() {
+        let key = |k: &str| format!("shims[{i}].{k}");
+        if !is_dns_label(&shim.name) || shim.name.len() > MAX_SHIM_NAME {
+            return Err((
+                key("name"),
+                format!(
+                    "expected a DNS label of at most {MAX_SHIM_NAME} characters (lowercase letters, digits and '-', starting and ending with a letter or digit): it is the CRI handler and the RuntimeClass handler; found {:?}",
+                    shim.name
+                ),
+            ));
+        }
+        if !names.insert(shim.name.as_str()) {
+            return Err((key("name"), format!("shim {:?} is listed twice", shim.name)));
+        }
+        if shim.binary.is_empty()
+            || shim.binary.contains('/')
+            || shim.binary.starts_with('.')
+            || shim.binary.chars().any(char::is_whitespace)
+        {
+            return Err((
+                key("binary"),
+                format!("expected a plain file name, found {:?}", shim.binary),
+            ));
+        }
+        if shim.runtime_type.is_empty() || shim.runtime_type.chars().any(char::is_whitespace) {
+            return Err((
+                key("runtime_type"),
+                format!(
+                    "expected a runtime name such as \"io.containerd.spin.v2\", found {:?}",
+                    shim.runtime_type
+                ),
+            ));
+        }
+        if shim.version.trim().is_empty() {
+            return Err((key("version"), "must not be empty".into()));
+        }
+        let mut arches = BTreeSet::new();
+        for (j, p) in shim.platforms.iter().enumerate() {
+            let pkey = |k: &str| format!("shims[{i}].platforms[{j}].{k}");
+            if !arches.insert(p.arch) {
+                return Err((pkey("arch"), format!("{} is listed twice", p.arch)));
+            }
+            if let Some(d) = &p.sha256 {
+                if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err((
+                        pkey("sha256"),
+                        format!("expected 64 hex digits, found {d:?}"),
+                    ));
+                }
+            }
+            if url::Url::parse(&p.url).is_err() {
+                return Err((pkey("url"), format!("not a URL: {:?}", p.url)));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn invalid(key: &str, message: String) -> Invalid {
+    (key.to_owned(), message)
+}
+
+fn absolute(key: &str, p: &Path) -> Result<(), Invalid> {
+    if p.is_absolute() {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!(
+                "expected an absolute host path, found {:?}",
+                p.display().to_string()
+            ),
+        ))
+    }
+}
+
+fn within(key: &str, d: Duration, min: Duration, max: Duration) -> Result<(), Invalid> {
+    if d < min || d > max {
+        return Err(invalid(
+            key,
+            format!(
+                "expected between {} and {}, found {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max),
+                humantime::format_duration(d)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn millis(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+fn mins(n: u64) -> Duration {
+    Duration::from_secs(n * 60)
+}
+fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 86_400)
+}
+
+/// RFC 1123 label: what Kubernetes accepts as a RuntimeClass handler.
+pub fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.first().is_some_and(|c| *c != b'-')
+        && b.last().is_some_and(|c| *c != b'-')
+}
+
+/// A Kubernetes label or annotation key: `[prefix/]name`.
+fn qualified_name(key: &str, v: &str) -> Result<(), Invalid> {
+    let (prefix, name) = match v.rsplit_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, v),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    let prefix_ok =
+        prefix.is_none_or(|p| !p.is_empty() && p.len() <= 253 && p.split('.').all(is_dns_label));
+    if name_ok && prefix_ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            key,
+            format!("expected a Kubernetes label/annotation key such as \"kwasm.sh/kwasm-node\", found {v:?}"),
+        ))
+    }
+}
