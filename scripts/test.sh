@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
-# The whole test suite, as CI runs it: installs what the tests need (Debian packages), then format
-# check, clippy with warnings as errors, and every test (unit, integration against a real containerd,
-# end-to-end with the real kubectl, and WASI modules through CRI on a wasm shim built from runwasi's
-# crates: tests/wasm-shim, by scripts/build-wasm-shim.sh; its first build takes about ten minutes).
+# The whole test suite, as CI runs it: installs what the tests need (Debian packages, and the chart
+# tests' Python packages in a venv under target/), then format check, clippy with warnings as errors,
+# ShellCheck, the Helm chart's tests (Helm's engine, Kubernetes 1.30-1.37 schemas, CEL), and every
+# Rust test: unit, integration against a real containerd, end-to-end with the real kubectl, WASI
+# modules through CRI on a wasm shim built from runwasi's crates (tests/wasm-shim, by
+# scripts/build-wasm-shim.sh; its first build takes about ten minutes), and the agent's image run as
+# the DaemonSet's pod (scripts/build-image.sh). Extra arguments go to the test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +17,8 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
+command -v shellcheck >/dev/null || need+=(shellcheck)
+[ -r /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 # The WebAssembly end-to-end test: WAT workloads, static native workloads, and the wasm shim's build.
 command -v wat2wasm >/dev/null || need+=(wabt)
 command -v cc >/dev/null || need+=(gcc)
@@ -31,11 +36,23 @@ cargo fmt --all -- --check
 cargo fmt --manifest-path tests/wasm-shim/Cargo.toml -- --check
 echo "==> cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+echo "==> shellcheck"
+shellcheck -x scripts/*.sh scripts/lib/*.sh
 echo "==> build"
 cargo build --workspace --bins --quiet
+
+echo "==> chart (Helm engine, Kubernetes 1.30-1.37 schemas, admission policy CEL)"
+. "$(dirname "$0")/lib/venv.sh"
+ensure_venv
+KWASM_AGENT="$PWD/target/debug/kwasm-agent" "$venv_python" -m unittest discover -s tests/chart
+
 echo "==> wasm shim (tests/wasm-shim)"
 KWASM_WASM_SHIM_ARCHIVE=$(bash scripts/build-wasm-shim.sh | tail -n 1)
 export KWASM_WASM_SHIM_ARCHIVE
+echo "==> agent image (scripts/build-image.sh)"
+KWASM_IMAGE_ARCHIVE=$(bash scripts/build-image.sh | tail -n 1)
+export KWASM_IMAGE_ARCHIVE
+
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast "$@"

@@ -346,6 +346,16 @@ fn restart_script(dir: &Path, config: &Path, path_dir: &Path) -> String {
     format!(
         r#"#!/bin/sh
 set -e
+# Like a service manager, give containerd the harness's cgroups rather than its caller's (the agent's
+# container, when the agent runs containerized): removing that container must not take containerd.
+while IFS=: read -r _ ctrl path; do
+  case "$ctrl" in
+    "") if [ -e /sys/fs/cgroup/cgroup.procs ]; then dir=/sys/fs/cgroup; else dir=/sys/fs/cgroup/unified; fi ;;
+    name=*) dir=/sys/fs/cgroup/${{ctrl#name=}} ;;
+    *) dir=/sys/fs/cgroup/$ctrl ;;
+  esac
+  echo $$ > "$dir$path/cgroup.procs" 2>/dev/null || true
+done < /proc/{harness}/cgroup
 pidfile={d}/containerd.pid
 alive() {{ [ -e /proc/$1 ] && ! awk '{{ exit ($3 == "Z") ? 0 : 1 }}' /proc/$1/stat; }}
 if [ -f "$pidfile" ]; then
@@ -365,7 +375,8 @@ setsid containerd --config {config} >>{d}/containerd.log 2>&1 </dev/null &
 echo $! > "$pidfile"
 "#,
         config = config.display(),
-        path_dir = path_dir.display()
+        path_dir = path_dir.display(),
+        harness = std::process::id()
     )
 }
 

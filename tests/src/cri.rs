@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatusRequest,
-    CreateContainerRequest, ImageSpec, KeyValue, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, ListPodSandboxRequest, Mount, NamespaceMode, NamespaceOption,
+    CreateContainerRequest, ImageSpec, KeyValue, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    ListPodSandboxRequest, Mount, MountPropagation, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
     StartContainerRequest, StopPodSandboxRequest,
 };
@@ -27,9 +28,14 @@ pub struct Container<'a> {
     pub name: &'a str,
     pub image: &'a str,
     pub args: Vec<&'a str>,
-    pub env: Vec<(&'a str, &'a str)>,
+    pub env: Vec<(&'a str, String)>,
     /// (container path, host path)
     pub mounts: Vec<(&'a str, PathBuf)>,
+    /// As the kwasm-agent DaemonSet's: privileged, read-only root filesystem.
+    pub privileged: bool,
+    /// Mounts propagated from the host (HostToContainer), as the chart mounts `/host`; needs a host
+    /// whose `/` is a shared mount.
+    pub host_propagation: bool,
 }
 
 impl<'a> Container<'a> {
@@ -40,6 +46,8 @@ impl<'a> Container<'a> {
             args: vec![],
             env: vec![],
             mounts: vec![],
+            privileged: false,
+            host_propagation: false,
         }
     }
 }
@@ -81,8 +89,24 @@ impl Cri {
 
     /// RunPodSandbox with `handler` (a RuntimeClass's handler); logs go under `log_dir`.
     pub fn run_pod(&mut self, name: &str, handler: &str, log_dir: &Path) -> anyhow::Result<Pod> {
+        self.run_pod_as(name, handler, log_dir, false)
+    }
+
+    /// `privileged`: also the host's PID namespace and a privileged sandbox, as the agent's DaemonSet.
+    pub fn run_pod_as(
+        &mut self,
+        name: &str,
+        handler: &str,
+        log_dir: &Path,
+        privileged: bool,
+    ) -> anyhow::Result<Pod> {
         std::fs::create_dir_all(log_dir)?;
         let host = NamespaceMode::Node as i32;
+        let pid = if privileged {
+            host
+        } else {
+            NamespaceMode::Pod as i32
+        };
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
@@ -97,8 +121,10 @@ impl Cri {
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
                         network: host,
+                        pid,
                         ..Default::default()
                     }),
+                    privileged,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -139,7 +165,7 @@ impl Cri {
                 .iter()
                 .map(|(k, v)| KeyValue {
                     key: k.to_string(),
-                    value: v.to_string(),
+                    value: v.clone(),
                 })
                 .collect(),
             mounts: c
@@ -148,9 +174,28 @@ impl Cri {
                 .map(|(cp, hp)| Mount {
                     container_path: cp.to_string(),
                     host_path: hp.to_string_lossy().into_owned(),
+                    propagation: if c.host_propagation {
+                        MountPropagation::PropagationHostToContainer as i32
+                    } else {
+                        MountPropagation::PropagationPrivate as i32
+                    },
                     ..Default::default()
                 })
                 .collect(),
+            linux: Some(LinuxContainerConfig {
+                security_context: Some(LinuxContainerSecurityContext {
+                    privileged: c.privileged,
+                    readonly_rootfs: c.privileged,
+                    namespace_options: pod
+                        .config
+                        .linux
+                        .as_ref()
+                        .and_then(|l| l.security_context.as_ref())
+                        .and_then(|s| s.namespace_options.clone()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
             log_path: format!("{}.log", c.name),
             annotations: HashMap::new(),
             ..Default::default()

@@ -14,6 +14,28 @@ pub struct Image<'a> {
     /// (path in the image, content, mode)
     pub files: Vec<(&'a str, Vec<u8>, u32)>,
     pub entrypoint: Vec<&'a str>,
+    pub cmd: Vec<&'a str>,
+    /// OCI annotations of the image config (`org.opencontainers.image.*`).
+    pub labels: Vec<(&'a str, String)>,
+    /// gzip the layer (what registries store; the size an image is measured by).
+    pub compress: bool,
+}
+
+impl<'a> Image<'a> {
+    pub fn new(
+        name: &'a str,
+        files: Vec<(&'a str, Vec<u8>, u32)>,
+        entrypoint: Vec<&'a str>,
+    ) -> Self {
+        Self {
+            name,
+            files,
+            entrypoint,
+            cmd: vec![],
+            labels: vec![],
+            compress: false,
+        }
+    }
 }
 
 /// This machine's architecture as OCI names it.
@@ -26,14 +48,36 @@ pub fn oci_arch() -> &'static str {
 }
 
 impl Image<'_> {
-    /// Writes the image archive to `dest`.
-    pub fn write(&self, dest: &Path) {
-        let layer = self.layer();
+    /// Writes the image archive to `dest`; returns the size of its layer as stored.
+    pub fn write(&self, dest: &Path) -> usize {
+        let tar = self.layer();
+        let diff_id = format!("sha256:{}", sha256(&tar));
+        let (layer, layer_type) = if self.compress {
+            (
+                crate::archive::gzip(&tar),
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        } else {
+            (tar, "application/vnd.oci.image.layer.v1.tar")
+        };
+        let labels: serde_json::Map<String, serde_json::Value> = self
+            .labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone().into()))
+            .collect();
+        let mut image_config =
+            json!({ "Entrypoint": self.entrypoint, "Env": ["PATH=/usr/local/bin:/"] });
+        if !self.cmd.is_empty() {
+            image_config["Cmd"] = json!(self.cmd);
+        }
+        if !labels.is_empty() {
+            image_config["Labels"] = labels.into();
+        }
         let config = serde_json::to_vec(&json!({
             "architecture": oci_arch(),
             "os": "linux",
-            "config": { "Entrypoint": self.entrypoint, "Env": ["PATH=/"] },
-            "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{}", sha256(&layer))] },
+            "config": image_config,
+            "rootfs": { "type": "layers", "diff_ids": [diff_id] },
         }))
         .unwrap();
         let descriptor = |media: &str, blob: &[u8]| json!({ "mediaType": media, "digest": format!("sha256:{}", sha256(blob)), "size": blob.len() });
@@ -41,7 +85,7 @@ impl Image<'_> {
             "schemaVersion": 2,
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
-            "layers": [descriptor("application/vnd.oci.image.layer.v1.tar", &layer)],
+            "layers": [descriptor(layer_type, &layer)],
         }))
         .unwrap();
         let mut entry = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
@@ -67,6 +111,7 @@ impl Image<'_> {
             add(&format!("blobs/sha256/{}", sha256(blob)), blob);
         }
         out.finish().unwrap();
+        layer.len()
     }
 
     fn layer(&self) -> Vec<u8> {
@@ -75,6 +120,10 @@ impl Image<'_> {
             let mut h = tar::Header::new_ustar();
             h.set_size(data.len() as u64);
             h.set_mode(*mode);
+            // Fixed metadata: the same files make the same image, byte for byte.
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
             h.set_cksum();
             b.append_data(&mut h, path.trim_start_matches('/'), data.as_slice())
                 .unwrap();

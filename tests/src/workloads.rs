@@ -68,12 +68,7 @@ pub fn build_all(work: &Path) -> Vec<(&'static str, PathBuf)> {
         .into_iter()
         .map(|(name, entry, program)| {
             let archive = work.join(format!("{}.tar", name.replace(['/', ':'], "_")));
-            Image {
-                name,
-                files: vec![(entry, program, 0o755)],
-                entrypoint: vec![entry],
-            }
-            .write(&archive);
+            Image::new(name, vec![(entry, program, 0o755)], vec![entry]).write(&archive);
             (name, archive)
         })
         .collect()

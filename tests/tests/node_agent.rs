@@ -151,6 +151,12 @@ fn annotate_provisions_the_node_and_removing_the_annotation_restores_it() {
     assert!(host.config().contains("runtimes.kwtest]"));
     assert_eq!(host.status()["shims"][0]["loaded"], true);
     let node = api.node("n1");
+    // The shim's own labels: what its RuntimeClass selects, and the version installed.
+    assert_eq!(node["metadata"]["labels"]["kwasm.sh/shim.kwtest"], "true");
+    assert_eq!(
+        node["metadata"]["labels"]["kwasm.sh/version.kwtest"],
+        "v1.0.0"
+    );
     let status: serde_json::Value = serde_json::from_str(
         node["metadata"]["annotations"]["kwasm.sh/kwasm-status"]
             .as_str()
@@ -184,9 +190,17 @@ fn annotate_provisions_the_node_and_removing_the_annotation_restores_it() {
         (host.config() == host.original).then_some(())
     });
     assert!(!host.binary().exists());
-    assert!(api.node("n1")["metadata"]["annotations"]
+    let node = api.node("n1");
+    assert!(node["metadata"]["annotations"]
         .get("kwasm.sh/kwasm-status")
         .is_none());
+    let kwasm_labels: Vec<&String> = node["metadata"]["labels"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("kwasm.sh/"))
+        .collect();
+    assert!(kwasm_labels.is_empty(), "{kwasm_labels:?}");
     eventually("a Removed event", || {
         api.event_reasons("n1")
             .contains(&"Removed".into())
@@ -399,4 +413,103 @@ fn health_endpoints_answer_while_another_agent_holds_the_host_lock() {
     assert_eq!(api.provisioned_label("n1").as_deref(), Some("false"));
     drop(held);
     wait_label(&api, "n1", Some("true"), &a);
+}
+
+fn kwasm_marks(node: &serde_json::Value) -> Vec<String> {
+    let keys = |m: &serde_json::Value| -> Vec<String> {
+        m.as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    keys(&node["metadata"]["labels"])
+        .into_iter()
+        .chain(keys(&node["metadata"]["annotations"]))
+        .filter(|k| {
+            k.starts_with("kwasm.sh/") && k != "kwasm.sh/kwasm-node" && k != "kwasm.sh/uninstall"
+        })
+        .collect()
+}
+
+fn uninstall(api: &KubeApi, settings: &std::path::Path, timeout: &str) -> kwasm_tests::agent::Run {
+    let mut c = agent(&[
+        "uninstall",
+        "--config",
+        settings.to_str().unwrap(),
+        "--timeout",
+        timeout,
+    ]);
+    c.env("KUBECONFIG", &api.kubeconfig);
+    kwasm_tests::agent::output(c)
+}
+
+#[test]
+fn uninstalling_the_chart_first_cleans_every_node_and_says_which_one_blocks() {
+    // What the chart's pre-delete hook runs, against two real agents and their containerds.
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let (h1, a1) = host_and_agent(&api, "n1");
+    let (h2, a2) = host_and_agent(&api, "n2");
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    api.kubectl_ok(&["label", "node", "n2", "kwasm.sh/kwasm-node=true"]);
+    wait_label(&api, "n1", Some("true"), &a1);
+    wait_label(&api, "n2", Some("true"), &a2);
+
+    // A pod still runs on n1's shim: the uninstall waits, then fails naming n1 and why.
+    let busy = h1.cd.run_container("busy", Some(&h1.binary()));
+    let r = uninstall(&api, &h1.sb.settings, "8s");
+    r.failed();
+    assert!(
+        r.reason().contains("n1 (RemoveBlocked")
+            && r.reason().contains("still used by running containers"),
+        "{}",
+        r.reason()
+    );
+    assert!(!r.reason().contains("n2 ("), "n2 was clean: {}", r.reason());
+    assert_eq!(h1.cd.task_pid("busy"), Some(busy), "the pod was disturbed");
+    assert_eq!(h2.config(), h2.original);
+    assert!(!h2.binary().exists());
+
+    // Once the pod is gone, the uninstall finishes: both hosts as before, no marks on either node.
+    h1.cd.stop_container("busy");
+    let r = uninstall(&api, &h1.sb.settings, "60s");
+    r.ok();
+    assert!(
+        r.stdout.contains("every node is clean (2 asked)"),
+        "{}",
+        r.stdout
+    );
+    for (host, name) in [(&h1, "n1"), (&h2, "n2")] {
+        assert_eq!(host.config(), host.original, "{name}'s config");
+        assert!(!host.binary().exists(), "{name}'s binary");
+        let node = api.node(name);
+        assert_eq!(kwasm_marks(&node), Vec::<String>::new(), "{name}: {node}");
+    }
+    // The agents keep the hosts clean while the chart goes, though the trigger is still there.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(h1.config(), h1.original);
+}
+
+#[test]
+fn a_new_install_ignores_the_uninstall_request_of_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    api.add_node("n1", "amd64");
+    // An uninstall that asked long before this agent started.
+    api.kubectl_ok(&[
+        "annotate",
+        "node",
+        "n1",
+        "kwasm.sh/uninstall=2020-01-01T00:00:00Z",
+        "kwasm.sh/kwasm-node=true",
+    ]);
+    let port = free_port();
+    let host = NodeHost::with(agent_settings(port));
+    let a = Agent::start(&host, &api.kubeconfig, "n1", port);
+    wait_label(&api, "n1", Some("true"), &a);
+    eventually("the stale request to be cleared", || {
+        api.node("n1")["metadata"]["annotations"]
+            .get("kwasm.sh/uninstall")
+            .is_none()
+            .then_some(())
+    });
 }

@@ -79,7 +79,7 @@ fn wasi_modules_run_through_cri_on_the_handler_the_agent_configured() {
     // Output, argument and environment reach the module.
     let mut hello = Container::new("hello", HELLO_WASM);
     hello.args = vec!["from-the-pod-spec"];
-    hello.env = vec![("GREETING", "hej")];
+    hello.env = vec![("GREETING", "hej".into())];
     let id = cri.start(&pod, &hello).unwrap();
     let exited = cri.wait_exited(&pod, "hello", &id, EXIT_WITHIN);
     assert_eq!(exited.exit_code, 0, "{exited:?}");

@@ -4,7 +4,8 @@
 use anyhow::bail;
 
 use super::output;
-use super::{Command, Common, Output, StatusArgs, Target};
+use super::{CheckArgs, Command, Common, Output, StatusArgs, Target};
+use crate::artifact::{step, ArtifactFacts, ArtifactStep};
 use crate::engine::Engine;
 use crate::settings::Settings;
 
@@ -15,7 +16,32 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Remove(t) => remove(t).await,
         Command::Plan(t) => plan(t).await,
         Command::Status(s) => status(s).await,
+        Command::Check(c) => check(c),
+        Command::Uninstall(u) => crate::controller::uninstall(&u.config, u.timeout).await,
     }
+}
+
+/// Stricter than loading: every shim is installable as written on every architecture it lists —
+/// the same decision `apply` makes (pinned unless unverified downloads are allowed, a URL scheme the
+/// settings allow after mirrors), taken for a host that has nothing yet.
+fn check(c: CheckArgs) -> anyhow::Result<()> {
+    let settings = Settings::load(&c.config)?;
+    let origin = c.config.display();
+    for (i, shim) in settings.shims.iter().enumerate() {
+        if shim.platforms.is_empty() {
+            bail!("settings file {origin}: key `shims[{i}].platforms`: shim {:?} has no platform; it can be installed nowhere", shim.name);
+        }
+        for (j, p) in shim.platforms.iter().enumerate() {
+            let fresh = ArtifactFacts::default();
+            if let ArtifactStep::Unavailable(why) =
+                step::decide(shim, p.arch, &settings.artifacts, &fresh)
+            {
+                bail!("settings file {origin}: key `shims[{i}].platforms[{j}]`: {why}");
+            }
+        }
+    }
+    output::check(&settings);
+    Ok(())
 }
 
 fn engine(c: &Common) -> anyhow::Result<Engine> {

@@ -37,6 +37,36 @@ pub enum Command {
     Plan(Target),
     /// Installed shims, config entries, containerd health.
     Status(StatusArgs),
+    /// Validate a settings file without touching a host: what it would install is installable.
+    Check(CheckArgs),
+    /// Cluster-wide, before the agents go (the chart's pre-delete hook): ask every provisioned node's
+    /// agent to undo everything, and wait until each reports it is clean.
+    Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Settings file (TOML).
+    #[arg(
+        long,
+        env = "KWASM_CONFIG",
+        default_value = "/etc/kwasm-agent/config.toml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Settings file (TOML): which trigger keys ask for shims.
+    #[arg(
+        long,
+        env = "KWASM_CONFIG",
+        default_value = "/etc/kwasm-agent/config.toml"
+    )]
+    pub config: PathBuf,
+    /// How long to wait for every node to report its shims removed.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]

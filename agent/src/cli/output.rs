@@ -173,3 +173,21 @@ pub fn status(r: &StatusReport) {
         }
     }
 }
+
+pub fn check(s: &crate::settings::Settings) {
+    println!("settings are valid: {} shim(s)", s.shims.len());
+    for shim in &s.shims {
+        let arches: Vec<&str> = shim.platforms.iter().map(|p| p.arch.as_str()).collect();
+        println!(
+            "  {} {} ({}) for {}",
+            shim.name,
+            shim.version,
+            shim.runtime_type,
+            if arches.is_empty() {
+                "no architecture".to_owned()
+            } else {
+                arches.join(", ")
+            }
+        );
+    }
+}

@@ -1,12 +1,13 @@
-//! What the Node asks of the agent: the trigger (annotation or label), the optional shim subset, and
-//! the node's architecture.
-
-use std::collections::BTreeMap;
+//! What the Node asks of the agent: the trigger (annotation or label), the optional shim subset, the
+//! node's architecture, and whether an uninstall of the chart asked every agent to undo.
 
 use k8s_openapi::api::core::v1::Node;
 
 use crate::arch::Arch;
 use crate::settings::TriggerSettings;
+
+/// Set by `kwasm-agent uninstall` (the chart's pre-delete hook) with the time it asked.
+pub const UNINSTALL_ANNOTATION: &str = "kwasm.sh/uninstall";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
@@ -14,16 +15,21 @@ pub struct Desired {
     /// From the shims annotation; None: every shim in the catalog the node can run.
     pub shims: Option<Vec<String>>,
     pub arch: Option<Arch>,
+    pub uninstall: Uninstall,
 }
 
-pub fn desired(node: &Node, t: &TriggerSettings) -> Desired {
-    let meta = &node.metadata;
-    let is_true = |m: &Option<BTreeMap<String, String>>, k: &str| {
-        m.as_ref()
-            .and_then(|m| m.get(k))
-            .is_some_and(|v| v == "true")
-    };
-    let triggered = is_true(&meta.annotations, &t.annotation) || is_true(&meta.labels, &t.label);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uninstall {
+    None,
+    /// The chart is being uninstalled: undo everything, whatever the trigger says.
+    Requested,
+    /// Left by an earlier uninstall, before this agent started: to be cleared, not obeyed.
+    Stale,
+}
+
+/// `started`: when this agent started; an uninstall asked before that was for an earlier install.
+pub fn desired(node: &Node, t: &TriggerSettings, started: std::time::SystemTime) -> Desired {
+    let triggered = asks_for_shims(node, t);
     let shims = annotation(node, &t.shims_annotation).map(|v| {
         v.split(',')
             .map(|s| s.trim().to_owned())
@@ -35,11 +41,24 @@ pub fn desired(node: &Node, t: &TriggerSettings) -> Desired {
         .as_ref()
         .and_then(|s| s.node_info.as_ref())
         .and_then(|i| i.architecture.parse().ok());
+    let uninstall = match annotation(node, UNINSTALL_ANNOTATION) {
+        None => Uninstall::None,
+        Some(at) => match humantime::parse_rfc3339_weak(at) {
+            Ok(at) if at < started => Uninstall::Stale,
+            _ => Uninstall::Requested,
+        },
+    };
     Desired {
-        triggered,
+        triggered: triggered && uninstall != Uninstall::Requested,
         shims,
         arch,
+        uninstall,
     }
+}
+
+/// The trigger: the annotation or the label set to "true".
+pub fn asks_for_shims(node: &Node, t: &TriggerSettings) -> bool {
+    annotation(node, &t.annotation) == Some("true") || label(node, &t.label) == Some("true")
 }
 
 pub fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
@@ -61,6 +80,8 @@ pub fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use std::time::UNIX_EPOCH;
 
     pub fn node(labels: &[(&str, &str)], annotations: &[(&str, &str)], arch: &str) -> Node {
         let map = |kv: &[(&str, &str)]| -> Option<BTreeMap<String, String>> {
@@ -80,6 +101,7 @@ mod tests {
     #[test]
     fn annotation_or_label_triggers_and_shims_annotation_narrows() {
         let t = TriggerSettings::default();
+        let desired = |n: &Node, t: &TriggerSettings| super::desired(n, t, UNIX_EPOCH);
         assert!(!desired(&node(&[], &[], "amd64"), &t).triggered);
         assert!(desired(&node(&[], &[("kwasm.sh/kwasm-node", "true")], "amd64"), &t).triggered);
         assert!(desired(&node(&[("kwasm.sh/kwasm-node", "true")], &[], "amd64"), &t).triggered);
@@ -105,6 +127,7 @@ mod tests {
     #[test]
     fn odd_node_objects_ask_for_nothing_strange() {
         let t = TriggerSettings::default();
+        let desired = |n: &Node, t: &TriggerSettings| super::desired(n, t, UNIX_EPOCH);
         // An unknown architecture, a trigger that is not exactly "true", an empty shim list.
         let d = desired(
             &node(
@@ -125,8 +148,32 @@ mod tests {
             Desired {
                 triggered: false,
                 shims: None,
-                arch: None
+                arch: None,
+                uninstall: Uninstall::None,
             }
         );
+    }
+
+    #[test]
+    fn an_uninstall_wins_over_the_trigger_unless_it_predates_this_agent() {
+        let t = TriggerSettings::default();
+        let n = node(
+            &[("kwasm.sh/kwasm-node", "true")],
+            &[(UNINSTALL_ANNOTATION, "2026-11-24T18:00:00Z")],
+            "amd64",
+        );
+        let before = humantime::parse_rfc3339("2026-11-24T17:00:00Z").unwrap();
+        let after = humantime::parse_rfc3339("2026-11-24T19:00:00Z").unwrap();
+        let d = desired(&n, &t, before);
+        assert_eq!((d.triggered, d.uninstall), (false, Uninstall::Requested));
+        let d = desired(&n, &t, after);
+        assert_eq!((d.triggered, d.uninstall), (true, Uninstall::Stale));
+        // Garbage in the annotation is obeyed: an uninstall is never silently ignored.
+        let odd = node(
+            &[("kwasm.sh/kwasm-node", "true")],
+            &[(UNINSTALL_ANNOTATION, "soon")],
+            "amd64",
+        );
+        assert_eq!(desired(&odd, &t, after).uninstall, Uninstall::Requested);
     }
 }

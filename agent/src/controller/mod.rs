@@ -10,6 +10,7 @@ mod node;
 mod reconcile;
 mod report;
 mod server;
+mod uninstall;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use desired::{desired, Desired};
 use events::Events;
 use metrics::Metrics;
 use node::NodeClient;
+pub use uninstall::uninstall;
 
 pub async fn run(common: Common) -> anyhow::Result<()> {
     let settings = Settings::load(&common.config)?;
@@ -55,6 +57,7 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
     let mut backoff = Backoff::new(Duration::from_secs(1), ctx.settings.agent.max_backoff);
     let mut wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
     let mut handled: Option<Desired> = None;
+    let started_at = std::time::SystemTime::now();
     tracing::info!(node = %node_name, "watching the node");
     loop {
         let mut periodic = false;
@@ -67,7 +70,7 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         let Some(node) = nodes.borrow_and_update().clone() else {
             continue;
         };
-        let want = desired(&node, &ctx.settings.trigger);
+        let want = desired(&node, &ctx.settings.trigger, started_at);
         // Status heartbeats and the agent's own patches change the Node too: only a new request or
         // the timer (resync, or the retry after a failure) is a reason to look at the host again.
         if !periodic && handled.as_ref() == Some(&want) {

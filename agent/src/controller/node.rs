@@ -1,6 +1,9 @@
-//! This node's Node object: read it, and set what the agent reports on it — the provisioned label and
-//! the status annotation. Patches carry the Node's resourceVersion so a concurrent writer is never
-//! overwritten; a conflict re-reads the Node and tries again.
+//! This node's Node object: read it, and set what the agent reports on it — the provisioned label, one
+//! readiness label and one version label per shim, and the status annotation. Patches carry the
+//! Node's resourceVersion so a concurrent writer is never overwritten; a conflict re-reads the Node
+//! and tries again.
+
+use std::collections::BTreeMap;
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Node;
@@ -12,6 +15,10 @@ use super::report::StatusDoc;
 
 pub const PROVISIONED_LABEL: &str = "kwasm.sh/kwasm-provisioned";
 pub const STATUS_ANNOTATION: &str = "kwasm.sh/kwasm-status";
+/// `kwasm.sh/shim.<name>`: "true" once that handler is proven loaded (its RuntimeClass selects it).
+const SHIM_READY_PREFIX: &str = "kwasm.sh/shim.";
+/// `kwasm.sh/version.<name>`: the shim's installed version.
+const SHIM_VERSION_PREFIX: &str = "kwasm.sh/version.";
 const CONFLICT_ATTEMPTS: u32 = 5;
 
 pub struct NodeClient {
@@ -19,10 +26,48 @@ pub struct NodeClient {
     pub name: String,
 }
 
-/// What to set on the Node: the label (None removes it) and the status annotation (None removes it).
+/// What to set on the Node: the label (None removes it), the status annotation (None removes it), and
+/// the shims it shows (every other shim label goes).
 pub struct Report<'a> {
     pub provisioned: Option<bool>,
     pub status: Option<&'a StatusDoc>,
+    pub shims: &'a [ShimLabel],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShimLabel {
+    pub name: String,
+    pub ready: bool,
+    pub version: String,
+}
+
+pub fn shim_ready_label(name: &str) -> String {
+    format!("{SHIM_READY_PREFIX}{name}")
+}
+
+/// The labels `report` manages, as they should be (None: absent).
+fn wanted_labels(node: &Node, r: &Report<'_>) -> BTreeMap<String, Option<String>> {
+    let mut want: BTreeMap<String, Option<String>> = node
+        .metadata
+        .labels
+        .iter()
+        .flatten()
+        .map(|(k, _)| k)
+        .filter(|k| k.starts_with(SHIM_READY_PREFIX) || k.starts_with(SHIM_VERSION_PREFIX))
+        .map(|k| (k.clone(), None))
+        .collect();
+    want.insert(
+        PROVISIONED_LABEL.to_owned(),
+        r.provisioned.map(|b| b.to_string()),
+    );
+    for s in r.shims {
+        want.insert(shim_ready_label(&s.name), Some(s.ready.to_string()));
+        want.insert(
+            format!("{SHIM_VERSION_PREFIX}{}", s.name),
+            Some(s.version.clone()),
+        );
+    }
+    want
 }
 
 impl NodeClient {
@@ -44,11 +89,11 @@ impl NodeClient {
     /// retry. Starts from `node` (the caller's latest copy) and patches nothing when it already says
     /// what the report says. Returns the Node as it is afterwards.
     pub async fn report(&self, node: &Node, r: Report<'_>) -> anyhow::Result<Node> {
-        let want_label = r.provisioned.map(|b| b.to_string());
         let want_annotation = r.status.map(serde_json::to_string).transpose()?;
         let mut node = node.clone();
         for attempt in 1..=CONFLICT_ATTEMPTS {
-            if label(&node, PROVISIONED_LABEL) == want_label.as_deref()
+            let labels = wanted_labels(&node, &r);
+            if labels.iter().all(|(k, v)| label(&node, k) == v.as_deref())
                 && annotation(&node, STATUS_ANNOTATION) == want_annotation.as_deref()
             {
                 return Ok(node);
@@ -56,7 +101,7 @@ impl NodeClient {
             let patch = serde_json::json!({
                 "metadata": {
                     "resourceVersion": node.metadata.resource_version,
-                    "labels": { PROVISIONED_LABEL: want_label },
+                    "labels": labels,
                     "annotations": { STATUS_ANNOTATION: want_annotation },
                 }
             });
@@ -81,4 +126,20 @@ impl NodeClient {
             self.name
         )
     }
+}
+
+/// Clear an uninstall request older than this agent (left by an earlier install of the chart).
+pub async fn clear_stale_uninstall(nodes: &NodeClient, node: &Node) -> anyhow::Result<()> {
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": node.metadata.resource_version,
+            "annotations": { super::desired::UNINSTALL_ANNOTATION: null },
+        }
+    });
+    nodes
+        .api
+        .patch(&nodes.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("clearing a stale uninstall request on node {}", nodes.name))?;
+    Ok(())
 }

@@ -1,18 +1,18 @@
-//! One reconcile of this node: provision what the Node asks for, or undo it when it stops asking.
-//! Provisioning is claim (label `false`) → act (the host engine) → report (label `true` only once
-//! containerd proved the handlers loaded); a failure stays visible on the Node until it is fixed.
-
-use std::collections::BTreeSet;
+//! One reconcile of this node: provision what the Node asks for, or undo it when it stops asking (or
+//! the chart is being uninstalled). Provisioning is claim (labels `false`) → act (the host engine) →
+//! report (each shim's label `true` only once containerd proved its handler loaded); a failure stays
+//! visible on the Node until it is fixed.
 
 use anyhow::anyhow;
 use k8s_openapi::api::core::v1::Node;
 
 use super::context::Context;
-use super::desired::{annotation, label, Desired};
+use super::desired::{annotation, label, Desired, Uninstall};
 use super::events::Reason;
-use super::node::{Report, PROVISIONED_LABEL, STATUS_ANNOTATION};
+use super::node::{self, Report, ShimLabel, PROVISIONED_LABEL, STATUS_ANNOTATION};
 use super::report::{Phase, StatusDoc};
-use crate::engine::{ApplyReport, Engine, HostPlan, State};
+use crate::artifact::ArtifactStep;
+use crate::engine::{ApplyReport, Engine, HostFacts, HostPlan, State};
 use crate::host::lock::HostLock;
 use crate::settings::RestartMethod;
 
@@ -23,10 +23,13 @@ pub async fn reconcile(
     want: &Desired,
     periodic: bool,
 ) -> anyhow::Result<()> {
+    if want.uninstall == Uninstall::Stale {
+        node::clear_stale_uninstall(&ctx.nodes, node).await?;
+    }
     if want.triggered {
         provision(ctx, engine, node, want, periodic).await
     } else {
-        unprovision(ctx, engine, node).await
+        unprovision(ctx, engine, node, want.uninstall == Uninstall::Requested).await
     }
 }
 
@@ -46,50 +49,37 @@ async fn provision(
     let requested = match requested {
         Ok(r) => r,
         Err(e) => {
-            let e = e.context(format!(
-                "the node's {} annotation",
-                ctx.settings.trigger.shims_annotation
-            ));
-            return fail(
-                ctx,
-                node,
-                &facts.state,
-                Phase::Failed,
-                Reason::ProvisionFailed,
-                e,
-            )
-            .await;
+            let annotation = &ctx.settings.trigger.shims_annotation;
+            let failure = Failure::provisioning(e.context(format!("the node's {annotation}")));
+            return fail(ctx, node, &facts.state, &[], failure).await;
         }
     };
     let plan = engine.plan(&facts, &requested);
     let extra = no_longer_requested(&facts.state, &names);
-    let loaded = all_loaded(engine, &facts.state, &names).await;
-    let marked = label(node, PROVISIONED_LABEL) == Some("true");
-    if marked && !plan.changes() && loaded && extra.is_empty() {
+    let shims = readiness(engine, &facts.state, &names).await;
+    let loaded = shims.iter().all(|s| s.ready);
+    let shown_ready = label(node, PROVISIONED_LABEL) == Some("true")
+        && shims
+            .iter()
+            .all(|s| label(node, &node::shim_ready_label(&s.name)) == Some("true"));
+    if shown_ready && !plan.changes() && loaded && extra.is_empty() {
         return Ok(());
     }
-    if marked {
+    if shown_ready {
         report_drift(ctx, node, &plan, loaded, periodic).await;
     }
-    let node = claim(ctx, engine, node, &facts.state, &names).await?;
+    let node = claim(ctx, engine, node, &facts.state, &plan, shims).await?;
     // The facts again, under the lock: another agent may have changed the host meanwhile.
     let lock = engine.lock().await?;
     let facts = engine.facts(&requested).await?;
     let plan = engine.plan(&facts, &requested);
     let extra = no_longer_requested(&facts.state, &names);
     match act(ctx, engine, &lock, plan, facts, &extra, &names).await {
-        Ok((report, provisioned)) => report_provisioned(ctx, &node, &report, provisioned).await,
+        Ok((report, shims)) => report_provisioned(ctx, &node, &report, &shims).await,
         Err(e) => {
             let state = State::load(&engine.layout.state_path()).unwrap_or_default();
-            fail(
-                ctx,
-                &node,
-                &state,
-                Phase::Failed,
-                Reason::ProvisionFailed,
-                e,
-            )
-            .await
+            let shims = readiness(engine, &state, &names).await;
+            fail(ctx, &node, &state, &shims, Failure::provisioning(e)).await
         }
     }
 }
@@ -104,17 +94,27 @@ fn no_longer_requested(state: &State, names: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// Does containerd's CRI plugin list every requested handler with its installed binary?
-async fn all_loaded(engine: &Engine, state: &State, names: &[String]) -> bool {
-    match engine.containerd.cri_status().await {
-        Ok(cri) => names.iter().all(|n| {
-            state
-                .shims
-                .get(n)
-                .is_some_and(|r| cri.lists(n, &r.binary_path))
-        }),
-        Err(_) => false,
-    }
+/// Each requested shim as the node should show it: ready when containerd's CRI plugin lists its
+/// handler with the installed binary (one CRI call for all), and its version.
+async fn readiness(engine: &Engine, state: &State, names: &[String]) -> Vec<ShimLabel> {
+    let cri = engine.containerd.cri_status().await.ok();
+    names
+        .iter()
+        .map(|n| {
+            let installed = state.shims.get(n);
+            ShimLabel {
+                name: n.clone(),
+                ready: match (&cri, installed) {
+                    (Some(cri), Some(r)) => cri.lists(n, &r.binary_path),
+                    _ => false,
+                },
+                version: installed
+                    .map(|r| r.version.clone())
+                    .or_else(|| engine.settings.shim(n).map(|s| s.version.clone()))
+                    .unwrap_or_default(),
+            }
+        })
+        .collect()
 }
 
 async fn report_drift(ctx: &Context, node: &Node, plan: &HostPlan, loaded: bool, periodic: bool) {
@@ -137,19 +137,28 @@ async fn report_drift(ctx: &Context, node: &Node, plan: &HostPlan, loaded: bool,
         .await;
 }
 
-/// Label `false` and phase Provisioning before touching the host — unless the last attempt failed:
-/// a retry keeps the failure visible instead of flapping back to Provisioning.
+/// Label `false`, phase Provisioning, and each shim the plan changes not ready, before touching the
+/// host — unless the last attempt failed: a retry keeps the failure visible instead of flapping back
+/// to Provisioning.
 async fn claim(
     ctx: &Context,
     engine: &Engine,
     node: &Node,
     state: &State,
-    names: &[String],
+    plan: &HostPlan,
+    mut shims: Vec<ShimLabel>,
 ) -> anyhow::Result<Node> {
     let failed_before = label(node, PROVISIONED_LABEL) == Some("false")
         && StatusDoc::phase_in(annotation(node, STATUS_ANNOTATION)) == Some(Phase::Failed);
     if failed_before {
         return Ok(node.clone());
+    }
+    for shown in shims.iter_mut() {
+        let changes = plan
+            .shims
+            .iter()
+            .any(|s| s.shim.name == shown.name && s.step != ArtifactStep::UpToDate);
+        shown.ready &= !changes;
     }
     let doc = StatusDoc::new(state, Phase::Provisioning, None);
     let node = ctx
@@ -159,9 +168,11 @@ async fn claim(
             Report {
                 provisioned: Some(false),
                 status: Some(&doc),
+                shims: &shims,
             },
         )
         .await?;
+    let names: Vec<&str> = shims.iter().map(|s| s.name.as_str()).collect();
     ctx.events
         .publish(
             &node,
@@ -172,18 +183,18 @@ async fn claim(
     Ok(node)
 }
 
-/// Carry the plan out, take away shims no longer requested, and tell whether the node is ready: every
-/// requested handler proven loaded (with `restart = "none"` they load at containerd's next start —
-/// not an error, but not ready either).
+/// Carry the plan out, take away shims no longer requested, and tell each shim's readiness: its
+/// handler proven loaded (with `restart = "none"` handlers load at containerd's next start — not an
+/// error, but not ready either).
 async fn act(
     ctx: &Context,
     engine: &Engine,
     lock: &HostLock,
     plan: HostPlan,
-    facts: crate::engine::HostFacts,
+    facts: HostFacts,
     extra: &[String],
     names: &[String],
-) -> anyhow::Result<(ApplyReport, bool)> {
+) -> anyhow::Result<(ApplyReport, Vec<ShimLabel>)> {
     let report = engine.carry_out(lock, plan, facts).await?;
     ctx.metrics.count_apply(&report);
     let failures = report.failures();
@@ -199,27 +210,26 @@ async fn act(
         }
         state = removed.state;
     }
-    let proven: BTreeSet<&String> = report
-        .config
-        .as_ref()
-        .and_then(|c| c.loaded.as_ref())
-        .map(|l| l.iter().collect())
-        .unwrap_or_default();
-    let loaded =
-        names.iter().all(|n| proven.contains(n)) || all_loaded(engine, &state, names).await;
+    let shims = readiness(engine, &state, names).await;
     let deferred = engine.settings.containerd.restart == RestartMethod::None;
+    let missing: Vec<&str> = shims
+        .iter()
+        .filter(|s| !s.ready)
+        .map(|s| s.name.as_str())
+        .collect();
     anyhow::ensure!(
-        loaded || deferred,
-        "containerd does not list the handlers after apply"
+        missing.is_empty() || deferred,
+        "containerd does not list handler(s) {} after apply",
+        missing.join(", ")
     );
-    Ok((ApplyReport { state, ..report }, loaded))
+    Ok((ApplyReport { state, ..report }, shims))
 }
 
 async fn report_provisioned(
     ctx: &Context,
     node: &Node,
     report: &ApplyReport,
-    provisioned: bool,
+    shims: &[ShimLabel],
 ) -> anyhow::Result<()> {
     let doc = StatusDoc::new(&report.state, Phase::Provisioned, None);
     let node = ctx
@@ -227,34 +237,52 @@ async fn report_provisioned(
         .report(
             node,
             Report {
-                provisioned: Some(provisioned),
+                provisioned: Some(shims.iter().all(|s| s.ready)),
                 status: Some(&doc),
+                shims,
             },
         )
         .await?;
-    let shims: Vec<String> = report
+    let installed: Vec<String> = report
         .state
         .shims
         .values()
         .map(|s| format!("{} {}", s.name, s.version))
         .collect();
-    let loaded = report
-        .config
-        .as_ref()
-        .and_then(|c| c.loaded.clone())
-        .unwrap_or_default();
+    let ready: Vec<&str> = shims
+        .iter()
+        .filter(|s| s.ready)
+        .map(|s| s.name.as_str())
+        .collect();
     ctx.events
         .publish(
             &node,
             Reason::Provisioned,
             &format!(
                 "installed {}; containerd lists handlers {}",
-                shims.join(", "),
-                loaded.join(", ")
+                installed.join(", "),
+                ready.join(", ")
             ),
         )
         .await;
     Ok(())
+}
+
+/// What went wrong, as the Node shows it.
+struct Failure {
+    phase: Phase,
+    reason: Reason,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    fn provisioning(error: anyhow::Error) -> Self {
+        Self {
+            phase: Phase::Failed,
+            reason: Reason::ProvisionFailed,
+            error,
+        }
+    }
 }
 
 /// A failure stays visible on the Node: label false, the status annotation with the error, a Warning
@@ -263,12 +291,11 @@ async fn fail(
     ctx: &Context,
     node: &Node,
     state: &State,
-    phase: Phase,
-    reason: Reason,
-    error: anyhow::Error,
+    shims: &[ShimLabel],
+    f: Failure,
 ) -> anyhow::Result<()> {
-    let msg = format!("{error:#}");
-    let doc = StatusDoc::new(state, phase, Some(msg.clone()));
+    let msg = format!("{:#}", f.error);
+    let doc = StatusDoc::new(state, f.phase, Some(msg.clone()));
     let reported = ctx
         .nodes
         .report(
@@ -276,58 +303,50 @@ async fn fail(
             Report {
                 provisioned: Some(false),
                 status: Some(&doc),
+                shims,
             },
         )
         .await;
-    ctx.events.publish(node, reason, &msg).await;
+    ctx.events.publish(node, f.reason, &msg).await;
     match reported {
-        Ok(_) => Err(error),
-        Err(e) => Err(error.context(format!("and reporting it on the node failed: {e:#}"))),
+        Ok(_) => Err(f.error),
+        Err(e) => Err(f
+            .error
+            .context(format!("and reporting it on the node failed: {e:#}"))),
     }
 }
 
-async fn unprovision(ctx: &Context, engine: &Engine, node: &Node) -> anyhow::Result<()> {
+/// Nothing on the Node: no label, no status annotation, no shim labels.
+const CLEAR: Report<'static> = Report {
+    provisioned: None,
+    status: None,
+    shims: &[],
+};
+
+/// The node stopped asking (or the chart is being uninstalled: `uninstalling`, which overrides
+/// `keep_on_untrigger`): undo everything and clear the agent's labels and annotation.
+async fn unprovision(
+    ctx: &Context,
+    engine: &Engine,
+    node: &Node,
+    uninstalling: bool,
+) -> anyhow::Result<()> {
     let state = State::load(&engine.layout.state_path())?;
-    let marked =
-        label(node, PROVISIONED_LABEL).is_some() || annotation(node, STATUS_ANNOTATION).is_some();
     let nothing_here = state.shims.is_empty() && state.containerd.is_none();
-    if nothing_here || ctx.settings.trigger.keep_on_untrigger {
-        if marked {
-            ctx.nodes
-                .report(
-                    node,
-                    Report {
-                        provisioned: None,
-                        status: None,
-                    },
-                )
-                .await?;
-        }
+    if nothing_here || (ctx.settings.trigger.keep_on_untrigger && !uninstalling) {
+        ctx.nodes.report(node, CLEAR).await?;
         return Ok(());
     }
     let doc = StatusDoc::new(&state, Phase::Removing, None);
-    let node = ctx
-        .nodes
-        .report(
-            node,
-            Report {
-                provisioned: Some(false),
-                status: Some(&doc),
-            },
-        )
-        .await?;
+    let removing = Report {
+        provisioned: Some(false),
+        status: Some(&doc),
+        shims: &[],
+    };
+    let node = ctx.nodes.report(node, removing).await?;
     match engine.remove(&[]).await {
         Ok(r) if r.in_use.is_empty() => {
-            let node = ctx
-                .nodes
-                .report(
-                    &node,
-                    Report {
-                        provisioned: None,
-                        status: None,
-                    },
-                )
-                .await?;
+            let node = ctx.nodes.report(&node, CLEAR).await?;
             ctx.events
                 .publish(
                     &node,
@@ -346,19 +365,15 @@ async fn unprovision(ctx: &Context, engine: &Engine, node: &Node) -> anyhow::Res
                 .iter()
                 .map(|(n, p)| format!("{n} ({} shim processes)", p.len()))
                 .collect();
-            let e = anyhow!(
-                "not removing shims still used by running containers: {}; will retry",
-                busy.join(", ")
-            );
-            fail(
-                ctx,
-                &node,
-                &r.state,
-                Phase::RemoveBlocked,
-                Reason::RemoveBlocked,
-                e,
-            )
-            .await
+            let failure = Failure {
+                phase: Phase::RemoveBlocked,
+                reason: Reason::RemoveBlocked,
+                error: anyhow!(
+                    "not removing shims still used by running containers: {}; will retry",
+                    busy.join(", ")
+                ),
+            };
+            fail(ctx, &node, &r.state, &[], failure).await
         }
         Err(e) => {
             ctx.events

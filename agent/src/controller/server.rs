@@ -2,6 +2,7 @@
 //! `agent.listen`, answering from its own task so a reconcile in progress never delays it.
 
 use std::convert::Infallible;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use anyhow::Context;
 use http_body_util::Full;
@@ -18,9 +19,7 @@ pub async fn serve(
     listen: &str,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen} (agent.listen)"))?;
+    let listener = bind(listen).await?;
     tracing::info!(listen = %listener.local_addr()?, "serving /healthz /readyz /metrics");
     Ok(tokio::spawn(async move {
         loop {
@@ -36,6 +35,24 @@ pub async fn serve(
             });
         }
     }))
+}
+
+/// `[::]` serves IPv6 and IPv4 alike; on a node booted with IPv6 disabled it cannot be bound, and
+/// the same port on every IPv4 address is what the operator meant.
+async fn bind(listen: &str) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("agent.listen {listen:?} is not an address and port"))?;
+    match TcpListener::bind(addr).await {
+        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+            let v4 = SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port()));
+            tracing::info!(error = %e, fallback = %v4, "IPv6 is not available; listening on IPv4");
+            TcpListener::bind(v4)
+                .await
+                .with_context(|| format!("listening on {v4} (agent.listen {listen})"))
+        }
+        other => other.with_context(|| format!("listening on {listen} (agent.listen)")),
+    }
 }
 
 async fn handle(

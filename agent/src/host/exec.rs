@@ -136,9 +136,16 @@ async fn wait(
     })
 }
 
-/// PID 1's namespaces (the host's, with hostPID). The mount namespace goes last: after it, paths
-/// resolve on the host.
+/// The host's namespaces: PID 1's (with hostPID), or those of `$KWASM_HOST_PID` — for test harnesses
+/// on machines whose PID 1 refuses access to its namespaces. The mount namespace goes last: after it,
+/// paths resolve on the host.
 fn open_host_namespaces() -> anyhow::Result<Vec<(OwnedFd, CloneFlags)>> {
+    let pid: u32 = match std::env::var("KWASM_HOST_PID") {
+        Ok(p) => p
+            .parse()
+            .with_context(|| format!("KWASM_HOST_PID={p:?} is not a process ID"))?,
+        Err(_) => 1,
+    };
     let list = [
         ("ipc", CloneFlags::CLONE_NEWIPC),
         ("uts", CloneFlags::CLONE_NEWUTS),
@@ -149,7 +156,7 @@ fn open_host_namespaces() -> anyhow::Result<Vec<(OwnedFd, CloneFlags)>> {
     ];
     list.iter()
         .map(|(name, flag)| {
-            let p = format!("/proc/1/ns/{name}");
+            let p = format!("/proc/{pid}/ns/{name}");
             let f = std::fs::File::open(&p).with_context(|| {
                 format!("opening {p}: the agent needs hostPID and privileges to act as the host")
             })?;

@@ -138,8 +138,14 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
                 ),
             ));
         }
-        if shim.version.trim().is_empty() {
-            return Err((key("version"), "must not be empty".into()));
+        if !is_label_value(&shim.version) || shim.version.is_empty() {
+            return Err((
+                key("version"),
+                format!(
+                    "expected a version usable as a node label value (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit), found {:?}",
+                    shim.version
+                ),
+            ));
         }
         let mut arches = BTreeSet::new();
         for (j, p) in shim.platforms.iter().enumerate() {
@@ -217,6 +223,15 @@ pub fn is_dns_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
         && b.first().is_some_and(|c| *c != b'-')
         && b.last().is_some_and(|c| *c != b'-')
+}
+
+/// A Kubernetes label value (the shim's version label shows it).
+fn is_label_value(v: &str) -> bool {
+    v.len() <= 63
+        && v.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        && v.bytes().next().is_none_or(|c| c.is_ascii_alphanumeric())
+        && v.bytes().last().is_none_or(|c| c.is_ascii_alphanumeric())
 }
 
 /// A Kubernetes label or annotation key: `[prefix/]name`.

@@ -51,7 +51,11 @@ fn run(args: &[String]) {
         match a.as_str() {
             "--env" => {
                 let kv = rest.next().expect("--env K=V");
-                env.push(kv.split_once('=').expect("--env K=V"));
+                env.push(
+                    kv.split_once('=')
+                        .map(|(k, v)| (k, v.to_owned()))
+                        .expect("--env K=V"),
+                );
             }
             other => argv.push(other),
         }

@@ -1,0 +1,106 @@
+//! `kwasm-agent uninstall`, run once for the whole cluster (the chart's pre-delete hook) while the
+//! agents still run: it asks every node that asked for shims to undo everything (annotation
+//! `kwasm.sh/uninstall`, the time it asked), and waits until each node's agent reports it clean —
+//! configs restored, binaries gone, labels and status annotation cleared. A node whose shims still
+//! run pods stays blocked, and the command says which and why.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::Api;
+
+use super::desired::{annotation, asks_for_shims, label, UNINSTALL_ANNOTATION};
+use super::node::{PROVISIONED_LABEL, STATUS_ANNOTATION};
+use super::report::StatusDoc;
+use crate::clock::now_rfc3339;
+use crate::settings::Settings;
+
+const POLL: Duration = Duration::from_secs(2);
+/// A node whose agent was about to provision when asked may show its marks only a moment later.
+const SETTLE: Duration = Duration::from_secs(6);
+
+pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client config (in-cluster or KUBECONFIG)")?;
+    let api: Api<Node> = Api::all(client);
+    let asked_at = now_rfc3339();
+    let started = Instant::now();
+    let mut asked: BTreeMap<String, bool> = BTreeMap::new();
+    loop {
+        let nodes = api
+            .list(&ListParams::default())
+            .await
+            .context("listing nodes")?;
+        for n in &nodes.items {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            if !asked.contains_key(&name) && (marked(n) || asks_for_shims(n, &settings.trigger)) {
+                ask(&api, &name, &asked_at).await?;
+                println!("asked the agent on node {name} to remove its shims");
+                asked.insert(name, false);
+            }
+        }
+        let mut blocked = Vec::new();
+        for n in &nodes.items {
+            let name = n.metadata.name.clone().unwrap_or_default();
+            if let Some(clean) = asked.get_mut(&name) {
+                if !marked(n) {
+                    if !*clean {
+                        println!("node {name}: clean");
+                    }
+                    *clean = true;
+                } else {
+                    *clean = false;
+                    let status = annotation(n, STATUS_ANNOTATION).unwrap_or("");
+                    blocked.push(format!(
+                        "{name} ({})",
+                        serde_json::from_str::<StatusDoc>(status)
+                            .map(|d| format!(
+                                "{:?}{}",
+                                d.phase,
+                                d.error.map(|e| format!(": {e}")).unwrap_or_default()
+                            ))
+                            .unwrap_or_else(|_| "not reported yet".into())
+                    ));
+                }
+            }
+        }
+        if blocked.is_empty() && started.elapsed() >= SETTLE {
+            println!("every node is clean ({} asked)", asked.len());
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            bail!(
+                "{} node(s) still hold shims after {}: {}. Remove the WebAssembly pods running there and uninstall again, or uninstall without hooks (helm uninstall --no-hooks) to leave the nodes provisioned",
+                blocked.len(),
+                humantime::format_duration(timeout),
+                blocked.join("; ")
+            );
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+async fn ask(api: &Api<Node>, name: &str, at: &str) -> anyhow::Result<()> {
+    let patch = serde_json::json!({ "metadata": { "annotations": { UNINSTALL_ANNOTATION: at } } });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("annotating node {name}"))?;
+    Ok(())
+}
+
+/// The agent's marks: the provisioned label, a shim label, or the status annotation.
+fn marked(n: &Node) -> bool {
+    label(n, PROVISIONED_LABEL).is_some()
+        || annotation(n, STATUS_ANNOTATION).is_some()
+        || n.metadata
+            .labels
+            .iter()
+            .flatten()
+            .any(|(k, _)| k.starts_with("kwasm.sh/shim.") || k.starts_with("kwasm.sh/version."))
+}

@@ -1,0 +1,279 @@
+"""The Helm chart, checked with Helm's own engine and Kubernetes' own schemas.
+
+- Every values file in values/ (and the defaults) lints cleanly and renders with Helm v4's engine
+  (client-only dry-run install, as `helm template`); every object, hooks included, validates strictly
+  against the OpenAPI schemas of Kubernetes 1.30 through 1.37; every object carries the standard labels;
+  the rendered settings file is accepted by `kwasm-agent check`.
+- Every file in invalid/ is refused at render time by values.schema.json, naming the offending key.
+- The admission policy's CEL expressions are evaluated (cel-python) against admission requests: the
+  agent's own node and kwasm.sh/ keys are allowed; another node, other keys, and spec changes are not.
+- manifests/deploy/ holds exactly what the chart renders from its defaults.
+
+Run by scripts/test.sh in its venv: python -m unittest discover -s tests/chart
+Environment: KWASM_AGENT = the kwasm-agent binary to run `check` with.
+"""
+
+import copy
+import json
+import os
+import subprocess
+import tempfile
+import unittest
+from pathlib import Path
+
+import celpy
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "manifests" / "helm" / "kwasm-agent"
+HERE = Path(__file__).resolve().parent
+KUBE_VERSIONS = [f"1.{minor}" for minor in range(30, 38)]
+NAMESPACE = "kube-system"
+RELEASE = "kwasm-agent"
+AGENT_SA = f"system:serviceaccount:{NAMESPACE}:kwasm-agent"
+UNINSTALL_SA = f"system:serviceaccount:{NAMESPACE}:kwasm-agent-uninstall"
+
+
+def load_values(path):
+    return yaml.safe_load(Path(path).read_text()) or {}
+
+
+def render(values, with_hooks=True):
+    """Every object the chart renders for `values`, as a list of dicts.
+
+    The dry-run install runs Helm's full install path (schema validation included); its manifest
+    leaves hooks out, so hooks come from rendering the templates themselves.
+    """
+    chart = helm.Chart.load(str(CHART))
+    config = helm.Config(storage_driver="memory", namespace=NAMESPACE)
+    release = config.install(chart, RELEASE, values, dry_run="client", namespace=NAMESPACE)
+    docs = [d for d in yaml.safe_load_all(release["manifest"]) if d]
+    if with_hooks:
+        for name, text in chart.render(values, name=RELEASE, namespace=NAMESPACE).items():
+            if name.endswith("uninstall-hook.yaml"):
+                docs += [d for d in yaml.safe_load_all(text) if d]
+    return docs
+
+
+def by_kind(docs, kind):
+    return [d for d in docs if d["kind"] == kind]
+
+
+class ChartRenders(unittest.TestCase):
+    def cases(self):
+        yield "defaults", {}
+        for f in sorted((HERE / "values").glob("*.yaml")):
+            yield f.name, load_values(f)
+
+    def test_lints_cleanly_for_every_kubernetes_version(self):
+        for name, values in self.cases():
+            for v in (KUBE_VERSIONS[0], KUBE_VERSIONS[-1]):
+                with self.subTest(values=name, kube=v):
+                    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{v}.0")
+                    problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+                    self.assertEqual(problems, [], report)
+
+    def test_every_object_validates_strictly_on_1_30_through_1_37(self):
+        for name, values in self.cases():
+            docs = render(values)
+            self.assertTrue(docs)
+            for doc in docs:
+                for v in KUBE_VERSIONS:
+                    with self.subTest(values=name, kube=v, object=f"{doc['kind']}/{doc['metadata']['name']}"):
+                        kubernetes_validate.validate(doc, v, strict=True)
+
+    def test_every_object_carries_the_standard_labels(self):
+        for name, values in self.cases():
+            for doc in render(values):
+                labels = doc["metadata"].get("labels") or {}
+                for key in ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                            "app.kubernetes.io/managed-by", "helm.sh/chart"):
+                    with self.subTest(values=name, object=f"{doc['kind']}/{doc['metadata']['name']}", label=key):
+                        self.assertIn(key, labels)
+
+    def test_the_rendered_settings_are_accepted_by_the_agent(self):
+        agent = os.environ.get("KWASM_AGENT", str(ROOT / "target" / "debug" / "kwasm-agent"))
+        for name, values in self.cases():
+            with self.subTest(values=name):
+                (cm,) = by_kind(render(values, with_hooks=False), "ConfigMap")
+                with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+                    f.write(cm["data"]["config.toml"])
+                    f.flush()
+                    out = subprocess.run([agent, "check", "--config", f.name], capture_output=True, text=True)
+                self.assertEqual(out.returncode, 0, out.stderr + cm["data"]["config.toml"])
+
+    def test_each_runtime_class_selects_its_own_shims_readiness_label(self):
+        values = load_values(HERE / "values" / "several-shims.yaml")
+        classes = {rc["handler"]: rc for rc in by_kind(render(values), "RuntimeClass")}
+        self.assertEqual(sorted(classes), ["spin", "wasmedge-arm", "wasmtime"])
+        for handler, rc in classes.items():
+            self.assertEqual(rc["scheduling"]["nodeSelector"], {f"kwasm.sh/shim.{handler}": "true"})
+        self.assertEqual(classes["spin"]["metadata"]["name"], "wasmtime-spin-v2")
+
+    def test_argv_restart_and_option_tables_render_as_toml_the_agent_reads(self):
+        docs = render(load_values(HERE / "values" / "argv-restart.yaml"))
+        text = by_kind(docs, "ConfigMap")[0]["data"]["config.toml"]
+        self.assertIn('restart = ["/usr/local/sbin/restart-containerd", "--graceful", "--timeout=30"]', text)
+        self.assertIn('listen = "0.0.0.0:19101"', text)
+        docs = render(load_values(HERE / "values" / "several-shims.yaml"))
+        text = by_kind(docs, "ConfigMap")[0]["data"]["config.toml"]
+        self.assertIn('options = {"Nested" = {"level" = 2, "names" = ["a", "b"], "ratio" = 0.5}, "SystemdCgroup" = false}', text)
+
+    def test_the_image_defaults_to_the_app_version_or_a_digest(self):
+        (ds,) = by_kind(render({}), "DaemonSet")
+        image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+        chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+        self.assertEqual(image, f"ghcr.io/kwasm/kwasm-agent:{chart['appVersion']}")
+        (ds,) = by_kind(render(load_values(HERE / "values" / "private-registry.yaml")), "DaemonSet")
+        self.assertTrue(ds["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@sha256:" + "0123456789abcdef" * 4))
+
+
+class InvalidValuesAreRefused(unittest.TestCase):
+    def test_each_invalid_values_file_is_refused_at_render_time(self):
+        files = sorted((HERE / "invalid").glob("*.yaml"))
+        self.assertGreaterEqual(len(files), 8)
+        for f in files:
+            expect = f.read_text().splitlines()[0].removeprefix("# expect:").strip()
+            with self.subTest(values=f.name):
+                with self.assertRaises(helm.HelmError) as refused:
+                    render(load_values(f), with_hooks=False)
+                self.assertIn("schema", str(refused.exception))
+                self.assertIn(expect, str(refused.exception))
+
+
+def node(name, labels=None, annotations=None, taints=None):
+    n = {"apiVersion": "v1", "kind": "Node",
+         "metadata": {"name": name, "uid": "uid-" + name, "resourceVersion": "7",
+                      "labels": dict({"kubernetes.io/hostname": name}, **(labels or {})),
+                      "annotations": dict(annotations or {})},
+         "spec": {"podCIDR": "10.0.0.0/24"},
+         "status": {}}
+    if taints is not None:
+        n["spec"]["taints"] = taints
+    return n
+
+
+class AdmissionPolicy(unittest.TestCase):
+    """The policy's own expressions, evaluated as the API server would for a Node UPDATE."""
+
+    @classmethod
+    def setUpClass(cls):
+        (cls.policy,) = by_kind(render({}), "ValidatingAdmissionPolicy")
+        cls.env = celpy.Environment()
+
+    def evaluate(self, expr, activation):
+        program = self.env.program(self.env.compile(expr))
+        return program.evaluate(activation)
+
+    def admit(self, user, token_node, old, new):
+        """None when allowed; else the message of the first failing validation."""
+        request = {"operation": "UPDATE", "userInfo": {"username": user, "groups": []}}
+        if token_node is not None:
+            request["userInfo"]["extra"] = {"authentication.kubernetes.io/node-name": [token_node]}
+        act = {"request": celpy.json_to_cel(request), "object": celpy.json_to_cel(new),
+               "oldObject": celpy.json_to_cel(old)}
+        spec = self.policy["spec"]
+        if not all(bool(self.evaluate(c["expression"], act)) for c in spec["matchConditions"]):
+            return None
+        variables = {}
+        for v in spec["variables"]:
+            act["variables"] = celpy.json_to_cel({}) if not variables else variables_cel(variables)
+            variables[v["name"]] = self.evaluate(v["expression"], act)
+        act["variables"] = variables_cel(variables)
+        for check in spec["validations"]:
+            if not bool(self.evaluate(check["expression"], act)):
+                if "messageExpression" in check:
+                    return str(self.evaluate(check["messageExpression"], act))
+                return check["message"]
+        return None
+
+    def test_the_agent_may_set_kwasm_keys_on_its_own_node(self):
+        old = node("n1", annotations={"kwasm.sh/kwasm-node": "true"})
+        new = copy.deepcopy(old)
+        new["metadata"]["labels"].update({"kwasm.sh/kwasm-provisioned": "true", "kwasm.sh/shim.spin": "true",
+                                          "kwasm.sh/version.spin": "v0.23.0"})
+        new["metadata"]["annotations"]["kwasm.sh/kwasm-status"] = '{"phase":"Provisioned"}'
+        self.assertIsNone(self.admit(AGENT_SA, "n1", old, new))
+        # And clear them again.
+        self.assertIsNone(self.admit(AGENT_SA, "n1", new, old))
+
+    def test_the_agent_may_not_touch_another_node(self):
+        old = node("n2")
+        new = copy.deepcopy(old)
+        new["metadata"]["labels"]["kwasm.sh/kwasm-provisioned"] = "true"
+        self.assertIn("only the Node it runs on", self.admit(AGENT_SA, "n1", old, new))
+        # A token without the node-name claim names no node at all.
+        self.assertIn("only the Node it runs on", self.admit(AGENT_SA, None, old, new))
+
+    def test_the_agent_may_not_set_other_keys_or_fields(self):
+        old = node("n1")
+        attract = copy.deepcopy(old)
+        attract["metadata"]["labels"]["node-role.kubernetes.io/gpu"] = "true"
+        self.assertIn("kwasm.sh/ labels", self.admit(AGENT_SA, "n1", old, attract))
+        drop = copy.deepcopy(old)
+        del drop["metadata"]["labels"]["kubernetes.io/hostname"]
+        self.assertIn("kwasm.sh/ labels", self.admit(AGENT_SA, "n1", old, drop))
+        note = copy.deepcopy(old)
+        note["metadata"]["annotations"]["example.com/owner"] = "me"
+        self.assertIn("kwasm.sh/ annotations", self.admit(AGENT_SA, "n1", old, note))
+        cordon = copy.deepcopy(old)
+        cordon["spec"]["unschedulable"] = True
+        self.assertIn("spec", self.admit(AGENT_SA, "n1", old, cordon))
+        taint = copy.deepcopy(old)
+        taint["spec"]["taints"] = [{"key": "x", "effect": "NoSchedule"}]
+        self.assertIn("spec", self.admit(AGENT_SA, "n1", old, taint))
+        owned = copy.deepcopy(old)
+        owned["metadata"]["finalizers"] = ["example.com/keep"]
+        self.assertIn("finalizers", self.admit(AGENT_SA, "n1", old, owned))
+
+    def test_the_uninstall_hook_may_only_ask_for_an_uninstall(self):
+        old = node("n3", labels={"kwasm.sh/kwasm-provisioned": "true"})
+        ask = copy.deepcopy(old)
+        ask["metadata"]["annotations"]["kwasm.sh/uninstall"] = "2026-11-24T18:00:00Z"
+        self.assertIsNone(self.admit(UNINSTALL_SA, None, old, ask))
+        relabel = copy.deepcopy(old)
+        relabel["metadata"]["labels"]["kwasm.sh/kwasm-provisioned"] = "false"
+        self.assertIsNotNone(self.admit(UNINSTALL_SA, None, old, relabel))
+
+    def test_other_users_are_not_this_policys_business(self):
+        old = node("n1")
+        new = copy.deepcopy(old)
+        new["metadata"]["labels"]["node-role.kubernetes.io/gpu"] = "true"
+        self.assertIsNone(self.admit("system:admin", None, old, new))
+
+
+def variables_cel(values):
+    """`variables.<name>` in CEL: a map of the already-evaluated variables."""
+    return celpy.celtypes.MapType({celpy.celtypes.StringType(k): v for k, v in values.items()})
+
+
+class PlainManifests(unittest.TestCase):
+    def test_manifests_deploy_matches_the_chart_defaults(self):
+        chart = helm.Chart.load(str(CHART))
+        rendered = render_plain(chart)
+        for name, text in rendered.items():
+            with self.subTest(file=name):
+                path = ROOT / "manifests" / "deploy" / name
+                self.assertTrue(path.exists(), f"{path} missing: run scripts/render-manifests.sh")
+                self.assertEqual(path.read_text(), text, f"{path} is stale: run scripts/render-manifests.sh")
+
+
+def render_plain(chart):
+    """The chart's defaults as plain manifests for `kubectl apply -f`: the agent, and (separately) the
+    uninstall job to run before deleting it."""
+    files = chart.render({}, name=RELEASE, namespace=NAMESPACE)
+    agent, uninstall = [], []
+    for name in sorted(files):
+        if name.endswith("NOTES.txt") or not files[name].strip():
+            continue
+        docs = [d for d in yaml.safe_load_all(files[name]) if d]
+        (uninstall if name.endswith("uninstall-hook.yaml") else agent).extend(docs)
+    header = "# Rendered from manifests/helm/kwasm-agent with its default values by scripts/render-manifests.sh.\n"
+    dump = lambda docs: header + "".join("---\n" + yaml.safe_dump(d, sort_keys=True) for d in docs)
+    return {"kwasm-agent.yaml": dump(agent), "kwasm-agent-uninstall.yaml": dump(uninstall)}
+
+
+if __name__ == "__main__":
+    unittest.main()
