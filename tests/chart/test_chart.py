@@ -156,25 +156,27 @@ def node(name, labels=None, annotations=None, taints=None):
 
 
 class AdmissionPolicy(unittest.TestCase):
-    """The policy's own expressions, evaluated as the API server would for a Node UPDATE."""
+    """The policies' own expressions, evaluated as the API server would (cel-python)."""
 
     @classmethod
     def setUpClass(cls):
-        (cls.policy,) = by_kind(render({}), "ValidatingAdmissionPolicy")
+        policies = {p["metadata"]["name"]: p for p in by_kind(render({}), "ValidatingAdmissionPolicy")}
+        cls.policy = policies["kwasm-agent-own-node"]
+        cls.lease_policy = policies["kwasm-agent-restart-slots"]
         cls.env = celpy.Environment()
 
     def evaluate(self, expr, activation):
         program = self.env.program(self.env.compile(expr))
         return program.evaluate(activation)
 
-    def admit(self, user, token_node, old, new):
+    def admit(self, user, token_node, old, new, policy=None, operation="UPDATE"):
         """None when allowed; else the message of the first failing validation."""
-        request = {"operation": "UPDATE", "userInfo": {"username": user, "groups": []}}
+        request = {"operation": operation, "userInfo": {"username": user, "groups": []}}
         if token_node is not None:
             request["userInfo"]["extra"] = {"authentication.kubernetes.io/node-name": [token_node]}
         act = {"request": celpy.json_to_cel(request), "object": celpy.json_to_cel(new),
                "oldObject": celpy.json_to_cel(old)}
-        spec = self.policy["spec"]
+        spec = (policy or self.policy)["spec"]
         if not all(bool(self.evaluate(c["expression"], act)) for c in spec["matchConditions"]):
             return None
         variables = {}
@@ -236,6 +238,51 @@ class AdmissionPolicy(unittest.TestCase):
         relabel = copy.deepcopy(old)
         relabel["metadata"]["labels"]["kwasm.sh/kwasm-provisioned"] = "false"
         self.assertIsNotNone(self.admit(UNINSTALL_SA, None, old, relabel))
+
+    def test_the_agent_may_remove_the_startup_taint_and_nothing_else_of_the_spec(self):
+        startup = {"key": "kwasm.sh/provisioning", "value": "true", "effect": "NoSchedule"}
+        other = {"key": "dedicated", "value": "wasm", "effect": "NoExecute"}
+        old = node("n1", taints=[startup, other])
+        cleared = copy.deepcopy(old)
+        cleared["spec"]["taints"] = [other]
+        self.assertIsNone(self.admit(AGENT_SA, "n1", old, cleared))
+        only = node("n1", taints=[startup])
+        empty = copy.deepcopy(only)
+        empty["spec"]["taints"] = []
+        self.assertIsNone(self.admit(AGENT_SA, "n1", only, empty))
+        theirs = copy.deepcopy(old)
+        theirs["spec"]["taints"] = [startup]
+        self.assertIn("startup taint", self.admit(AGENT_SA, "n1", old, theirs))
+        added = copy.deepcopy(old)
+        added["spec"]["taints"] = [startup, other, {"key": "x", "effect": "NoSchedule"}]
+        self.assertIn("startup taint", self.admit(AGENT_SA, "n1", old, added))
+        and_cordon = copy.deepcopy(cleared)
+        and_cordon["spec"]["unschedulable"] = True
+        self.assertIn("startup taint", self.admit(AGENT_SA, "n1", old, and_cordon))
+        # Not on another node, and not by the uninstall hook.
+        self.assertIsNotNone(self.admit(AGENT_SA, "n2", old, cleared))
+        self.assertIsNotNone(self.admit(UNINSTALL_SA, None, old, cleared))
+
+    def lease(self, name, holder):
+        spec = {"leaseDurationSeconds": 60, "renewTime": "2026-11-24T18:00:00.000000Z"}
+        if holder is not None:
+            spec["holderIdentity"] = holder
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
+
+    def test_restart_slots_are_held_only_for_the_agents_own_node(self):
+        admit = lambda old, new, op="UPDATE", node="n1": self.admit(
+            AGENT_SA, node, old, new, policy=self.lease_policy, operation=op)
+        self.assertIsNone(admit(None, self.lease("kwasm-agent-restart-0", "n1"), op="CREATE"))
+        self.assertIn("only for itself", admit(None, self.lease("kwasm-agent-restart-0", "n2"), op="CREATE"))
+        self.assertIn("restart slots", admit(None, self.lease("leader-election", "n1"), op="CREATE"))
+        # Take over (an expired slot), renew, release its own; not release another's.
+        self.assertIsNone(admit(self.lease("kwasm-agent-restart-1", "n2"), self.lease("kwasm-agent-restart-1", "n1")))
+        self.assertIsNone(admit(self.lease("kwasm-agent-restart-1", "n1"), self.lease("kwasm-agent-restart-1", "n1")))
+        self.assertIsNone(admit(self.lease("kwasm-agent-restart-1", "n1"), self.lease("kwasm-agent-restart-1", None)))
+        self.assertIn("only its own", admit(self.lease("kwasm-agent-restart-1", "n2"), self.lease("kwasm-agent-restart-1", "")))
+        # A token without the node-name claim may hold nothing.
+        self.assertIsNotNone(admit(None, self.lease("kwasm-agent-restart-0", "n1"), op="CREATE", node=None))
 
     def test_other_users_are_not_this_policys_business(self):
         old = node("n1")

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """A small Kubernetes API stand-in on loopback, faithful enough for the real kubectl and for kube-rs:
 discovery, Nodes (get, list, watch with fieldSelector / resourceVersion / bookmarks, merge,
-strategic-merge and JSON patches with resourceVersion preconditions), and Events both ways a real
-API server serves them: events.k8s.io/v1 (what kube's Recorder writes, series patched in place) and
-core/v1 (what kubectl reads), one store seen through both.
+strategic-merge and JSON patches with resourceVersion preconditions; metadata-only lists), Events both
+ways a real API server serves them: events.k8s.io/v1 (what kube's Recorder writes, series patched in
+place) and core/v1 (what kubectl reads), one store seen through both; and coordination.k8s.io/v1
+Leases (list with label selectors, get, create, update with resourceVersion conflicts, delete).
 
 No API server can be installed on the test machines; this is the one stand-in the tests use.
 Test-only controls live under /_test/. Prints "PORT <n>" on stdout once listening.
@@ -24,6 +25,8 @@ STATE = {
     "history": [],  # (rv, type, node object) for watches
     "events": [],  # core/v1 Events posted as such
     "events_v1": {},  # (namespace, name) -> events.k8s.io/v1 Event
+    "leases": {},  # (namespace, name) -> Lease
+    "open_watches": 0,
     "conflicts": 0,  # next N node patches answer 409
     "fail_requests": 0,  # next N requests (any) answer 503
     "requests": [],
@@ -171,11 +174,21 @@ EVENTS_V1 = {
     ],
 }
 
+LEASES = {
+    "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "coordination.k8s.io/v1",
+    "resources": [
+        {"name": "leases", "singularName": "lease", "namespaced": True, "kind": "Lease",
+         "verbs": ["create", "delete", "get", "list", "update", "watch"]},
+    ],
+}
+
 GROUPS = {
     "kind": "APIGroupList", "apiVersion": "v1",
     "groups": [
         {"name": "events.k8s.io", "versions": [{"groupVersion": "events.k8s.io/v1", "version": "v1"}],
          "preferredVersion": {"groupVersion": "events.k8s.io/v1", "version": "v1"}},
+        {"name": "coordination.k8s.io", "versions": [{"groupVersion": "coordination.k8s.io/v1", "version": "v1"}],
+         "preferredVersion": {"groupVersion": "coordination.k8s.io/v1", "version": "v1"}},
     ],
 }
 
@@ -261,6 +274,8 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(200, GROUPS)
             if path == "/apis/events.k8s.io/v1":
                 return self.send_json(200, EVENTS_V1)
+            if path == "/apis/coordination.k8s.io/v1":
+                return self.send_json(200, LEASES)
             if path == "/api/v1":
                 return self.send_json(200, RESOURCES)
             if path == "/api/v1/nodes":
@@ -294,6 +309,8 @@ class Handler(BaseHTTPRequestHandler):
         parts = path.split("/")
         if path.startswith("/apis/events.k8s.io/v1/namespaces/") and len(parts) >= 7 and parts[6] == "events":
             return self.events_v1(method, parts[5], parts[7] if len(parts) > 7 else None)
+        if path.startswith("/apis/coordination.k8s.io/v1/namespaces/") and len(parts) >= 7 and parts[6] == "leases":
+            return self.leases(method, parts[5], parts[7] if len(parts) > 7 else None, q)
         if method == "POST" and path.startswith("/api/v1/namespaces/") and path.endswith("/events"):
             ev = json.loads(self.body() or b"{}")
             with LOCK:
@@ -345,14 +362,62 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             items = [copy.deepcopy(n) for n in STATE["nodes"].values()
                      if field_match(n, q.get("fieldSelector")) and label_match(n, q.get("labelSelector"))]
-            return self.send_json(200, {"kind": "NodeList", "apiVersion": "v1",
-                                        "metadata": {"resourceVersion": str(STATE["rv"])}, "items": items})
+            meta = {"resourceVersion": str(STATE["rv"])}
+        if "as=PartialObjectMetadataList" in (self.headers.get("Accept") or ""):
+            return self.send_json(200, {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                                        "metadata": meta,
+                                        "items": [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                   "metadata": n["metadata"]} for n in items]})
+        return self.send_json(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": items})
+
+    def leases(self, method, ns, name, q):
+        """coordination.k8s.io/v1 Leases, with optimistic concurrency as a real API server has it."""
+        def not_found():
+            return self.send_json(404, status(404, "NotFound", 'leases.coordination.k8s.io "%s" not found' % name))
+        if name is None and method == "GET":
+            with LOCK:
+                items = [copy.deepcopy(l) for (n, _), l in STATE["leases"].items()
+                         if n == ns and label_match(l, q.get("labelSelector"))]
+                return self.send_json(200, {"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1",
+                                            "metadata": {"resourceVersion": str(STATE["rv"])}, "items": items})
+        if name is None and method == "POST":
+            lease = json.loads(self.body() or b"{}")
+            with LOCK:
+                meta = lease.setdefault("metadata", {})
+                key = (ns, meta.get("name"))
+                if key in STATE["leases"]:
+                    return self.send_json(409, status(409, "AlreadyExists", 'leases.coordination.k8s.io "%s" already exists' % key[1]))
+                meta.update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion=next_rv(), creationTimestamp=now())
+                lease.update(kind="Lease", apiVersion="coordination.k8s.io/v1")
+                STATE["leases"][key] = lease
+            return self.send_json(201, lease)
+        with LOCK:
+            cur = STATE["leases"].get((ns, name))
+            if cur is None:
+                return not_found()
+            if method == "GET":
+                return self.send_json(200, copy.deepcopy(cur))
+            if method == "DELETE":
+                del STATE["leases"][(ns, name)]
+                return self.send_json(200, status(200, "Success", "deleted"))
+            if method == "PUT":
+                lease = json.loads(self.body() or b"{}")
+                want_rv = (lease.get("metadata") or {}).get("resourceVersion")
+                if want_rv != cur["metadata"]["resourceVersion"]:
+                    return self.send_json(409, status(409, "Conflict", 'Operation cannot be fulfilled on leases.coordination.k8s.io "%s": the object has been modified; please apply your changes to the latest version and try again' % name))
+                lease["metadata"].update(name=name, namespace=ns, uid=cur["metadata"]["uid"], resourceVersion=next_rv(),
+                                         creationTimestamp=cur["metadata"].get("creationTimestamp"))
+                lease.update(kind="Lease", apiVersion="coordination.k8s.io/v1")
+                STATE["leases"][(ns, name)] = lease
+                return self.send_json(200, lease)
+        return self.send_json(405, status(405, "MethodNotAllowed", "method not allowed"))
 
     def watch_nodes(self, q):
         since = int(q.get("resourceVersion") or 0)
         selector, labels = q.get("fieldSelector"), q.get("labelSelector")
         bookmarks = q.get("allowWatchBookmarks") == "true"
-        deadline = time.time() + min(int(q.get("timeoutSeconds") or 300), 300)
+        # A real API server ends a watch after its --min-request-timeout (30 to 60 minutes by default).
+        deadline = time.time() + min(int(q.get("timeoutSeconds") or 1800), 3600)
         with LOCK:
             generation = STATE["watch_generation"]
             if since and STATE["history"] and since < STATE["history"][0][0] - 1:
@@ -362,6 +427,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         sent = since
+        with LOCK:
+            STATE["open_watches"] += 1
         try:
             while time.time() < deadline:
                 with LOCK:
@@ -383,6 +450,9 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
+        finally:
+            with LOCK:
+                STATE["open_watches"] -= 1
         self.close_connection = True
 
     def chunk(self, obj):
@@ -427,6 +497,8 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/_test/nodes" and method == "POST":
                 spec = json.loads(self.body() or b"{}")
                 node = new_node(spec["name"], spec.get("arch", "amd64"), spec.get("labels"), spec.get("annotations"))
+                if spec.get("taints"):
+                    node["spec"]["taints"] = spec["taints"]
                 STATE["nodes"][node["metadata"]["name"]] = node
                 record("ADDED", node)
                 return self.send_json(201, node)
@@ -442,6 +514,11 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(200, {})
             if path == "/_test/requests":
                 return self.send_json(200, STATE["requests"])
+            if path == "/_test/clear-requests":
+                STATE["requests"] = []
+                return self.send_json(200, {})
+            if path == "/_test/watches":
+                return self.send_json(200, {"open": STATE["open_watches"]})
         return self.send_json(404, {})
 
     def do_GET(self):

@@ -1,7 +1,10 @@
 //! Running the real `kwasm-agent` binary the way an operator does.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::node_host::NodeHost;
 use std::sync::Once;
 use std::time::SystemTime;
 
@@ -133,4 +136,104 @@ pub fn run_cmd(cmd: &str, settings: &Path, root: &Path, extra: &[&str]) -> Run {
     ]);
     c.args(extra);
     output(c)
+}
+
+pub const WAIT: Duration = Duration::from_secs(60);
+
+pub fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct RunningAgent {
+    pub child: Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl RunningAgent {
+    pub fn start(host: &NodeHost, kubeconfig: &std::path::Path, node: &str, port: u16) -> Self {
+        let log = host.sb.path().join(format!("agent-{node}.log"));
+        let mut c = agent(&[
+            "run",
+            "--config",
+            host.sb.settings.to_str().unwrap(),
+            "--host-root",
+            "/",
+        ]);
+        c.env("NODE_NAME", node)
+            .env("KUBECONFIG", kubeconfig)
+            .env("KWASM_LOG", "info,kube=warn");
+        c.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Self {
+            child: c.spawn().unwrap(),
+            port,
+            log,
+        }
+    }
+
+    pub fn get(&self, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut r = String::new();
+        s.read_to_string(&mut r).ok()?;
+        let code = r.split_whitespace().nth(1)?.parse().ok()?;
+        Some((
+            code,
+            r.split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_owned())
+                .unwrap_or_default(),
+        ))
+    }
+
+    pub fn wait_ready(&self) {
+        eventually("the agent's /readyz", || {
+            self.get("/readyz").filter(|(c, _)| *c == 200)
+        });
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as the OOM killer or a node failure would, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -82,6 +82,12 @@ impl KubeApi {
         );
     }
 
+    /// A node created with taints (as a node pool with `--node-taints` creates them).
+    pub fn add_tainted_node(&self, name: &str, taints: serde_json::Value) {
+        let spec = serde_json::json!({"name": name, "arch": "amd64", "taints": taints});
+        self.control("/_test/nodes", &spec.to_string());
+    }
+
     pub fn requests(&self) -> Vec<serde_json::Value> {
         self.control("/_test/requests", "")
             .as_array()

@@ -96,14 +96,35 @@ fn a_new_pool_is_added_with_the_label_and_taint_then_proven_with_a_wasm_pod() {
         has(&calls, "az aks nodepool add --resource-group rg1 --cluster-name aks1 --name wasm --node-count 3 --os-type Linux --labels kwasm.sh/kwasm-node=true --node-taints kwasm.sh/provisioning=true:NoSchedule"),
         "{calls:#?}"
     );
-    assert!(has(&calls, "az aks get-credentials --resource-group rg1 --name aks1 --file "), "{calls:#?}");
+    assert!(
+        has(
+            &calls,
+            "az aks get-credentials --resource-group rg1 --name aks1 --file "
+        ),
+        "{calls:#?}"
+    );
     assert!(
         has(&calls, "helm upgrade --install kwasm-agent manifests/helm/kwasm-agent --namespace kube-system --wait"),
         "{calls:#?}"
     );
-    assert!(has(&calls, "kubectl get nodes --selector agentpool=wasm"), "{calls:#?}");
-    assert!(has(&calls, "kubectl wait --namespace default --for=condition=Ready pod/kwasm-sample-wasm"), "{calls:#?}");
-    assert!(has(&calls, "kubectl delete pod --namespace default kwasm-sample-wasm"), "{calls:#?}");
+    assert!(
+        has(&calls, "kubectl get nodes --selector agentpool=wasm"),
+        "{calls:#?}"
+    );
+    assert!(
+        has(
+            &calls,
+            "kubectl wait --namespace default --for=condition=Ready pod/kwasm-sample-wasm"
+        ),
+        "{calls:#?}"
+    );
+    assert!(
+        has(
+            &calls,
+            "kubectl delete pod --namespace default kwasm-sample-wasm"
+        ),
+        "{calls:#?}"
+    );
     let pod = std::fs::read_to_string(s.log().with_extension("log.pod")).unwrap();
     assert!(pod.contains("runtimeClassName: wasmtime-spin-v2"), "{pod}");
     assert!(pod.contains("nodeSelector: { agentpool: wasm }"), "{pod}");
@@ -113,7 +134,10 @@ fn a_new_pool_is_added_with_the_label_and_taint_then_proven_with_a_wasm_pod() {
     assert!(std::fs::read_dir(s.dir.path())
         .unwrap()
         .flatten()
-        .all(|e| !e.file_name().to_string_lossy().starts_with("kwasm-aks-kubeconfig")));
+        .all(|e| !e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("kwasm-aks-kubeconfig")));
 }
 
 #[test]
@@ -155,8 +179,14 @@ fn nodes_that_never_become_ready_fail_with_their_names() {
     let args = [&POOL[..], &["--timeout", "1"]].concat();
     let (code, calls, err) = s.run(&args, &[("POOL_EXISTS", "no"), ("SECOND_NODE", "false")]);
     assert_ne!(code, 0, "{err}");
-    assert!(err.contains("aks-wasm-1=false") && err.contains("kubectl describe node"), "{err}");
-    assert!(!has(&calls, "kubectl apply"), "a sample pod on nodes not ready: {calls:#?}");
+    assert!(
+        err.contains("aks-wasm-1=false") && err.contains("kubectl describe node"),
+        "{err}"
+    );
+    assert!(
+        !has(&calls, "kubectl apply"),
+        "a sample pod on nodes not ready: {calls:#?}"
+    );
 }
 
 #[test]

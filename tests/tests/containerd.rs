@@ -329,3 +329,81 @@ fn a_rollback_that_cannot_finish_still_reports_the_original_cause() {
     n.cd.wait_ready();
     std::fs::remove_dir_all(&state).unwrap();
 }
+
+#[test]
+fn a_new_version_goes_in_beside_the_running_one_and_the_old_leaves_with_its_last_container() {
+    let n = Node::new();
+    n.agent("apply", &[]).ok();
+    let old_pid = n.cd.run_container("old", Some(&n.binary()));
+    let old_version = std::fs::canonicalize(n.binary()).unwrap();
+    let containerd = n.cd.pid();
+
+    // v2: the same shim with other bytes (a different digest), served and pinned.
+    let mut shim_bytes = std::fs::read("/usr/bin/containerd-shim-runc-v2").unwrap();
+    shim_bytes.extend_from_slice(b"\0kwasm test: version 2\0");
+    let v2 = kwasm_tests::archive::release(kwasm_tests::node_host::SHIM_BIN, &shim_bytes);
+    n.server.route(
+        "/kwtest-v2.tar.gz",
+        vec![kwasm_tests::artifact_server::Behavior::Serve(v2.clone())],
+    );
+    let settings = std::fs::read_to_string(&n.sb.settings)
+        .unwrap()
+        .replace("version = \"v1.0.0\"", "version = \"v2.0.0\"")
+        .replace("/kwtest.tar.gz", "/kwtest-v2.tar.gz")
+        .replace(
+            &kwasm_tests::archive::sha256(&n.archive),
+            &kwasm_tests::archive::sha256(&v2),
+        );
+    n.sb.write_settings(&settings);
+
+    let r = n.agent("apply", &[]);
+    r.ok();
+    assert!(
+        r.stdout.contains("containerd config: unchanged"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(
+        n.cd.pid(),
+        containerd,
+        "an upgrade that changes no config restarted containerd"
+    );
+    assert_eq!(
+        n.cd.task_pid("old"),
+        Some(old_pid),
+        "the container on the old version was disturbed"
+    );
+    assert!(
+        old_version.exists(),
+        "the old version went while a container runs on it"
+    );
+    let new_version = std::fs::canonicalize(n.binary()).unwrap();
+    assert_ne!(new_version, old_version);
+    assert_eq!(std::fs::read(&new_version).unwrap(), shim_bytes);
+    let st = n.status();
+    assert_eq!(st["shims"][0]["version"], "v2.0.0");
+    assert_eq!(st["shims"][0]["loaded"], true);
+
+    // New containers get the new binary.
+    n.cd.run_container("new", Some(&n.binary()));
+    let runs = |v: &std::path::Path| {
+        !kwasm_agent::containerd::inuse::shims_running(&[v.to_owned()]).is_empty()
+    };
+    assert!(runs(&new_version) && runs(&old_version));
+
+    // Its last container gone, the old version is removed at the next reconcile; the new one stays.
+    n.cd.stop_container("old");
+    n.agent("apply", &[]).ok();
+    assert!(!old_version.exists(), "the unused old version stayed");
+    assert!(!old_version.parent().unwrap().exists());
+    assert!(new_version.exists());
+    n.cd.stop_container("new");
+    n.agent("remove", &[]).ok();
+    assert_eq!(n.config(), n.original);
+    assert!(!new_version.exists());
+    let versions = n.sb.path().join("opt/kwasm/versions");
+    assert_eq!(
+        std::fs::read_dir(&versions).map(|d| d.count()).unwrap_or(0),
+        0
+    );
+}

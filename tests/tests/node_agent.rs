@@ -1,108 +1,12 @@
 //! `kwasm-agent run` end to end: the real kubectl annotates or labels a Node on the API stand-in, the
 //! agent provisions a real containerd on its sandbox host, and reports on the Node.
 
-use std::path::PathBuf;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use kwasm_tests::agent::agent;
+use kwasm_tests::agent::{agent, eventually, RunningAgent as Agent, WAIT};
 use kwasm_tests::artifact_server::Behavior;
 use kwasm_tests::kube_api::{free_port, kubeconfig, KubeApi};
 use kwasm_tests::node_host::NodeHost;
-
-const WAIT: Duration = Duration::from_secs(60);
-
-fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Agent {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Agent {
-    fn start(host: &NodeHost, kubeconfig: &std::path::Path, node: &str, port: u16) -> Self {
-        let log = host.sb.path().join(format!("agent-{node}.log"));
-        let mut c = agent(&[
-            "run",
-            "--config",
-            host.sb.settings.to_str().unwrap(),
-            "--host-root",
-            "/",
-        ]);
-        c.env("NODE_NAME", node)
-            .env("KUBECONFIG", kubeconfig)
-            .env("KWASM_LOG", "info,kube=warn");
-        c.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
-        Self {
-            child: c.spawn().unwrap(),
-            port,
-            log,
-        }
-    }
-
-    fn get(&self, path: &str) -> Option<(u16, String)> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut r = String::new();
-        s.read_to_string(&mut r).ok()?;
-        let code = r.split_whitespace().nth(1)?.parse().ok()?;
-        Some((
-            code,
-            r.split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_owned())
-                .unwrap_or_default(),
-        ))
-    }
-
-    fn wait_ready(&self) {
-        eventually("the agent's /readyz", || {
-            self.get("/readyz").filter(|(c, _)| *c == 200)
-        });
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn agent_settings(port: u16) -> impl FnOnce(&kwasm_tests::sandbox::Sandbox) -> String {
     move |_| {
@@ -512,4 +416,46 @@ fn a_new_install_ignores_the_uninstall_request_of_the_previous_one() {
             .is_none()
             .then_some(())
     });
+}
+
+#[test]
+fn the_startup_taint_goes_once_every_shim_is_proven_loaded_and_only_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    api.add_tainted_node(
+        "n1",
+        serde_json::json!([
+            {"key": "kwasm.sh/provisioning", "value": "true", "effect": "NoSchedule"},
+            {"key": "dedicated", "value": "wasm", "effect": "NoExecute"}
+        ]),
+    );
+    let port = free_port();
+    let host = NodeHost::with(agent_settings(port));
+    let a = Agent::start(&host, &api.kubeconfig, "n1", port);
+    a.wait_ready();
+    // Not asked yet: the taint stays (the node is not ready to run anything).
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        api.node("n1")["spec"]["taints"].as_array().unwrap().len(),
+        2
+    );
+    api.kubectl_ok(&["label", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    wait_label(&api, "n1", Some("true"), &a);
+    let taints = eventually("the startup taint to go", || {
+        let t = api.node("n1")["spec"]["taints"].clone();
+        (t.as_array()?.len() == 1).then_some(t)
+    });
+    assert_eq!(taints[0]["key"], "dedicated", "{taints}");
+    let provisioned = api
+        .events("n1")
+        .into_iter()
+        .find(|e| e["reason"] == "Provisioned")
+        .unwrap();
+    assert!(
+        provisioned["message"]
+            .as_str()
+            .unwrap()
+            .contains("removed the startup taint"),
+        "{provisioned}"
+    );
 }

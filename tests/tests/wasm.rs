@@ -127,7 +127,7 @@ fn wasi_modules_run_through_cri_on_the_handler_the_agent_configured() {
     cri.remove_pod(&pod).unwrap();
     let binary = n.binary();
     eventually("the pod's shim to exit", Duration::from_secs(20), || {
-        kwasm_agent::containerd::inuse::shims_running(&binary).is_empty()
+        pids_mentioning(&binary.to_string_lossy()).is_empty()
     });
     n.agent("remove", &[]).ok();
     assert_eq!(

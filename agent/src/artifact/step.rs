@@ -151,6 +151,8 @@ mod tests {
             binary_path: "/opt/kwasm/bin/containerd-shim-spin-v2".into(),
             installed_at: String::new(),
             link: None,
+            version_path: None,
+            retired: vec![],
         }
     }
 

@@ -220,11 +220,29 @@ impl ArtifactStore {
         let staged = self.layout.host_path(pending.temp_path())?;
         let says = probe::shim_starts(&self.exec, &shim.name, &staged).await?;
         tracing::debug!(shim = %shim.name, version = %says, "shim binary starts on this host");
+        let digest = &unpacked.binary_sha256;
+        let real = self.layout.version_path(&shim.binary, digest);
+        let version_dir = real.parent().unwrap_or(&real);
+        std::fs::create_dir_all(version_dir)
+            .with_context(|| format!("creating {}", version_dir.display()))?;
         pending
-            .commit()
-            .with_context(|| format!("installing {}", dest.display()))?;
+            .commit_to(&real)
+            .with_context(|| format!("installing {}", real.display()))?;
+        // Relative, so the link resolves the same as the host sees it and as the agent does.
+        let target = Path::new("..").join(real.strip_prefix(&self.layout.dir).unwrap_or(&real));
+        atomic::point_symlink(&dest, &target)?;
+        let version_path = self.layout.host_version_path(&shim.binary, digest);
         tracing::info!(shim = %shim.name, path = %self.layout.host_bin_path(&shim.binary).display(),
-            binary_sha256 = %unpacked.binary_sha256, bytes = unpacked.size, "shim binary installed");
+            version = %version_path.display(), binary_sha256 = %digest, bytes = unpacked.size,
+            "shim binary installed");
+        // The version it replaces stays while processes run it (containers keep their shim).
+        let mut retired = previous.map(|r| r.retired.clone()).unwrap_or_default();
+        if let Some(old) = previous.and_then(|r| r.version_path.clone()) {
+            if old != version_path && !retired.contains(&old) {
+                retired.push(old);
+            }
+        }
+        retired.retain(|p| *p != version_path);
         let record = InstalledShim {
             name: shim.name.clone(),
             version: shim.version.clone(),
@@ -233,6 +251,8 @@ impl ArtifactStore {
             archive_sha256,
             binary_sha256: unpacked.binary_sha256,
             binary_path: self.layout.host_bin_path(&shim.binary),
+            version_path: Some(version_path),
+            retired,
             installed_at: now_rfc3339(),
             link: previous.and_then(|r| r.link.clone()),
         };

@@ -2,7 +2,7 @@
 //! the process table answers for every namespace and client (CRI pods and ctr containers alike). With
 //! hostPID the agent's /proc is the host's.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShimProcess {
@@ -11,22 +11,25 @@ pub struct ShimProcess {
     pub id: Option<String>,
 }
 
-/// Processes executing `binary` (a host path), including an older copy since replaced on disk.
-pub fn shims_running(binary: &Path) -> Vec<ShimProcess> {
+/// Processes executing one of `binaries` (host paths; a symlink shows as its target), including a copy
+/// since replaced or removed on disk.
+pub fn shims_running(binaries: &[PathBuf]) -> Vec<ShimProcess> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return vec![];
     };
-    let want = binary.to_string_lossy().into_owned();
-    let deleted = format!("{want} (deleted)");
+    let wanted: Vec<String> = binaries
+        .iter()
+        .flat_map(|b| {
+            let b = b.to_string_lossy().into_owned();
+            [format!("{b} (deleted)"), b]
+        })
+        .collect();
     let mut found: Vec<ShimProcess> = rd
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
             std::fs::read_link(format!("/proc/{pid}/exe"))
-                .map(|exe| {
-                    let exe = exe.to_string_lossy();
-                    exe == want || exe == deleted
-                })
+                .map(|exe| wanted.iter().any(|w| exe.as_os_str() == w.as_str()))
                 .unwrap_or(false)
         })
         .map(|pid| ShimProcess {
@@ -57,7 +60,9 @@ mod tests {
     fn finds_a_process_by_its_binary() {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let me = std::process::id() as i32;
-        assert!(shims_running(&exe).iter().any(|p| p.pid == me));
-        assert!(shims_running(Path::new("/nonexistent/containerd-shim-x-v2")).is_empty());
+        assert!(shims_running(std::slice::from_ref(&exe))
+            .iter()
+            .any(|p| p.pid == me));
+        assert!(shims_running(&["/nonexistent/containerd-shim-x-v2".into()]).is_empty());
     }
 }

@@ -7,6 +7,7 @@ pub mod cri;
 pub mod edit;
 mod facts;
 pub mod flavor;
+pub mod gate;
 pub mod inuse;
 pub mod ownership;
 pub mod restart;

@@ -9,6 +9,7 @@ use anyhow::anyhow;
 
 use super::cri::{self, CriStatus};
 use super::edit::ConfigEdit;
+use super::gate::RestartGate;
 use super::ownership::ConfigOwnership;
 use super::restart::{self, Action};
 use super::Containerd;
@@ -44,13 +45,16 @@ pub struct Outcome {
 impl Containerd {
     /// Carry out `edit`. `record` persists the ownership the host now has: called after the files are
     /// written (so a crash after it finds the record), and with the previous ownership on rollback.
-    /// `removing` are handlers that must be gone from the CRI plugin afterwards.
+    /// `removing` are handlers that must be gone from the CRI plugin afterwards. When containerd must
+    /// restart, `gate` is entered before anything is written and left once containerd proved itself
+    /// or was rolled back.
     pub async fn carry_out(
         &self,
         edit: &ConfigEdit,
         previous: Option<&ConfigOwnership>,
         removing: &[String],
         record: &mut dyn FnMut(Option<&ConfigOwnership>) -> anyhow::Result<()>,
+        gate: &dyn RestartGate,
     ) -> anyhow::Result<Outcome> {
         let expected: BTreeMap<String, PathBuf> = edit
             .ownership
@@ -62,11 +66,7 @@ impl Containerd {
                     .collect()
             })
             .unwrap_or_default();
-        self.write_all(edit).await?;
-        if let Err(e) = record(edit.ownership.as_ref()) {
-            return Err(self.abort(edit, e, previous, record, None).await);
-        }
-        let changed_files = edit.writes.iter().map(|w| w.path.clone()).collect();
+        let changed_files: Vec<PathBuf> = edit.writes.iter().map(|w| w.path.clone()).collect();
         let loaded = if edit.changes() {
             None
         } else {
@@ -83,48 +83,69 @@ impl Containerd {
             loaded,
         );
         let reloads = self.flavor.kind.reloads_itself() && edit.changes();
-        let skip_reason = match &action {
-            Action::Skip(r) if !reloads => Some(r.clone()),
-            _ => None,
-        };
-        if let Some(reason) = skip_reason {
-            let restart = if edit.changes() {
-                tracing::warn!(reason = %reason, "config changed but containerd was not restarted; the handlers load at its next start");
-                Restart::Deferred(reason)
-            } else {
-                Restart::NotNeeded(reason)
-            };
-            return Ok(Outcome {
-                changed_files,
-                restart,
-                loaded: None,
-            });
+        if let Action::Skip(reason) = &action {
+            if !reloads {
+                self.write_all(edit).await?;
+                if let Err(e) = record(edit.ownership.as_ref()) {
+                    return Err(self.abort(edit, e, previous, record, None).await);
+                }
+                let restart = if edit.changes() {
+                    tracing::warn!(reason = %reason, "config changed but containerd was not restarted; the handlers load at its next start");
+                    Restart::Deferred(reason.clone())
+                } else {
+                    Restart::NotNeeded(reason.clone())
+                };
+                return Ok(Outcome {
+                    changed_files,
+                    restart,
+                    loaded: None,
+                });
+            }
+        }
+        let permit = gate.enter().await?;
+        let result = self
+            .write_restart_prove(edit, &action, &expected, previous, removing, record)
+            .await;
+        permit.release().await;
+        let st = result?;
+        let loaded: Vec<String> = expected
+            .keys()
+            .filter(|h| st.handlers.contains_key(*h))
+            .cloned()
+            .collect();
+        tracing::info!(handlers = ?loaded, "containerd is back and its CRI plugin lists the handlers");
+        if edit.ownership.is_none() {
+            self.drop_backups(edit);
+        }
+        Ok(Outcome {
+            changed_files,
+            restart: match action {
+                Action::Skip(why) => Restart::NotNeeded(why),
+                Action::Systemd { unit } => Restart::Restarted(format!("systemctl restart {unit}")),
+                Action::Argv(v) => Restart::Restarted(v.join(" ")),
+            },
+            loaded: Some(loaded),
+        })
+    }
+
+    /// The part that may take CRI down: write, restart, prove — or put it all back.
+    async fn write_restart_prove(
+        &self,
+        edit: &ConfigEdit,
+        action: &Action,
+        expected: &BTreeMap<String, PathBuf>,
+        previous: Option<&ConfigOwnership>,
+        removing: &[String],
+        record: &mut dyn FnMut(Option<&ConfigOwnership>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<CriStatus> {
+        self.write_all(edit).await?;
+        if let Err(e) = record(edit.ownership.as_ref()) {
+            return Err(self.abort(edit, e, previous, record, None).await);
         }
         tracing::info!(action = ?action, "restarting containerd");
-        match self.restart_and_prove(&action, &expected, removing).await {
-            Ok(st) => {
-                let loaded: Vec<String> = expected
-                    .keys()
-                    .filter(|h| st.handlers.contains_key(*h))
-                    .cloned()
-                    .collect();
-                tracing::info!(handlers = ?loaded, "containerd is back and its CRI plugin lists the handlers");
-                if edit.ownership.is_none() {
-                    self.drop_backups(edit);
-                }
-                Ok(Outcome {
-                    changed_files,
-                    restart: match action {
-                        Action::Skip(why) => Restart::NotNeeded(why),
-                        Action::Systemd { unit } => {
-                            Restart::Restarted(format!("systemctl restart {unit}"))
-                        }
-                        Action::Argv(v) => Restart::Restarted(v.join(" ")),
-                    },
-                    loaded: Some(loaded),
-                })
-            }
-            Err(err) => Err(self.abort(edit, err, previous, record, Some(&action)).await),
+        match self.restart_and_prove(action, expected, removing).await {
+            Ok(st) => Ok(st),
+            Err(err) => Err(self.abort(edit, err, previous, record, Some(action)).await),
         }
     }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::arch::Arch;
+use crate::containerd::gate::RestartGate;
 use crate::engine::Engine;
 use crate::settings::Settings;
 
@@ -26,6 +27,8 @@ pub struct EngineSlot {
     settings: Settings,
     host_root: Option<PathBuf>,
     arch_override: Option<Arch>,
+    /// Paces containerd restarts across the cluster ([fleet]); None: unpaced.
+    gate: Option<Arc<dyn RestartGate>>,
     engine: Option<Engine>,
 }
 
@@ -34,11 +37,13 @@ impl EngineSlot {
         settings: Settings,
         host_root: Option<PathBuf>,
         arch_override: Option<Arch>,
+        gate: Option<Arc<dyn RestartGate>>,
     ) -> Self {
         Self {
             settings,
             host_root,
             arch_override,
+            gate,
             engine: None,
         }
     }
@@ -53,11 +58,11 @@ impl EngineSlot {
             (Some(_), None) => false,
         };
         if stale {
-            self.engine = Some(Engine::new(
-                self.settings.clone(),
-                self.host_root.as_deref(),
-                arch,
-            )?);
+            let mut engine = Engine::new(self.settings.clone(), self.host_root.as_deref(), arch)?;
+            if let Some(gate) = &self.gate {
+                engine = engine.with_restart_gate(gate.clone());
+            }
+            self.engine = Some(engine);
         }
         self.engine
             .as_ref()

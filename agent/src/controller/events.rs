@@ -8,6 +8,7 @@ use kube::Client;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
     Provisioning,
+    WaitingForRestart,
     Provisioned,
     ProvisionFailed,
     DriftDetected,
@@ -20,6 +21,7 @@ impl Reason {
     fn as_str(self) -> &'static str {
         match self {
             Reason::Provisioning => "Provisioning",
+            Reason::WaitingForRestart => "WaitingForRestart",
             Reason::Provisioned => "Provisioned",
             Reason::ProvisionFailed => "ProvisionFailed",
             Reason::DriftDetected => "DriftDetected",
@@ -42,12 +44,14 @@ impl Reason {
     fn action(self) -> &'static str {
         match self {
             Reason::Provisioning | Reason::Provisioned | Reason::ProvisionFailed => "Provision",
+            Reason::WaitingForRestart => "Wait",
             Reason::DriftDetected => "Repair",
             Reason::Removed | Reason::RemoveBlocked | Reason::RemoveFailed => "Remove",
         }
     }
 }
 
+#[derive(Clone)]
 pub struct Events {
     recorder: Recorder,
 }

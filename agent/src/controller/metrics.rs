@@ -13,6 +13,8 @@ pub struct Metrics {
     pub last_success_unix: AtomicU64,
     /// Connected to the API server and holding the Node.
     pub ready: AtomicBool,
+    /// Waiting for a cluster-wide restart slot ([fleet]).
+    pub waiting_for_restart: AtomicBool,
 }
 
 impl Metrics {
@@ -74,6 +76,12 @@ impl Metrics {
             "gauge",
             "1 when the agent watches its Node.",
             u8::from(self.ready.load(Relaxed)).to_string(),
+        );
+        metric(
+            "kwasm_waiting_for_restart_slot",
+            "gauge",
+            "1 while the agent waits for a cluster-wide containerd restart slot.",
+            u8::from(self.waiting_for_restart.load(Relaxed)).to_string(),
         );
         s
     }

@@ -5,6 +5,7 @@
 mod context;
 mod desired;
 mod events;
+mod lease;
 mod metrics;
 mod node;
 mod reconcile;
@@ -44,13 +45,17 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     server::serve(&settings.agent.listen, metrics.clone()).await?;
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kwasm-agent-{node_name}"));
-    let ctx = Context {
+    let ctx = Arc::new(Context {
         nodes: NodeClient::new(client.clone(), &node_name),
-        events: Events::new(client, instance),
+        events: Events::new(client.clone(), instance),
         metrics,
         settings: settings.clone(),
+    });
+    let gate = match &settings.fleet {
+        Some(fleet) => Some(restart_gate(&ctx, client, &node_name, fleet)?),
+        None => None,
     };
-    let mut engines = EngineSlot::new(settings, common.host_root.clone(), common.arch);
+    let mut engines = EngineSlot::new(settings, common.host_root.clone(), common.arch, gate);
     let mut nodes = watch_node(&ctx, &node_name);
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -107,16 +112,61 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The Lease semaphore pacing containerd restarts across the cluster ([fleet]); while an agent waits,
+/// its Node says so (status phase, an Event) and so does its metric.
+fn restart_gate(
+    ctx: &Arc<Context>,
+    client: kube::Client,
+    node_name: &str,
+    fleet: &crate::settings::FleetSettings,
+) -> anyhow::Result<Arc<dyn crate::containerd::gate::RestartGate>> {
+    let namespace = match &fleet.lease_namespace {
+        Some(ns) => ns.clone(),
+        None => std::env::var("POD_NAMESPACE").context(
+            "fleet.lease_namespace is not set and neither is POD_NAMESPACE (the DaemonSet sets it from the downward API)",
+        )?,
+    };
+    let observer_ctx = ctx.clone();
+    let observer: lease::GateObserver = Arc::new(move |event| {
+        let ctx = observer_ctx.clone();
+        Box::pin(async move {
+            match event {
+                lease::GateEvent::Waiting(msg) => {
+                    ctx.metrics.waiting_for_restart.store(true, Relaxed);
+                    if let Err(e) = ctx.nodes.set_phase(report::Phase::WaitingForRestart).await {
+                        tracing::warn!(error = %format!("{e:#}"), "could not show the wait on the node");
+                    }
+                    if let Ok(node) = ctx.nodes.get().await {
+                        ctx.events
+                            .publish(&node, events::Reason::WaitingForRestart, &msg)
+                            .await;
+                    }
+                }
+                lease::GateEvent::Acquired => {
+                    ctx.metrics.waiting_for_restart.store(false, Relaxed);
+                    let _ = ctx.nodes.set_phase(report::Phase::Provisioning).await;
+                }
+            }
+        })
+    });
+    Ok(Arc::new(lease::LeaseGate::new(
+        client, &namespace, node_name, fleet, observer,
+    )))
+}
+
 /// The latest copy of this node, kept current by kube's watcher: it lists then watches with
 /// bookmarks, resumes from the last resourceVersion after a dropped connection, and re-lists (never
 /// losing a change) when that version is too old.
-fn watch_node(ctx: &Context, name: &str) -> tokio::sync::watch::Receiver<Option<Node>> {
+fn watch_node(ctx: &Arc<Context>, name: &str) -> tokio::sync::watch::Receiver<Option<Node>> {
     let (tx, rx) = tokio::sync::watch::channel::<Option<Node>>(None);
     let api = ctx.nodes.api.clone();
     let metrics = ctx.metrics.clone();
     let selector = format!("metadata.name={name}");
     tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default().fields(&selector)).default_backoff();
+        // An idle node costs the API server about one request an hour: the watch itself, which the
+        // server ends after its --min-request-timeout (30 to 60 minutes) and the watcher resumes.
+        let config = watcher::Config::default().fields(&selector).timeout(3600);
+        let stream = watcher(api, config).default_backoff();
         futures_util::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
             match ev {

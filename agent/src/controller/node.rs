@@ -21,6 +21,7 @@ const SHIM_READY_PREFIX: &str = "kwasm.sh/shim.";
 const SHIM_VERSION_PREFIX: &str = "kwasm.sh/version.";
 const CONFLICT_ATTEMPTS: u32 = 5;
 
+#[derive(Clone)]
 pub struct NodeClient {
     pub api: Api<Node>,
     pub name: String,
@@ -125,6 +126,70 @@ impl NodeClient {
             "node {} kept changing; gave up patching after {CONFLICT_ATTEMPTS} conflicts",
             self.name
         )
+    }
+}
+
+impl NodeClient {
+    /// Remove every taint with `key` (the startup taint), keeping all others; a no-op without one.
+    pub async fn remove_taint(&self, node: &Node, key: &str) -> anyhow::Result<bool> {
+        let mut node = node.clone();
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let taints = node
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default();
+            if !taints.iter().any(|t| t.key == key) {
+                return Ok(false);
+            }
+            let kept: Vec<_> = taints.into_iter().filter(|t| t.key != key).collect();
+            let patch = serde_json::json!({
+                "metadata": { "resourceVersion": node.metadata.resource_version },
+                "spec": { "taints": kept },
+            });
+            match self
+                .api
+                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(true),
+                Err(kube::Error::Api(s)) if s.code == 409 => node = self.get().await?,
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("removing taint {key} from node {}", self.name))
+                }
+            }
+        }
+        anyhow::bail!("node {} kept changing", self.name)
+    }
+
+    /// Set the status annotation's phase (keeping what else it says); labels stay as they are.
+    pub async fn set_phase(&self, phase: super::report::Phase) -> anyhow::Result<()> {
+        for _ in 0..CONFLICT_ATTEMPTS {
+            let node = self.get().await?;
+            let mut doc: StatusDoc = annotation(&node, STATUS_ANNOTATION)
+                .and_then(|a| serde_json::from_str(a).ok())
+                .unwrap_or_else(|| StatusDoc::new(&Default::default(), phase, None));
+            doc.phase = phase;
+            doc.error = None;
+            doc.time = crate::clock::now_rfc3339();
+            let patch = serde_json::json!({
+                "metadata": {
+                    "resourceVersion": node.metadata.resource_version,
+                    "annotations": { STATUS_ANNOTATION: serde_json::to_string(&doc)? },
+                }
+            });
+            match self
+                .api
+                .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(e) => return Err(e).with_context(|| format!("patching node {}", self.name)),
+            }
+        }
+        anyhow::bail!("node {} kept changing", self.name)
     }
 }
 

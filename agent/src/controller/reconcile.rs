@@ -63,6 +63,7 @@ async fn provision(
             .iter()
             .all(|s| label(node, &node::shim_ready_label(&s.name)) == Some("true"));
     if shown_ready && !plan.changes() && loaded && extra.is_empty() {
+        remove_startup_taint(ctx, node).await?;
         return Ok(());
     }
     if shown_ready {
@@ -254,18 +255,35 @@ async fn report_provisioned(
         .filter(|s| s.ready)
         .map(|s| s.name.as_str())
         .collect();
+    let untainted = ready.len() == shims.len() && remove_startup_taint(ctx, &node).await?;
+    let taint = &ctx.settings.trigger.startup_taint;
     ctx.events
         .publish(
             &node,
             Reason::Provisioned,
             &format!(
-                "installed {}; containerd lists handlers {}",
+                "installed {}; containerd lists handlers {}{}",
                 installed.join(", "),
-                ready.join(", ")
+                ready.join(", "),
+                if untainted {
+                    format!("; removed the startup taint {taint}")
+                } else {
+                    String::new()
+                }
             ),
         )
         .await;
     Ok(())
+}
+
+/// The node was kept free of pods until it could run them all (the startup taint it was created
+/// with): let them come. False when it has no such taint.
+async fn remove_startup_taint(ctx: &Context, node: &Node) -> anyhow::Result<bool> {
+    let taint = &ctx.settings.trigger.startup_taint;
+    if taint.is_empty() {
+        return Ok(false);
+    }
+    ctx.nodes.remove_taint(node, taint).await
 }
 
 /// What went wrong, as the Node shows it.

@@ -9,6 +9,8 @@ use crate::engine::State;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Phase {
     Provisioning,
+    /// Installed; waiting for a cluster-wide restart slot ([fleet]).
+    WaitingForRestart,
     Provisioned,
     Failed,
     Removing,

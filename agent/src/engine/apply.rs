@@ -137,6 +137,7 @@ impl Engine {
         {
             notes.extend(self.sync_link(&s.shim, &mut state)?);
         }
+        self.drop_unused_versions(&mut state).await?;
         let nothing_owned = installed.is_empty() && state.containerd.is_none();
         if nothing_owned {
             return Ok(ApplyReport {
@@ -162,13 +163,19 @@ impl Engine {
                 let previous = state.containerd.clone();
                 let state_path = self.layout.state_path();
                 self.containerd
-                    .carry_out(&edit, previous.as_ref(), &[], &mut |owned| {
-                        if state.containerd.as_ref() == owned {
-                            return Ok(());
-                        }
-                        state.containerd = owned.cloned();
-                        state.save(&state_path)
-                    })
+                    .carry_out(
+                        &edit,
+                        previous.as_ref(),
+                        &[],
+                        &mut |owned| {
+                            if state.containerd.as_ref() == owned {
+                                return Ok(());
+                            }
+                            state.containerd = owned.cloned();
+                            state.save(&state_path)
+                        },
+                        self.restart_gate.as_ref(),
+                    )
                     .await
             }
             Err(e) => Err(e),

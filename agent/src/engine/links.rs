@@ -64,11 +64,55 @@ impl Engine {
         Ok(())
     }
 
-    /// The link first, so no name ever points at a missing binary.
+    /// The links first, so no name ever points at a missing binary; then every version's file.
     pub(super) fn remove_binary(&self, rec: &InstalledShim) -> anyhow::Result<()> {
         if let Some(l) = &rec.link {
             link::remove(&self.host, l, &rec.binary_path)?;
         }
-        crate::host::atomic::remove(&self.host.resolve(&rec.binary_path)?)
+        crate::host::atomic::remove(&self.host.resolve(&rec.binary_path)?)?;
+        for v in rec.version_path.iter().chain(&rec.retired) {
+            self.remove_version(v)?;
+        }
+        Ok(())
+    }
+
+    /// A version's file and its directory (`versions/<id>/`, once empty).
+    pub(super) fn remove_version(&self, host_path: &Path) -> anyhow::Result<()> {
+        let real = self.host.resolve(host_path)?;
+        crate::host::atomic::remove(&real)?;
+        if let Some(dir) = real.parent() {
+            // Only when empty: another shim's binary may share the version's directory.
+            let _ = std::fs::remove_dir(dir);
+        }
+        Ok(())
+    }
+
+    /// Earlier versions whose last process has exited go; the rest wait for a later reconcile.
+    pub(super) async fn drop_unused_versions(&self, state: &mut State) -> anyhow::Result<()> {
+        let mut changed = false;
+        for rec in state.shims.values_mut() {
+            let mut kept = Vec::new();
+            for old in std::mem::take(&mut rec.retired) {
+                let paths = vec![old.clone()];
+                let running = tokio::task::spawn_blocking(move || {
+                    crate::containerd::inuse::shims_running(&paths)
+                })
+                .await
+                .unwrap_or_default();
+                if running.is_empty() {
+                    self.remove_version(&old)?;
+                    tracing::info!(shim = %rec.name, version = %old.display(), "earlier shim version removed: no process runs it");
+                    changed = true;
+                } else {
+                    tracing::info!(shim = %rec.name, version = %old.display(), processes = running.len(), "earlier shim version kept while containers run on it");
+                    kept.push(old);
+                }
+            }
+            rec.retired = kept;
+        }
+        if changed {
+            state.save(&self.layout.state_path())?;
+        }
+        Ok(())
     }
 }

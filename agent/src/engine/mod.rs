@@ -10,9 +10,11 @@ pub mod state;
 pub mod status;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::arch::Arch;
 use crate::artifact::ArtifactStore;
+use crate::containerd::gate::{RestartGate, Ungated};
 use crate::containerd::Containerd;
 use crate::host::lock::HostLock;
 use crate::host::{HostRoot, InstallLayout};
@@ -30,6 +32,9 @@ pub struct Engine {
     pub arch: Arch,
     pub containerd: Containerd,
     store: ArtifactStore,
+    /// Entered before containerd may go down: immediate for one-shot commands, paced across the
+    /// cluster by the node controller.
+    restart_gate: Arc<dyn RestartGate>,
 }
 
 impl Engine {
@@ -58,7 +63,13 @@ impl Engine {
             arch,
             containerd,
             store,
+            restart_gate: Arc::new(Ungated),
         })
+    }
+
+    pub fn with_restart_gate(mut self, gate: Arc<dyn RestartGate>) -> Self {
+        self.restart_gate = gate;
+        self
     }
 
     /// Serialises agents on this host. Held across read facts → plan → carry out, so a plan is never

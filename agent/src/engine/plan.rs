@@ -142,6 +142,8 @@ impl Engine {
             binary_path: self.layout.host_bin_path(&shim.binary),
             installed_at: String::new(),
             link: None,
+            version_path: None,
+            retired: vec![],
         }
     }
 }

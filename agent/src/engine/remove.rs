@@ -78,13 +78,19 @@ impl Engine {
             let state_path = self.layout.state_path();
             config = Some(
                 self.containerd
-                    .carry_out(&edit, previous.as_ref(), &removable, &mut |owned| {
-                        if state.containerd.as_ref() == owned {
-                            return Ok(());
-                        }
-                        state.containerd = owned.cloned();
-                        state.save(&state_path)
-                    })
+                    .carry_out(
+                        &edit,
+                        previous.as_ref(),
+                        &removable,
+                        &mut |owned| {
+                            if state.containerd.as_ref() == owned {
+                                return Ok(());
+                            }
+                            state.containerd = owned.cloned();
+                            state.save(&state_path)
+                        },
+                        self.restart_gate.as_ref(),
+                    )
                     .await?,
             );
         }
@@ -119,8 +125,8 @@ impl Engine {
         for name in targets {
             let running = match state.shims.get(name) {
                 Some(r) => {
-                    let path = r.binary_path.clone();
-                    tokio::task::spawn_blocking(move || inuse::shims_running(&path))
+                    let paths = r.executables();
+                    tokio::task::spawn_blocking(move || inuse::shims_running(&paths))
                         .await
                         .unwrap_or_default()
                 }

@@ -82,6 +82,8 @@ mod tests {
                 binary_path: "/opt/kwasm/bin/x".into(),
                 installed_at: now_rfc3339(),
                 link: None,
+                version_path: None,
+                retired: vec![],
             },
         );
         s.save(&p).unwrap();

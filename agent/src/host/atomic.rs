@@ -75,15 +75,19 @@ impl PendingFile {
     }
 
     /// Seal, rename over the destination, fsync the directory.
-    pub fn commit(mut self) -> anyhow::Result<()> {
+    pub fn commit(self) -> anyhow::Result<()> {
+        let dest = self.dest.clone();
+        self.commit_to(&dest)
+    }
+
+    /// `commit`, to another destination on the same filesystem (decided once the content is known).
+    pub fn commit_to(mut self, dest: &Path) -> anyhow::Result<()> {
         self.seal()?;
-        std::fs::rename(&self.tmp, &self.dest).with_context(|| {
-            format!("renaming {} to {}", self.tmp.display(), self.dest.display())
-        })?;
+        std::fs::rename(&self.tmp, dest)
+            .with_context(|| format!("renaming {} to {}", self.tmp.display(), dest.display()))?;
         self.committed = true;
         sync_dir(
-            self.dest
-                .parent()
+            dest.parent()
                 .context("destination has no parent directory")?,
         )
     }
@@ -128,6 +132,26 @@ pub fn remove(path: &Path) -> anyhow::Result<()> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
     }
+}
+
+/// Make `link` a symlink to `target`, atomically (a temp link renamed over it): whoever opens `link`
+/// gets the old target or the new one, never nothing.
+pub fn point_symlink(link: &Path, target: &Path) -> anyhow::Result<()> {
+    let dir = link.parent().context("link has no parent directory")?;
+    let name = link
+        .file_name()
+        .context("link has no file name")?
+        .to_string_lossy();
+    let unique = TEMP_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}-{unique}.kwasm-tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)
+        .with_context(|| format!("creating a link in {}", dir.display()))?;
+    if let Err(e) = std::fs::rename(&tmp, link) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("replacing {}", link.display()));
+    }
+    sync_dir(dir)
 }
 
 #[cfg(test)]

@@ -85,6 +85,20 @@ impl InstallLayout {
     pub fn bin_path(&self, binary: &str) -> PathBuf {
         self.bin_dir().join(binary)
     }
+    /// Where each version of a shim binary lives: `versions/<first 16 hex of its sha256>/<binary>`.
+    /// `bin/<binary>` is a symlink to the current one; an older one stays while processes run it.
+    pub fn version_path(&self, binary: &str, binary_sha256: &str) -> PathBuf {
+        self.dir
+            .join("versions")
+            .join(version_id(binary_sha256))
+            .join(binary)
+    }
+    pub fn host_version_path(&self, binary: &str, binary_sha256: &str) -> PathBuf {
+        self.host_dir
+            .join("versions")
+            .join(version_id(binary_sha256))
+            .join(binary)
+    }
     /// Verified archives, named by their SHA-256.
     pub fn cache_dir(&self) -> PathBuf {
         self.dir.join("cache").join("sha256")
@@ -119,6 +133,10 @@ impl InstallLayout {
         }
         Ok(())
     }
+}
+
+fn version_id(sha256: &str) -> &str {
+    sha256.get(..16).unwrap_or(sha256)
 }
 
 #[cfg(test)]

@@ -41,6 +41,8 @@ pub struct Settings {
     pub agent: AgentSettings,
     pub artifacts: ArtifactSettings,
     pub containerd: ContainerdSettings,
+    /// `run` only; absent: containerd restarts are not paced across the cluster.
+    pub fleet: Option<FleetSettings>,
     pub shims: Vec<Shim>,
 }
 
@@ -69,6 +71,9 @@ pub struct TriggerSettings {
     pub shims_annotation: String,
     /// Keep the shims and config on the host when the trigger is removed.
     pub keep_on_untrigger: bool,
+    /// A taint key nodes may be created with (e.g. on an AKS node pool) to keep pods off them until
+    /// every requested shim is proven loaded; the agent removes it then. "": none.
+    pub startup_taint: String,
 }
 
 impl Default for TriggerSettings {
@@ -78,6 +83,7 @@ impl Default for TriggerSettings {
             label: "kwasm.sh/kwasm-node".into(),
             shims_annotation: "kwasm.sh/shims".into(),
             keep_on_untrigger: false,
+            startup_taint: "kwasm.sh/provisioning".into(),
         }
     }
 }
@@ -202,6 +208,76 @@ impl Default for ContainerdSettings {
             timeout: Duration::from_secs(30),
             binary: Auto::Detect,
             link_dir: None,
+        }
+    }
+}
+
+/// Cluster-wide pacing of containerd restarts: at most `max_concurrent_restarts` nodes restart at once,
+/// each holding one of that many Leases while it does.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetSettings {
+    pub max_concurrent_restarts: Concurrency,
+    /// Where the Leases live; None: the agent's own namespace (`POD_NAMESPACE`).
+    pub lease_namespace: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+}
+
+impl Default for FleetSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_restarts: Concurrency::Count(2),
+            lease_namespace: None,
+            lease_duration: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A number of nodes, or a percentage of the nodes that ask for shims.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Concurrency {
+    Count(u32),
+    Percent(f64),
+}
+
+impl Concurrency {
+    /// How many at once among `asking` nodes: at least one.
+    pub fn of(self, asking: usize) -> u32 {
+        match self {
+            Concurrency::Count(n) => n.max(1),
+            Concurrency::Percent(p) => {
+                let n = (asking as f64 * p / 100.0).ceil();
+                if n.is_finite() && n >= 1.0 {
+                    n.min(f64::from(u32::MAX)) as u32
+                } else {
+                    1
+                }
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Concurrency {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Text(String),
+        }
+        let bad = |what: String| {
+            serde::de::Error::custom(format!(
+                "expected a number of nodes (1 or more) or a percentage such as \"10%\", found {what}"
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Count(n) if (1..=100_000).contains(&n) => Ok(Self::Count(n as u32)),
+            Raw::Count(n) => Err(bad(n.to_string())),
+            Raw::Text(t) => match t.strip_suffix('%').map(|p| p.trim().parse::<f64>()) {
+                Some(Ok(p)) if p > 0.0 && p <= 100.0 => Ok(Self::Percent(p)),
+                _ => Err(bad(format!("{t:?}"))),
+            },
         }
     }
 }
@@ -454,6 +530,31 @@ options = { SystemdCgroup = true }
             e.contains("containerd.config") && e.contains("absolute"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn fleet_pacing_is_a_count_or_a_percentage() {
+        assert!(parse("").unwrap().fleet.is_none(), "absent: unpaced");
+        let f = parse("[fleet]\n").unwrap().fleet.unwrap();
+        assert_eq!(f.max_concurrent_restarts, Concurrency::Count(2));
+        assert_eq!(f.lease_duration, Duration::from_secs(60));
+        let f = parse("[fleet]\nmax_concurrent_restarts = \"10%\"\nlease_namespace = \"kwasm\"\n")
+            .unwrap()
+            .fleet
+            .unwrap();
+        assert_eq!(f.max_concurrent_restarts.of(45), 5);
+        assert_eq!(f.max_concurrent_restarts.of(0), 1);
+        assert_eq!(Concurrency::Count(3).of(1), 3);
+        for bad in [
+            "0", "-1", "\"0%\"", "\"101%\"", "\"ten\"", "\"NaN%\"", "1.5",
+        ] {
+            let e = parse(&format!("[fleet]\nmax_concurrent_restarts = {bad}\n"));
+            assert!(e.is_err(), "{bad}");
+        }
+        let e = parse("[fleet]\nlease_duration = \"1s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("fleet.lease_duration"), "{e}");
     }
 
     #[test]

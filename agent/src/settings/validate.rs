@@ -103,8 +103,24 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
         }
     }
     within("containerd.timeout", c.timeout, secs(1), mins(60))?;
+    if let Some(f) = &s.fleet {
+        // A holder renews at a third of the duration; shorter would flap on a busy API server.
+        within("fleet.lease_duration", f.lease_duration, secs(5), mins(60))?;
+        if let Some(ns) = &f.lease_namespace {
+            if !is_dns_label(ns) {
+                return Err(invalid(
+                    "fleet.lease_namespace",
+                    format!("expected a namespace name, found {ns:?}"),
+                ));
+            }
+        }
+    }
+    if !s.trigger.startup_taint.is_empty() {
+        qualified_name("trigger.startup_taint", &s.trigger.startup_taint)?;
+    }
 
     let mut names = BTreeSet::new();
+    let mut binaries = BTreeSet::new();
     for (i, shim) in s.shims.iter().enumerate() {
         let key = |k: &str| format!("shims[{i}].{k}");
         if !is_dns_label(&shim.name) || shim.name.len() > MAX_SHIM_NAME {
@@ -127,6 +143,15 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
             return Err((
                 key("binary"),
                 format!("expected a plain file name, found {:?}", shim.binary),
+            ));
+        }
+        if !binaries.insert(shim.binary.as_str()) {
+            return Err((
+                key("binary"),
+                format!(
+                    "binary {:?} is named by two shims; each shim installs its own file",
+                    shim.binary
+                ),
             ));
         }
         if shim.runtime_type.is_empty() || shim.runtime_type.chars().any(char::is_whitespace) {

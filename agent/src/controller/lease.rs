@@ -1,0 +1,323 @@
+//! Cluster-wide pacing of containerd restarts, with no leader and no extra controller: a semaphore of
+//! N `coordination.k8s.io/v1` Leases (`kwasm-agent-restart-0` … `-N-1`, labelled `kwasm.sh/restart-slot`)
+//! in the agents' namespace. An agent restarts containerd only while it holds one; it renews the Lease
+//! at a third of its duration and clears it when containerd proved itself. A Lease whose holder stopped
+//! renewing (a dead agent, or one cut off from the API server) expires after its duration and is taken
+//! over, so nobody blocks the fleet longer than that.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{ListParams, PostParams};
+use kube::Api;
+use rand::Rng;
+
+use super::node::PROVISIONED_LABEL;
+use crate::containerd::gate::{Permit, RestartGate};
+use crate::settings::{Concurrency, FleetSettings};
+
+const SLOT_PREFIX: &str = "kwasm-agent-restart-";
+const SLOT_LABEL: &str = "kwasm.sh/restart-slot";
+
+/// What the gate tells the controller while it waits, so the Node and the metrics can say so.
+pub enum GateEvent {
+    Waiting(String),
+    Acquired,
+}
+
+pub type GateObserver = Arc<dyn Fn(GateEvent) -> BoxFuture<'static, ()> + Send + Sync>;
+
+pub struct LeaseGate {
+    leases: Api<Lease>,
+    nodes: Api<Node>,
+    holder: String,
+    concurrency: Concurrency,
+    duration: Duration,
+    /// (when counted, slots): a percentage is of the nodes asking for shims, counted at most once
+    /// per lease duration.
+    slots: Mutex<Option<(Instant, u32)>>,
+    observer: GateObserver,
+}
+
+impl LeaseGate {
+    pub fn new(
+        client: kube::Client,
+        namespace: &str,
+        holder: &str,
+        fleet: &FleetSettings,
+        observer: GateObserver,
+    ) -> Self {
+        Self {
+            leases: Api::namespaced(client.clone(), namespace),
+            nodes: Api::all(client),
+            holder: holder.to_owned(),
+            concurrency: fleet.max_concurrent_restarts,
+            duration: fleet.lease_duration,
+            slots: Mutex::new(None),
+            observer,
+        }
+    }
+
+    async fn slot_count(&self) -> anyhow::Result<u32> {
+        if let Concurrency::Count(n) = self.concurrency {
+            return Ok(n.max(1));
+        }
+        if let Ok(cached) = self.slots.lock() {
+            if let Some((at, n)) = *cached {
+                if at.elapsed() < self.duration {
+                    return Ok(n);
+                }
+            }
+        }
+        // Every node that asks for shims carries the provisioned label from its first claim on.
+        let asking = self
+            .nodes
+            .list_metadata(&ListParams::default().labels(PROVISIONED_LABEL))
+            .await
+            .context("counting the nodes that ask for shims")?
+            .items
+            .len();
+        let n = self.concurrency.of(asking.max(1));
+        if let Ok(mut cached) = self.slots.lock() {
+            *cached = Some((Instant::now(), n));
+        }
+        Ok(n)
+    }
+
+    /// One look at the slots: take a free, expired, or already-held one; None when all are busy.
+    async fn try_take(&self, slots: u32) -> anyhow::Result<Result<LeasePermit, Vec<String>>> {
+        let existing = self
+            .leases
+            .list(&ListParams::default().labels(SLOT_LABEL))
+            .await
+            .context("listing the restart Leases")?;
+        let now = Timestamp::now();
+        let mut holders = Vec::new();
+        for i in 0..slots {
+            let name = format!("{SLOT_PREFIX}{i}");
+            let current = existing
+                .items
+                .iter()
+                .find(|l| l.metadata.name.as_deref() == Some(name.as_str()));
+            let taken = match current {
+                Some(l) => match live_holder(l, now) {
+                    Some(h) if h != self.holder => {
+                        holders.push(h.to_owned());
+                        continue;
+                    }
+                    _ => self.take_over(l, now).await,
+                },
+                None => self.create(&name, now).await,
+            };
+            match taken {
+                Ok(true) => return Ok(Ok(self.permit(name))),
+                Ok(false) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Err(holders))
+    }
+
+    /// Create the slot's Lease as its holder; false when another agent created it first.
+    async fn create(&self, name: &str, now: Timestamp) -> anyhow::Result<bool> {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some([(SLOT_LABEL.to_owned(), "true".to_owned())].into()),
+                ..Default::default()
+            },
+            spec: Some(self.held_spec(now, 0)),
+        };
+        match self.leases.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("creating Lease {name}")),
+        }
+    }
+
+    /// Hold an existing (free, expired or own) slot; false when another agent changed it first.
+    async fn take_over(&self, current: &Lease, now: Timestamp) -> anyhow::Result<bool> {
+        let name = current.metadata.name.clone().unwrap_or_default();
+        let spec = current.spec.clone().unwrap_or_default();
+        let transitions = spec.lease_transitions.unwrap_or(0)
+            + i32::from(spec.holder_identity.as_deref() != Some(self.holder.as_str()));
+        let mut lease = current.clone();
+        lease.spec = Some(self.held_spec(now, transitions));
+        match self
+            .leases
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("taking Lease {name}")),
+        }
+    }
+
+    fn held_spec(&self, now: Timestamp, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.holder.clone()),
+            lease_duration_seconds: Some(self.duration.as_secs().clamp(1, i32::MAX as u64) as i32),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    fn permit(&self, name: String) -> LeasePermit {
+        let (leases, holder, every) = (self.leases.clone(), self.holder.clone(), self.duration / 3);
+        let renew_name = name.clone();
+        let renew = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = renew_once(&leases, &renew_name, &holder).await {
+                    tracing::warn!(lease = %renew_name, error = %format!("{e:#}"), "could not renew the restart Lease; it expires unless a renewal gets through");
+                }
+            }
+        });
+        tracing::info!(lease = %name, "holding a restart slot");
+        LeasePermit {
+            leases: self.leases.clone(),
+            name,
+            holder: self.holder.clone(),
+            renew,
+        }
+    }
+
+    /// How long to wait before looking again: a fraction of the lease duration, jittered so a fleet
+    /// of waiting agents spreads its requests.
+    fn poll(&self) -> Duration {
+        let base = (self.duration / 12).clamp(Duration::from_secs(1), Duration::from_secs(10));
+        base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+    }
+}
+
+impl RestartGate for LeaseGate {
+    fn enter(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn Permit>>> {
+        Box::pin(async move {
+            let mut announced = false;
+            loop {
+                let slots = self.slot_count().await?;
+                match self.try_take(slots).await? {
+                    Ok(permit) => {
+                        if announced {
+                            (self.observer)(GateEvent::Acquired).await;
+                        }
+                        return Ok(Box::new(permit) as Box<dyn Permit>);
+                    }
+                    Err(holders) if !announced => {
+                        announced = true;
+                        let msg = format!(
+                            "waiting to restart containerd: all {slots} restart slot(s) are held (by {})",
+                            holders.join(", ")
+                        );
+                        tracing::info!("{msg}");
+                        (self.observer)(GateEvent::Waiting(msg)).await;
+                    }
+                    Err(_) => {}
+                }
+                tokio::time::sleep(self.poll()).await;
+            }
+        })
+    }
+}
+
+/// The holder of a Lease that has not expired.
+fn live_holder(lease: &Lease, now: Timestamp) -> Option<&str> {
+    let spec = lease.spec.as_ref()?;
+    let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
+    let lasts = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
+    (renewed.checked_add(lasts).ok()? > now).then_some(holder)
+}
+
+async fn renew_once(leases: &Api<Lease>, name: &str, holder: &str) -> anyhow::Result<()> {
+    let mut lease = leases.get(name).await?;
+    let spec = lease.spec.get_or_insert_with(Default::default);
+    anyhow::ensure!(
+        spec.holder_identity.as_deref() == Some(holder),
+        "the Lease is held by {:?} now",
+        spec.holder_identity
+    );
+    spec.renew_time = Some(MicroTime(Timestamp::now()));
+    leases.replace(name, &PostParams::default(), &lease).await?;
+    Ok(())
+}
+
+struct LeasePermit {
+    leases: Api<Lease>,
+    name: String,
+    holder: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Permit for LeasePermit {
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.renew.abort();
+            let cleared = async {
+                let mut lease = self.leases.get(&self.name).await?;
+                let spec = lease.spec.get_or_insert_with(Default::default);
+                if spec.holder_identity.as_deref() != Some(self.holder.as_str()) {
+                    return Ok(());
+                }
+                spec.holder_identity = None;
+                spec.renew_time = Some(MicroTime(Timestamp::now()));
+                self.leases
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await?;
+                anyhow::Ok(())
+            };
+            match cleared.await {
+                Ok(()) => tracing::info!(lease = %self.name, "restart slot released"),
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %format!("{e:#}"), "could not release the restart slot; it expires on its own")
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, renewed_secs_ago: i64, duration: i32) -> Lease {
+        let now = Timestamp::now();
+        Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(Into::into),
+                renew_time: Some(MicroTime(
+                    now.checked_sub(SignedDuration::from_secs(renewed_secs_ago))
+                        .unwrap(),
+                )),
+                lease_duration_seconds: Some(duration),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_lease_is_held_until_it_expires_or_is_cleared() {
+        let now = Timestamp::now();
+        assert_eq!(live_holder(&lease(Some("n1"), 10, 60), now), Some("n1"));
+        assert_eq!(
+            live_holder(&lease(Some("n1"), 61, 60), now),
+            None,
+            "expired"
+        );
+        assert_eq!(live_holder(&lease(None, 1, 60), now), None, "released");
+        assert_eq!(live_holder(&lease(Some(""), 1, 60), now), None, "released");
+        let mut odd = lease(Some("n1"), 1, 60);
+        odd.spec.as_mut().unwrap().renew_time = None;
+        assert_eq!(live_holder(&odd, now), None, "never renewed nor acquired");
+    }
+}
