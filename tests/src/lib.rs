@@ -11,5 +11,6 @@ pub mod node_host;
 pub mod oci;
 pub mod rootfs;
 pub mod sandbox;
+pub mod sigstore;
 pub mod tls_server;
 pub mod workloads;

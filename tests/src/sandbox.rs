@@ -78,6 +78,8 @@ pub struct ShimSpec {
     pub runtime_type: String,
     /// (arch, url, sha256)
     pub platforms: Vec<(String, String, Option<String>)>,
+    /// The body of `[shims.verify]` (TOML lines); None: no signature required.
+    pub verify: Option<String>,
 }
 
 impl ShimSpec {
@@ -88,7 +90,13 @@ impl ShimSpec {
             version: "v1.0.0".into(),
             runtime_type: format!("io.containerd.{name}.v2"),
             platforms: vec![],
+            verify: None,
         }
+    }
+
+    pub fn verify(mut self, body: &str) -> Self {
+        self.verify = Some(body.into());
+        self
     }
 
     pub fn platform(mut self, arch: &str, url: &str, sha256: Option<&str>) -> Self {
@@ -102,6 +110,9 @@ impl ShimSpec {
             "[[shims]]\nname = {:?}\nruntime_type = {:?}\nbinary = {:?}\nversion = {:?}\n",
             self.name, self.runtime_type, self.binary, self.version
         );
+        if let Some(v) = &self.verify {
+            s.push_str(&format!("[shims.verify]\n{v}\n"));
+        }
         for (arch, url, sha) in &self.platforms {
             s.push_str(&format!(
                 "[[shims.platforms]]\narch = {arch:?}\nurl = {url:?}\n"

@@ -36,6 +36,8 @@ pub struct Fetcher {
 /// What to take out of the artifact and where it goes once verified.
 pub struct Extract {
     pub binary: String,
+    /// Archive members kept beside the binary (a signature, a certificate).
+    pub members: Vec<String>,
     pub staging_dir: PathBuf,
     pub dest: PathBuf,
 }
@@ -442,13 +444,14 @@ impl UnpackJob {
         let (tx, rx) = mpsc::channel::<Bytes>(64);
         let mut out = PendingFile::create_in(&extract.staging_dir, &extract.dest, 0o755)?;
         let binary = extract.binary.clone();
+        let members = extract.members.clone();
         let handle = tokio::task::spawn_blocking(move || {
             let mut reader = ChannelReader {
                 rx,
                 cur: Bytes::new(),
             };
             let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file()?);
-            let unpacked = unpack(&mut reader, &binary, &mut w, max)?;
+            let unpacked = unpack(&mut reader, &binary, &members, &mut w, max)?;
             w.flush()?;
             drop(w);
             Ok((unpacked, out))

@@ -26,6 +26,16 @@ pub struct InstalledShim {
     /// The agent's link to the binary in `containerd.link_dir` (host path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link: Option<PathBuf>,
+    /// The `verify` requirement the binary was checked against (`Verify::requirement`), and who
+    /// signed it; None: installed on its SHA-256 pin alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<SignatureRecord>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SignatureRecord {
+    pub requirement: String,
+    pub signer: String,
 }
 
 impl InstalledShim {

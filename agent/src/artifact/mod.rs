@@ -7,11 +7,12 @@ pub mod fetch;
 mod installed;
 pub mod link;
 pub mod probe;
+pub mod provenance;
 pub mod source;
 pub mod step;
 mod store;
 pub mod unpack;
 
-pub use installed::InstalledShim;
+pub use installed::{InstalledShim, SignatureRecord};
 pub use step::{ArtifactFacts, ArtifactStep};
 pub use store::{ArtifactStore, Installed};

@@ -50,7 +50,7 @@ impl fmt::Display for ArtifactStep {
             ArtifactStep::Download { url, sha256 } => write!(
                 f,
                 "download {url} (sha256 {})",
-                sha256.as_deref().unwrap_or("not pinned: unverified")
+                sha256.as_deref().unwrap_or("not pinned")
             ),
             ArtifactStep::Unavailable(r) => write!(f, "cannot install: {r}"),
         }
@@ -83,19 +83,31 @@ pub fn decide(
         .filter(|r| r.version == shim.version && r.arch == arch);
     let expected = match &platform.sha256 {
         Some(d) => Some(d.to_ascii_lowercase()),
+        None if shim.verify.is_some() && settings.allow_unpinned_if_signed => installed
+            .filter(|r| r.url == platform.url)
+            .map(|r| r.archive_sha256.clone()),
         None if !settings.allow_unverified => {
             return ArtifactStep::Unavailable(format!(
-                "platform {arch} has no sha256; pin its digest, or set artifacts.allow_unverified = true to accept unverified downloads"
+                "platform {arch} has no sha256; pin its digest (`kwasm-agent pin URL` prints it){}, or set artifacts.allow_unverified = true to accept unverified downloads",
+                if shim.verify.is_some() {
+                    ", or set artifacts.allow_unpinned_if_signed = true to accept any build its verify requirement accepts"
+                } else {
+                    ""
+                }
             ))
         }
         // An unverified artifact already fetched is known by the digest we recorded for its URL.
         None => installed.filter(|r| r.url == platform.url).map(|r| r.archive_sha256.clone()),
     };
+    // A binary installed under another signature requirement (or none) is checked again.
+    let requirement = shim.verify.as_ref().map(|v| v.requirement());
     let matches_record = installed
         .map(|r| {
             Some(&r.archive_sha256) == expected.as_ref()
                 && r.binary_path == facts.host_bin_path
                 && facts.installed_binary_sha256.as_ref() == Some(&r.binary_sha256)
+                && (requirement.is_none()
+                    || requirement.as_ref() == r.signature.as_ref().map(|s| &s.requirement))
         })
         .unwrap_or(false);
     if matches_record {
@@ -125,6 +137,7 @@ mod tests {
             binary: "containerd-shim-spin-v2".into(),
             version: "v1".into(),
             options: None,
+            verify: None,
             platforms: vec![
                 Platform {
                     arch: Arch::Amd64,
@@ -153,6 +166,7 @@ mod tests {
             link: None,
             version_path: None,
             retired: vec![],
+            signature: None,
         }
     }
 
@@ -247,5 +261,68 @@ mod tests {
             decide(&sh, Arch::Amd64, &ArtifactSettings::default(), &facts(None, false, &[])),
             ArtifactStep::Unavailable(r) if r.contains("allow_http")
         ));
+    }
+
+    #[test]
+    fn unpinned_but_signed_needs_its_own_permission() {
+        let mut sh = shim(None);
+        sh.verify = Some(crate::settings::Verify {
+            identity: Some("https://github.com/o/r/.github/workflows/r.yml@refs/tags/v1".into()),
+            issuer: Some("https://token.actions.githubusercontent.com".into()),
+            ..Default::default()
+        });
+        let strict = ArtifactSettings::default();
+        assert!(matches!(
+            decide(&sh, Arch::Amd64, &strict, &facts(None, false, &[])),
+            ArtifactStep::Unavailable(r) if r.contains("allow_unpinned_if_signed")
+        ));
+        let signed = ArtifactSettings {
+            allow_unpinned_if_signed: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            decide(&sh, Arch::Amd64, &signed, &facts(None, false, &[])),
+            ArtifactStep::Download {
+                url: "https://x/amd64.tgz".into(),
+                sha256: None
+            }
+        );
+        // Without verify the permission does not apply.
+        assert!(matches!(
+            decide(&shim(None), Arch::Amd64, &signed, &facts(None, false, &[])),
+            ArtifactStep::Unavailable(_)
+        ));
+    }
+
+    #[test]
+    fn a_new_signature_requirement_checks_the_installed_binary_again() {
+        let mut sh = shim(Some(D1));
+        let s = ArtifactSettings::default();
+        let verify = crate::settings::Verify {
+            identity: Some("https://github.com/o/r/.github/workflows/r.yml@refs/tags/v1".into()),
+            issuer: Some("https://token.actions.githubusercontent.com".into()),
+            ..Default::default()
+        };
+        sh.verify = Some(verify.clone());
+        // Installed before verification was asked for: checked again, from the cache.
+        assert!(matches!(
+            decide(&sh, Arch::Amd64, &s, &facts(Some(record(D1)), true, &[D1])),
+            ArtifactStep::FromCache { .. }
+        ));
+        let mut rec = record(D1);
+        rec.signature = Some(crate::artifact::SignatureRecord {
+            requirement: verify.requirement(),
+            signer: "someone".into(),
+        });
+        assert_eq!(
+            decide(&sh, Arch::Amd64, &s, &facts(Some(rec.clone()), true, &[D1])),
+            ArtifactStep::UpToDate
+        );
+        // Dropping the requirement keeps what is installed.
+        sh.verify = None;
+        assert_eq!(
+            decide(&sh, Arch::Amd64, &s, &facts(Some(rec), true, &[D1])),
+            ArtifactStep::UpToDate
+        );
     }
 }

@@ -8,14 +8,15 @@ use std::sync::Mutex;
 use anyhow::{anyhow, Context};
 
 use super::fetch::{Extract, Fetcher};
+use super::provenance::{Requirement, Trust};
 use super::source::Source;
 use super::step::{ArtifactFacts, ArtifactStep};
-use super::{digest, probe, unpack, InstalledShim};
+use super::{digest, probe, unpack, InstalledShim, SignatureRecord};
 use crate::arch::Arch;
 use crate::clock::now_rfc3339;
 use crate::host::exec::HostExec;
 use crate::host::{atomic, HostRoot, InstallLayout};
-use crate::settings::{ArtifactSettings, Shim};
+use crate::settings::{ArtifactSettings, Shim, Verify};
 
 pub struct ArtifactStore {
     layout: InstallLayout,
@@ -25,6 +26,7 @@ pub struct ArtifactStore {
     fetcher: std::sync::OnceLock<Fetcher>,
     ca_bundle: Option<Vec<u8>>,
     exec: HostExec,
+    host: HostRoot,
     /// Digests of installed binaries by file identity: a resync re-hashes a binary only when it
     /// changed on disk (a 30 MiB shim takes ~100 ms to hash; a no-op reconcile should take ~1 ms).
     digests: Mutex<HashMap<PathBuf, (FileId, String)>>,
@@ -82,6 +84,7 @@ impl ArtifactStore {
             fetcher: std::sync::OnceLock::new(),
             ca_bundle: ca,
             exec: HostExec::new(host),
+            host: host.clone(),
             digests: Mutex::new(HashMap::new()),
             layout,
             settings: settings.clone(),
@@ -172,8 +175,18 @@ impl ArtifactStore {
             }
         };
         let dest = self.layout.bin_path(&shim.binary);
+        // Trust material is read first: a missing trust root fails before any download.
+        let trust = match &shim.verify {
+            Some(v) => Some(self.trust(v)?),
+            None => None,
+        };
         let extract = Extract {
             binary: shim.binary.clone(),
+            members: shim
+                .verify
+                .as_ref()
+                .map(|v| Requirement::members(v, &shim.binary))
+                .unwrap_or_default(),
             staging_dir: self.layout.staging_dir(),
             dest: dest.clone(),
         };
@@ -215,6 +228,28 @@ impl ArtifactStore {
                 (fetched.archive_sha256, (fetched.unpacked, fetched.binary))
             }
         };
+        let signature = match (&shim.verify, trust) {
+            (Some(verify), Some(trust)) => {
+                let req = Requirement {
+                    verify,
+                    binary: &shim.binary,
+                    trust,
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                let signer = req
+                    .check(&unpacked.binary_sha256, &unpacked.members, now)
+                    .map_err(|e| anyhow!("signature check failed, nothing installed: {e}"))?;
+                tracing::info!(shim = %shim.name, signer = %signer, "shim signature verified");
+                Some(SignatureRecord {
+                    requirement: verify.requirement(),
+                    signer: signer.0,
+                })
+            }
+            _ => None,
+        };
         let mut pending = pending;
         pending.seal()?;
         let staged = self.layout.host_path(pending.temp_path())?;
@@ -255,8 +290,17 @@ impl ArtifactStore {
             retired,
             installed_at: now_rfc3339(),
             link: previous.and_then(|r| r.link.clone()),
+            signature,
         };
         Ok((how, Some(record)))
+    }
+
+    /// The certificates or key a shim's signature is checked against, read from the host.
+    fn trust(&self, verify: &Verify) -> anyhow::Result<Trust> {
+        Trust::load(verify, |key, p| {
+            let file = self.host.resolve(p)?;
+            std::fs::read(&file).with_context(|| format!("reading verify.{key} {}", file.display()))
+        })
     }
 
     /// Unpack from the cache, re-verifying the archive as it is read (a cache file damaged on disk is
@@ -270,12 +314,13 @@ impl ArtifactStore {
         let path = self.cache_path(sha256);
         let mut out = atomic::PendingFile::create_in(&extract.staging_dir, &extract.dest, 0o755)?;
         let binary = extract.binary.clone();
+        let members = extract.members.clone();
         let want = sha256.to_ascii_lowercase();
         tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&path)?;
             let mut r = digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
             let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file()?);
-            let unpacked = unpack::unpack(&mut r, &binary, &mut w, max)?;
+            let unpacked = unpack::unpack(&mut r, &binary, &members, &mut w, max)?;
             std::io::Write::flush(&mut w)?;
             drop(w);
             std::io::copy(&mut r, &mut std::io::sink())?;

@@ -3,6 +3,7 @@
 //! absolute paths, `..`, the binary as a link or device, more bytes than allowed — refuses the whole
 //! artifact. The input is always read to its end so the caller's digest covers every byte.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path};
 
@@ -32,6 +33,12 @@ pub enum UnpackError {
     },
     #[error("binary {0:?} not found in the archive")]
     Missing(String),
+    #[error(
+        "the archive holds two shim binaries ({first:?} and {second:?}); name the one to take"
+    )]
+    Ambiguous { first: String, second: String },
+    #[error("the archive holds no containerd-shim-* binary")]
+    NoShim,
     #[error("artifact unpacks to more than {0} bytes (artifacts.max_size); refusing it as a possible decompression bomb")]
     TooLarge(u64),
     #[error("reading the archive: {0}")]
@@ -40,14 +47,26 @@ pub enum UnpackError {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unpacked {
+    /// The binary's file name in the archive ("" for a bare binary).
+    pub binary_name: String,
     pub binary_sha256: String,
     pub size: u64,
+    /// Small files beside the binary that were asked for (a signature, a certificate), by file name.
+    pub members: BTreeMap<String, Vec<u8>>,
 }
 
-/// Reads `input` to its end and writes the binary named `binary` to `out`.
+/// A member beside the binary (a signature, a certificate) is a few KiB; more is not one.
+const MEMBER_MAX: u64 = 1 << 20;
+
+/// `binary` for "the one `containerd-shim-*` file in the archive", when its name is not known yet.
+pub const ANY_SHIM: &str = "";
+
+/// Reads `input` to its end, writes the binary named `binary` to `out`, and keeps the archive members
+/// named in `members` (only a tar has any).
 pub fn unpack(
     input: impl Read,
     binary: &str,
+    members: &[String],
     out: &mut impl Write,
     max: u64,
 ) -> Result<Unpacked, UnpackError> {
@@ -57,12 +76,12 @@ pub fn unpack(
         let gz = Capped::new(MultiGzDecoder::new(input), max);
         let (head, inner) = peek(gz, 512)?;
         if is_tar(&head) {
-            return extract_from_tar(inner, binary, out, max);
+            return extract_from_tar(inner, binary, members, out, max);
         }
         return copy_bare(inner, out, max);
     }
     if is_tar(&head) {
-        return extract_from_tar(input, binary, out, max);
+        return extract_from_tar(input, binary, members, out, max);
     }
     copy_bare(input, out, max)
 }
@@ -93,27 +112,74 @@ fn copy_bare(
     io::copy(&mut capped, &mut w).map_err(map_cap)?;
     let (binary_sha256, size) = w.finish();
     Ok(Unpacked {
+        binary_name: String::new(),
         binary_sha256,
         size,
+        members: BTreeMap::new(),
     })
+}
+
+/// A shim binary as releases name it; not its signature or certificate beside it.
+fn is_shim_name(name: &str) -> bool {
+    name.starts_with("containerd-shim-")
+        && ![".sig", ".pem", ".bundle", ".sha256", ".txt"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 fn extract_from_tar(
     input: impl Read,
     binary: &str,
+    members: &[String],
     out: &mut impl Write,
     max: u64,
 ) -> Result<Unpacked, UnpackError> {
     let mut archive = tar::Archive::new(input);
     let mut found: Option<(String, Unpacked)> = None;
+    let mut kept: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for entry in archive.entries().map_err(map_cap)? {
         let mut entry = entry.map_err(map_cap)?;
         let raw = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         check_entry_path(&raw)?;
         let path = Path::new(&raw);
-        if path.file_name().map(|f| f == binary).unwrap_or(false) {
+        let name = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if members.contains(&name) {
             let kind = entry.header().entry_type();
             if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+                return Err(UnpackError::NotRegular {
+                    entry: raw,
+                    binary: name,
+                    kind: kind_name(kind),
+                });
+            }
+            if kept.contains_key(&name) {
+                return Err(UnpackError::Duplicate {
+                    binary: name.clone(),
+                    first: name,
+                    second: raw,
+                });
+            }
+            let mut content = Vec::new();
+            Capped::new(&mut entry, MEMBER_MAX)
+                .read_to_end(&mut content)
+                .map_err(map_cap)?;
+            kept.insert(name, content);
+            continue;
+        }
+        let wanted = if binary == ANY_SHIM {
+            is_shim_name(&name)
+        } else {
+            name == binary
+        };
+        if wanted {
+            let kind = entry.header().entry_type();
+            if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+                if binary == ANY_SHIM {
+                    continue;
+                }
                 return Err(UnpackError::NotRegular {
                     entry: raw,
                     binary: binary.into(),
@@ -121,6 +187,12 @@ fn extract_from_tar(
                 });
             }
             if let Some((first, _)) = &found {
+                if binary == ANY_SHIM {
+                    return Err(UnpackError::Ambiguous {
+                        first: first.clone(),
+                        second: raw,
+                    });
+                }
                 return Err(UnpackError::Duplicate {
                     binary: binary.into(),
                     first: first.clone(),
@@ -136,8 +208,10 @@ fn extract_from_tar(
             found = Some((
                 raw,
                 Unpacked {
+                    binary_name: name,
                     binary_sha256,
                     size,
+                    members: BTreeMap::new(),
                 },
             ));
         }
@@ -145,8 +219,14 @@ fn extract_from_tar(
     // Whatever follows the end-of-archive marker is still part of the artifact's digest.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(map_cap)?;
     found
-        .map(|(_, u)| u)
-        .ok_or_else(|| UnpackError::Missing(binary.into()))
+        .map(|(_, u)| Unpacked { members: kept, ..u })
+        .ok_or_else(|| {
+            if binary == ANY_SHIM {
+                UnpackError::NoShim
+            } else {
+                UnpackError::Missing(binary.into())
+            }
+        })
 }
 
 fn check_entry_path(raw: &str) -> Result<(), UnpackError> {
@@ -256,7 +336,7 @@ mod tests {
 
     fn run(input: &[u8], max: u64) -> Result<(Unpacked, Vec<u8>), UnpackError> {
         let mut out = Vec::new();
-        let u = unpack(input, "shim", &mut out, max)?;
+        let u = unpack(input, "shim", &[], &mut out, max)?;
         Ok((u, out))
     }
 
@@ -323,5 +403,68 @@ mod tests {
         assert!(matches!(e, UnpackError::TooLarge(_)), "{e}");
         let e = run(&gz(&big), 1 << 20).unwrap_err();
         assert!(matches!(e, UnpackError::TooLarge(_)), "{e}");
+    }
+
+    #[test]
+    fn keeps_the_named_members_beside_the_binary() {
+        let t = tar_with(&[
+            ("d/shim", tar::EntryType::Regular, b"ELF.."),
+            ("d/shim.sig", tar::EntryType::Regular, b"c2ln"),
+            ("d/shim.pem", tar::EntryType::Regular, b"-----BEGIN"),
+            ("d/other", tar::EntryType::Regular, b"no"),
+        ]);
+        let mut out = Vec::new();
+        let wanted = ["shim.sig".to_owned(), "shim.pem".to_owned()];
+        let u = unpack(&gz(&t)[..], "shim", &wanted, &mut out, 1 << 20).unwrap();
+        assert_eq!(out, b"ELF..");
+        assert_eq!(u.members.len(), 2);
+        assert_eq!(u.members["shim.sig"], b"c2ln");
+        // A member that is a link, or is there twice, refuses the archive like the binary would.
+        for bad in [
+            tar_with(&[
+                ("shim", tar::EntryType::Regular, b"x"),
+                ("shim.sig", tar::EntryType::Symlink, b""),
+            ]),
+            tar_with(&[
+                ("shim", tar::EntryType::Regular, b"x"),
+                ("a/shim.sig", tar::EntryType::Regular, b"1"),
+                ("b/shim.sig", tar::EntryType::Regular, b"2"),
+            ]),
+        ] {
+            assert!(unpack(&bad[..], "shim", &wanted, &mut Vec::new(), 1 << 20).is_err());
+        }
+        // Oversized members are not what a signature is.
+        let big = vec![b'A'; (MEMBER_MAX + 1) as usize];
+        let t = tar_with(&[
+            ("shim", tar::EntryType::Regular, b"x"),
+            ("shim.sig", tar::EntryType::Regular, &big),
+        ]);
+        assert!(unpack(&t[..], "shim", &wanted, &mut Vec::new(), 8 << 20).is_err());
+    }
+
+    #[test]
+    fn finds_the_one_shim_when_its_name_is_not_given() {
+        let t = tar_with(&[
+            ("containerd-shim-x-v1", tar::EntryType::Regular, b"ELF.."),
+            ("containerd-shim-x-v1.sig", tar::EntryType::Regular, b"s"),
+            ("containerd-shim-x-v1.pem", tar::EntryType::Regular, b"p"),
+        ]);
+        let mut out = Vec::new();
+        let u = unpack(&t[..], ANY_SHIM, &[], &mut out, 1 << 20).unwrap();
+        assert_eq!(u.binary_name, "containerd-shim-x-v1");
+        assert_eq!(out, b"ELF..");
+        let two = tar_with(&[
+            ("containerd-shim-x-v1", tar::EntryType::Regular, b"1"),
+            ("containerd-shim-y-v1", tar::EntryType::Regular, b"2"),
+        ]);
+        assert!(matches!(
+            unpack(&two[..], ANY_SHIM, &[], &mut Vec::new(), 1 << 20),
+            Err(UnpackError::Ambiguous { .. })
+        ));
+        let none = tar_with(&[("README", tar::EntryType::Regular, b"1")]);
+        assert!(matches!(
+            unpack(&none[..], ANY_SHIM, &[], &mut Vec::new(), 1 << 20),
+            Err(UnpackError::NoShim)
+        ));
     }
 }

@@ -18,6 +18,7 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Status(s) => status(s).await,
         Command::Check(c) => check(c),
         Command::Uninstall(u) => crate::controller::uninstall(&u.config, u.timeout).await,
+        Command::Pin(p) => super::pin::pin(p).await,
     }
 }
 

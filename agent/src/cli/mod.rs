@@ -1,8 +1,10 @@
-//! The command line contract (see the README): `run`, `apply`, `remove`, `plan`, `status`. What each
-//! command does is in `commands`; how its result is printed, in `output`.
+//! The command line contract (see the README): `run`, `apply`, `remove`, `plan`, `status`, `check`,
+//! `uninstall`, `pin`. What each command does is in `commands` (`pin` in its own module); how its
+//! result is printed, in `output`.
 
 pub mod commands;
 mod output;
+mod pin;
 
 use std::path::PathBuf;
 
@@ -42,6 +44,64 @@ pub enum Command {
     /// Cluster-wide, before the agents go (the chart's pre-delete hook): ask every provisioned node's
     /// agent to undo everything, and wait until each reports it is clean.
     Uninstall(UninstallArgs),
+    /// Download a shim release, check its signature when asked, and print its catalog entry with the
+    /// digest (settings TOML and Helm values).
+    Pin(PinArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// The release archive (https, or http with --allow-http, or file://).
+    pub url: String,
+    /// The binary in the archive; default: its one containerd-shim-* file.
+    #[arg(long)]
+    pub binary: Option<String>,
+    /// The platform's architecture; default: read from the URL's file name.
+    #[arg(long)]
+    pub arch: Option<Arch>,
+    /// Keyless: the signer's identity (certificate URI or email SAN), exactly.
+    #[arg(long, conflicts_with = "identity_regexp")]
+    pub identity: Option<String>,
+    /// Keyless: a regular expression the signer's identity must match.
+    #[arg(long)]
+    pub identity_regexp: Option<String>,
+    /// Keyless: the OIDC issuer in the certificate, e.g. https://token.actions.githubusercontent.com.
+    #[arg(long)]
+    pub issuer: Option<String>,
+    /// Keyless: PEM bundle of trusted roots and intermediates; default: Sigstore's public-good Fulcio.
+    #[arg(long)]
+    pub trust_root: Option<PathBuf>,
+    /// Key-based instead of keyless: the signer's PEM public key (cosign.pub).
+    #[arg(long, conflicts_with_all = ["identity", "identity_regexp", "issuer", "trust_root", "certificate"])]
+    pub public_key: Option<PathBuf>,
+    /// The signature's archive member; default: <binary>.sig.
+    #[arg(long)]
+    pub signature: Option<String>,
+    /// The certificate's archive member; default: <binary>.pem.
+    #[arg(long)]
+    pub certificate: Option<String>,
+    /// Allow a plain-http URL (labs only).
+    #[arg(long)]
+    pub allow_http: bool,
+    /// Extra PEM bundle trusted for HTTPS.
+    #[arg(long)]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+impl PinArgs {
+    /// The signature requirement the flags ask for; None: no flag about signatures was given.
+    pub fn verify(&self) -> Option<crate::settings::Verify> {
+        let v = crate::settings::Verify {
+            identity: self.identity.clone(),
+            identity_regexp: self.identity_regexp.clone(),
+            issuer: self.issuer.clone(),
+            signature: self.signature.clone(),
+            certificate: self.certificate.clone(),
+            trust_root: self.trust_root.clone(),
+            public_key: self.public_key.clone(),
+        };
+        (v != crate::settings::Verify::default()).then_some(v)
+    }
 }
 
 #[derive(Debug, Args)]

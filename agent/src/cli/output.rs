@@ -171,6 +171,9 @@ pub fn status(r: &StatusReport) {
         if let Some(l) = &sh.link {
             println!("  linked as {l}");
         }
+        if let Some(s) = &sh.signed_by {
+            println!("  signed by {s}");
+        }
     }
 }
 
@@ -189,5 +192,8 @@ pub fn check(s: &crate::settings::Settings) {
                 arches.join(", ")
             }
         );
+        if let Some(v) = &shim.verify {
+            println!("    {}", v.requirement());
+        }
     }
 }

@@ -144,6 +144,7 @@ impl Engine {
             link: None,
             version_path: None,
             retired: vec![],
+            signature: None,
         }
     }
 }

@@ -84,6 +84,7 @@ mod tests {
                 link: None,
                 version_path: None,
                 retired: vec![],
+                signature: None,
             },
         );
         s.save(&p).unwrap();

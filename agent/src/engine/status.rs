@@ -33,6 +33,9 @@ pub struct ShimStatus {
     /// The runtime-name link in `containerd.link_dir`, when the agent made one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub link: Option<String>,
+    /// Who signed the binary, proven at install (absent: installed on its SHA-256 pin alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signed_by: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -73,6 +76,7 @@ impl Engine {
                 configured: owned.is_some_and(|o| o.handlers.contains_key(&r.name)),
                 loaded: cri.as_ref().ok().map(|c| c.lists(&r.name, &r.binary_path)),
                 link: r.link.as_ref().map(|l| l.display().to_string()),
+                signed_by: r.signature.as_ref().map(|s| s.signer.clone()),
             });
         }
         let flavor = &self.containerd.flavor;

@@ -115,6 +115,9 @@ impl Default for AgentSettings {
 pub struct ArtifactSettings {
     pub allow_http: bool,
     pub allow_unverified: bool,
+    /// A platform without sha256 is accepted when its shim has `verify`: the signature then stands
+    /// in for the pin (who built it, not which build). Default false: both are required.
+    pub allow_unpinned_if_signed: bool,
     /// URL prefix rewrites; the longest matching prefix wins.
     pub mirrors: BTreeMap<String, String>,
     /// Extra PEM bundle (host path, resolved under the host root) trusted for HTTPS; `""`: none.
@@ -137,6 +140,7 @@ impl Default for ArtifactSettings {
         Self {
             allow_http: false,
             allow_unverified: false,
+            allow_unpinned_if_signed: false,
             mirrors: BTreeMap::new(),
             ca_bundle: None,
             max_size: ByteSize::mib(512),
@@ -293,6 +297,80 @@ pub struct Shim {
     pub options: Option<toml::Table>,
     #[serde(default)]
     pub platforms: Vec<Platform>,
+    /// Who must have signed the binary; None: the SHA-256 pin alone.
+    #[serde(default)]
+    pub verify: Option<Verify>,
+}
+
+/// A cosign signature over the unpacked binary, carried in the archive beside it: keyless (a Fulcio
+/// certificate naming who signed, chained to `trust_root`) or with a public key.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Verify {
+    /// The certificate's identity (URI or email SAN), exactly.
+    pub identity: Option<String>,
+    /// Or a regular expression the identity must match (unanchored unless written with ^ and $).
+    pub identity_regexp: Option<String>,
+    /// The certificate's OIDC issuer (Fulcio extension), exactly.
+    pub issuer: Option<String>,
+    /// Archive member holding the base64 signature; None: "<binary>.sig".
+    pub signature: Option<String>,
+    /// Archive member holding the certificate (PEM, or base64 of PEM); None: "<binary>.pem".
+    pub certificate: Option<String>,
+    /// PEM bundle of roots and intermediates (host path); None: Sigstore's public-good Fulcio chain.
+    pub trust_root: Option<PathBuf>,
+    /// A PEM public key (host path) for key-based signatures, instead of a certificate.
+    pub public_key: Option<PathBuf>,
+}
+
+impl Verify {
+    pub fn signature_member(&self, binary: &str) -> String {
+        self.signature
+            .clone()
+            .unwrap_or_else(|| format!("{binary}.sig"))
+    }
+
+    /// None for key-based verification: no certificate is read.
+    pub fn certificate_member(&self, binary: &str) -> Option<String> {
+        match self.public_key {
+            Some(_) => None,
+            None => Some(
+                self.certificate
+                    .clone()
+                    .unwrap_or_else(|| format!("{binary}.pem")),
+            ),
+        }
+    }
+
+    /// The checks the settings file gets, for a requirement built elsewhere (`pin`'s flags): the
+    /// offending field and why.
+    pub fn check(&self, binary: &str) -> Result<(), (String, String)> {
+        validate::verify(&|k: &str| k.to_owned(), self, binary)
+            .map_err(|(k, m)| (k.trim_start_matches("verify.").to_owned(), m))
+    }
+
+    /// One line naming what is required, recorded with the install: a binary installed under another
+    /// requirement (or none) is verified again when the requirement changes.
+    pub fn requirement(&self) -> String {
+        match &self.public_key {
+            Some(k) => format!("signed with the key in {}", k.display()),
+            None => {
+                let who = match (&self.identity, &self.identity_regexp) {
+                    (Some(i), _) => format!("identity {i}"),
+                    (None, Some(r)) => format!("identity matching /{r}/"),
+                    (None, None) => "any identity".to_owned(),
+                };
+                format!(
+                    "signed by {who}, issuer {}, chained to {}",
+                    self.issuer.as_deref().unwrap_or("?"),
+                    self.trust_root
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|| "Sigstore's public-good Fulcio".to_owned())
+                )
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -172,6 +172,9 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
                 ),
             ));
         }
+        if let Some(v) = &shim.verify {
+            verify(&key, v, &shim.binary)?;
+        }
         let mut arches = BTreeSet::new();
         for (j, p) in shim.platforms.iter().enumerate() {
             let pkey = |k: &str| format!("shims[{i}].platforms[{j}].{k}");
@@ -190,6 +193,86 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
                 return Err((pkey("url"), format!("not a URL: {:?}", p.url)));
             }
         }
+    }
+    Ok(())
+}
+
+pub fn verify(
+    key: &dyn Fn(&str) -> String,
+    v: &super::Verify,
+    binary: &str,
+) -> Result<(), Invalid> {
+    let k = |f: &str| key(&format!("verify.{f}"));
+    if let Some(p) = &v.public_key {
+        absolute(&k("public_key"), p)?;
+        for (field, set) in [
+            ("identity", v.identity.is_some()),
+            ("identity_regexp", v.identity_regexp.is_some()),
+            ("issuer", v.issuer.is_some()),
+            ("certificate", v.certificate.is_some()),
+            ("trust_root", v.trust_root.is_some()),
+        ] {
+            if set {
+                return Err((
+                    k(field),
+                    "belongs to keyless verification; with public_key the signature is checked against that key alone".into(),
+                ));
+            }
+        }
+    } else {
+        match (&v.identity, &v.identity_regexp) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    k("identity_regexp"),
+                    "set identity or identity_regexp, not both".into(),
+                ))
+            }
+            (None, None) => {
+                return Err((
+                    k("identity"),
+                    "keyless verification needs identity or identity_regexp (who must have signed), or set public_key".into(),
+                ))
+            }
+            (Some(i), None) if i.is_empty() => {
+                return Err((k("identity"), "is empty".into()))
+            }
+            (None, Some(r)) => {
+                regex::Regex::new(r)
+                    .map_err(|e| (k("identity_regexp"), format!("not a regular expression: {e}")))?;
+            }
+            _ => {}
+        }
+        match &v.issuer {
+            Some(i) if !i.is_empty() => {}
+            _ => {
+                return Err((
+                    k("issuer"),
+                    "keyless verification needs the OIDC issuer, e.g. \"https://token.actions.githubusercontent.com\"".into(),
+                ))
+            }
+        }
+        if let Some(p) = &v.trust_root {
+            absolute(&k("trust_root"), p)?;
+        }
+    }
+    let sig = v.signature_member(binary);
+    let cert = v.certificate_member(binary);
+    for (field, name) in [("signature", Some(&sig)), ("certificate", cert.as_ref())] {
+        let Some(name) = name else { continue };
+        if name.is_empty() || name.contains('/') || name == binary {
+            return Err((
+                k(field),
+                format!(
+                    "expected the file name of an archive member beside the binary, found {name:?}"
+                ),
+            ));
+        }
+    }
+    if Some(&sig) == cert.as_ref() {
+        return Err((
+            k("certificate"),
+            "is the same member as the signature".into(),
+        ));
     }
     Ok(())
 }
