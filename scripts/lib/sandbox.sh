@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared by demo.sh and bench-agent.sh: a real containerd in one temp directory ($D), restarted by
+# Shared by demo.sh and bench.sh: a real containerd in one temp directory ($D), restarted by
 # $D/restart.sh exactly as `systemctl restart containerd` treats a KillMode=process unit, plus a tiny
 # root filesystem for containers. Its CRI plugin runs pods (restrict_oom_score_adj: this machine does
 # not let containerd lower it; a local pause image). Source it after setting D.

@@ -31,6 +31,7 @@ STATE = {
     "fail_requests": 0,  # next N requests (any) answer 503
     "requests": [],
     "watch_generation": 0,  # bumped to drop every open watch
+    "watch_cap": 3600,  # seconds a watch may last at most (/_test/watch-cap shortens it)
 }
 
 
@@ -233,6 +234,9 @@ RESOURCES = {
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: with Nagle's algorithm on, every keep-alive response
+    # would wait ~40 ms for the client's delayed ACK — latency no API server adds.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):
         pass
@@ -258,7 +262,9 @@ class Handler(BaseHTTPRequestHandler):
         path = url.path.rstrip("/")
         with LOCK:
             STATE["requests"].append({"method": method, "path": path, "query": q,
-                                      "content_type": self.headers.get("Content-Type", "")})
+                                      "content_type": self.headers.get("Content-Type", ""),
+                                      "user_agent": self.headers.get("User-Agent", ""),
+                                      "t": time.time()})
             if not path.startswith("/_test") and STATE["fail_requests"] > 0:
                 STATE["fail_requests"] -= 1
                 return self.send_json(503, status(503, "ServiceUnavailable", "injected outage"))
@@ -417,7 +423,7 @@ class Handler(BaseHTTPRequestHandler):
         selector, labels = q.get("fieldSelector"), q.get("labelSelector")
         bookmarks = q.get("allowWatchBookmarks") == "true"
         # A real API server ends a watch after its --min-request-timeout (30 to 60 minutes by default).
-        deadline = time.time() + min(int(q.get("timeoutSeconds") or 1800), 3600)
+        deadline = time.time() + min(int(q.get("timeoutSeconds") or 1800), STATE["watch_cap"])
         with LOCK:
             generation = STATE["watch_generation"]
             if since and STATE["history"] and since < STATE["history"][0][0] - 1:
@@ -516,6 +522,9 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(200, STATE["requests"])
             if path == "/_test/clear-requests":
                 STATE["requests"] = []
+                return self.send_json(200, {})
+            if path == "/_test/watch-cap":
+                STATE["watch_cap"] = int(q.get("seconds", "3600"))
                 return self.send_json(200, {})
             if path == "/_test/watches":
                 return self.send_json(200, {"open": STATE["open_watches"]})

@@ -18,6 +18,7 @@ pub fn gzip(bytes: &[u8]) -> Vec<u8> {
 pub enum Entry<'a> {
     File(&'a str, &'a [u8]),
     Symlink(&'a str, &'a str),
+    Hardlink(&'a str, &'a str),
     CharDevice(&'a str),
 }
 
@@ -34,6 +35,11 @@ pub fn tar(entries: &[Entry]) -> Vec<u8> {
             }
             Entry::Symlink(n, to) => {
                 h.set_entry_type(tar::EntryType::Symlink);
+                h.set_link_name(to).unwrap();
+                (n, b"")
+            }
+            Entry::Hardlink(n, to) => {
+                h.set_entry_type(tar::EntryType::Link);
                 h.set_link_name(to).unwrap();
                 (n, b"")
             }

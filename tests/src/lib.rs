@@ -6,6 +6,7 @@ pub mod archive;
 pub mod artifact_server;
 pub mod containerd;
 pub mod cri;
+pub mod fault;
 pub mod kube_api;
 pub mod node_host;
 pub mod oci;

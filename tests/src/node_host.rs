@@ -103,6 +103,20 @@ impl NodeHost {
         )
     }
 
+    /// The shim binary inside the served archive.
+    pub fn shim_binary(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        kwasm_agent::artifact::unpack::unpack(
+            &self.archive[..],
+            &self.shim.binary,
+            &[],
+            &mut out,
+            u64::MAX,
+        )
+        .expect("the served archive holds the shim");
+        out
+    }
+
     pub fn binary(&self) -> PathBuf {
         self.sb.path().join("opt/kwasm/bin").join(&self.shim.binary)
     }

@@ -71,6 +71,7 @@ impl Sandbox {
     }
 }
 
+#[derive(Clone)]
 pub struct ShimSpec {
     pub name: String,
     pub binary: String,

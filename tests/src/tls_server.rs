@@ -22,6 +22,15 @@ pub struct TlsServer {
 impl TlsServer {
     /// Serves `body` at `path` (404 elsewhere) on https://127.0.0.1:<port>.
     pub fn start(path: &str, body: Vec<u8>) -> Self {
+        Self::serve(path, body, None)
+    }
+
+    /// Answers `path` with a redirect to `location`.
+    pub fn redirecting(path: &str, location: &str) -> Self {
+        Self::serve(path, Vec::new(), Some(location.to_owned()))
+    }
+
+    fn serve(path: &str, body: Vec<u8>, redirect: Option<String>) -> Self {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -78,14 +87,18 @@ impl TlsServer {
                     }
                 }
                 requests2.fetch_add(1, Ordering::SeqCst);
-                let (code, data): (u16, &[u8]) = if target == path {
-                    (200, &body)
-                } else {
-                    (404, b"not found")
+                let (code, data): (u16, &[u8]) = match (&redirect, target == path) {
+                    (Some(_), true) => (302, b""),
+                    (None, true) => (200, &body),
+                    (_, false) => (404, b"not found"),
+                };
+                let location = match (&redirect, code) {
+                    (Some(l), 302) => format!("Location: {l}\r\n"),
+                    _ => String::new(),
                 };
                 let _ = write!(
                     tls,
-                    "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    "HTTP/1.1 {code} X\r\n{location}Content-Length: {}\r\nConnection: close\r\n\r\n",
                     data.len()
                 );
                 let _ = tls.write_all(data);

@@ -365,8 +365,9 @@ fn uninstalling_the_chart_first_cleans_every_node_and_says_which_one_blocks() {
     assert!(
         r.reason().contains("n1 (RemoveBlocked")
             && r.reason().contains("still used by running containers"),
-        "{}",
-        r.reason()
+        "{}\nn1's agent:\n{}",
+        r.reason(),
+        a1.log()
     );
     assert!(!r.reason().contains("n2 ("), "n2 was clean: {}", r.reason());
     assert_eq!(h1.cd.task_pid("busy"), Some(busy), "the pod was disturbed");

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::source::Source;
 use super::unpack::{unpack, Unpacked};
 use crate::backoff::Backoff;
-use crate::host::atomic::PendingFile;
+use crate::host::atomic::{PendingFile, WriteBehind};
 use crate::settings::ArtifactSettings;
 
 /// Why an attempt failed, and whether another attempt can help.
@@ -193,6 +193,9 @@ impl Fetcher {
                 Failure::Fatal(anyhow!(e).context(format!(
                     "the TLS certificate of {url} is not trusted (for a private mirror's CA set artifacts.ca_bundle)"
                 )))
+            } else if e.is_redirect() {
+                // A refused redirect (to plain http, or too many) is refused again on every try.
+                Failure::Fatal(anyhow!(e).context(format!("requesting {url}")))
             } else {
                 Failure::Retry(anyhow!(e).context(format!("requesting {url}")))
             }
@@ -250,6 +253,14 @@ fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = err.source();
     }
     false
+}
+
+/// reqwest's own read timeout, surfacing from the body stream.
+fn is_timeout(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::TimedOut
+        || e.get_ref()
+            .and_then(|i| i.downcast_ref::<reqwest::Error>())
+            .is_some_and(|r| r.is_timeout())
 }
 
 fn content_range_starts_at(resp: &reqwest::Response, offset: u64) -> bool {
@@ -387,6 +398,14 @@ impl<'a> Run<'a> {
             let chunk = match next {
                 None => break,
                 Some(Ok(c)) => c,
+                Some(Err(e)) if is_timeout(&e) => {
+                    return Err(Failure::Retry(anyhow!(
+                        "no data from {} for {} (artifacts.read_timeout) after {} bytes",
+                        source.display(),
+                        humantime::format_duration(idle),
+                        self.fed
+                    )))
+                }
                 Some(Err(e)) => {
                     return Err(Failure::Retry(anyhow!(e).context(format!(
                         "reading {} after {} bytes",
@@ -450,7 +469,8 @@ impl UnpackJob {
                 rx,
                 cur: Bytes::new(),
             };
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file()?);
+            let file = out.file()?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, WriteBehind::new(file));
             let unpacked = unpack(&mut reader, &binary, &members, &mut w, max)?;
             w.flush()?;
             drop(w);

@@ -13,14 +13,14 @@ use crate::host::exec::HostExec;
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `<binary> -v` as the host; returns the first line the shim printed.
-pub async fn shim_starts(exec: &HostExec, shim: &str, binary: &Path) -> anyhow::Result<String> {
+pub async fn shim_starts(exec: &HostExec, binary: &Path) -> anyhow::Result<String> {
     let argv = [binary.to_string_lossy().into_owned(), "-v".to_owned()];
-    let out = exec.run_in_root(&argv, TIMEOUT).await.with_context(|| {
-        format!("shim {shim}: the binary does not start on this host (wrong architecture, or not a program?)")
-    })?;
+    let out = exec.run_in_root(&argv, TIMEOUT).await.context(
+        "the binary does not start on this host (wrong architecture, or not a program?)",
+    )?;
     if !out.success {
         bail!(
-            "shim {shim}: the binary does not start on this host: `{} -v` exited with {} ({}); wrong architecture or a missing library?",
+            "the binary does not start on this host: `{} -v` exited with {} ({}); wrong architecture or a missing library?",
             binary.display(),
             out.code.map_or("a signal".to_owned(), |c| format!("status {c}")),
             out.tail(3)

@@ -167,9 +167,7 @@ impl ArtifactStore {
     ) -> anyhow::Result<(Installed, Option<InstalledShim>)> {
         let (url, expected) = match step {
             ArtifactStep::UpToDate => return Ok((Installed::Unchanged, None)),
-            ArtifactStep::Unavailable(reason) => {
-                return Err(anyhow!("shim {}: {reason}", shim.name))
-            }
+            ArtifactStep::Unavailable(reason) => return Err(anyhow!("{reason}")),
             ArtifactStep::FromCache { url, sha256 } | ArtifactStep::Download { url, sha256 } => {
                 (url, sha256.as_deref())
             }
@@ -228,6 +226,7 @@ impl ArtifactStore {
                 (fetched.archive_sha256, (fetched.unpacked, fetched.binary))
             }
         };
+        crate::clock::mark("download");
         let signature = match (&shim.verify, trust) {
             (Some(verify), Some(trust)) => {
                 let req = Requirement {
@@ -253,7 +252,7 @@ impl ArtifactStore {
         let mut pending = pending;
         pending.seal()?;
         let staged = self.layout.host_path(pending.temp_path())?;
-        let says = probe::shim_starts(&self.exec, &shim.name, &staged).await?;
+        let says = probe::shim_starts(&self.exec, &staged).await?;
         tracing::debug!(shim = %shim.name, version = %says, "shim binary starts on this host");
         let digest = &unpacked.binary_sha256;
         let real = self.layout.version_path(&shim.binary, digest);
@@ -319,7 +318,8 @@ impl ArtifactStore {
         tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&path)?;
             let mut r = digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file()?);
+            let file = out.file()?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, atomic::WriteBehind::new(file));
             let unpacked = unpack::unpack(&mut r, &binary, &members, &mut w, max)?;
             std::io::Write::flush(&mut w)?;
             drop(w);

@@ -1,7 +1,8 @@
 //! Who may restart containerd now. A one-shot command restarts at once (`Ungated`); the node controller
 //! passes a gate that paces restarts across the cluster, so a fleet never loses every node's CRI at
-//! the same moment. The gate is entered before the config is written and left once containerd proved
-//! itself (or was rolled back): the whole time CRI may be down.
+//! the same moment. The gate is entered once the new config is validated and written, right before the
+//! restart, and left once containerd proved itself (or was rolled back): the whole time CRI may be
+//! down, and no longer.
 
 use futures_util::future::BoxFuture;
 

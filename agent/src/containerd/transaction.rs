@@ -13,6 +13,7 @@ use super::gate::RestartGate;
 use super::ownership::ConfigOwnership;
 use super::restart::{self, Action};
 use super::Containerd;
+use crate::clock::mark;
 
 /// What happened to containerd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +47,8 @@ impl Containerd {
     /// Carry out `edit`. `record` persists the ownership the host now has: called after the files are
     /// written (so a crash after it finds the record), and with the previous ownership on rollback.
     /// `removing` are handlers that must be gone from the CRI plugin afterwards. When containerd must
-    /// restart, `gate` is entered before anything is written and left once containerd proved itself
-    /// or was rolled back.
+    /// restart, the config is validated and written first and only then `gate` entered (a restart slot
+    /// is held for the restart alone); it is left once containerd proved itself or was rolled back.
     pub async fn carry_out(
         &self,
         edit: &ConfigEdit,
@@ -70,10 +71,9 @@ impl Containerd {
         let loaded = if edit.changes() {
             None
         } else {
-            self.cri_status()
-                .await
-                .ok()
-                .map(|st| expected.iter().all(|(h, p)| st.lists(h, p)))
+            let st = self.cri_status().await.ok();
+            mark("cri-check");
+            st.map(|st| expected.iter().all(|(h, p)| st.lists(h, p)))
         };
         let action = restart::decide(
             &self.settings.restart,
@@ -102,10 +102,23 @@ impl Containerd {
                 });
             }
         }
-        let permit = gate.enter().await?;
-        let result = self
-            .write_restart_prove(edit, &action, &expected, previous, removing, record)
-            .await;
+        // Everything that can happen before the restart does: nothing but the restart and its proof
+        // is on the path where CRI is down, or inside a restart slot.
+        self.write_all(edit).await?;
+        if let Err(e) = record(edit.ownership.as_ref()) {
+            return Err(self.abort(edit, e, previous, record, None).await);
+        }
+        mark("write");
+        let permit = match gate.enter().await {
+            Ok(p) => p,
+            Err(e) => return Err(self.abort(edit, e, previous, record, None).await),
+        };
+        mark("restart-slot");
+        tracing::info!(action = ?action, "restarting containerd");
+        let result = match self.restart_and_prove(&action, &expected, removing).await {
+            Ok(st) => Ok(st),
+            Err(err) => Err(self.abort(edit, err, previous, record, Some(&action)).await),
+        };
         permit.release().await;
         let st = result?;
         let loaded: Vec<String> = expected
@@ -126,27 +139,6 @@ impl Containerd {
             },
             loaded: Some(loaded),
         })
-    }
-
-    /// The part that may take CRI down: write, restart, prove — or put it all back.
-    async fn write_restart_prove(
-        &self,
-        edit: &ConfigEdit,
-        action: &Action,
-        expected: &BTreeMap<String, PathBuf>,
-        previous: Option<&ConfigOwnership>,
-        removing: &[String],
-        record: &mut dyn FnMut(Option<&ConfigOwnership>) -> anyhow::Result<()>,
-    ) -> anyhow::Result<CriStatus> {
-        self.write_all(edit).await?;
-        if let Err(e) = record(edit.ownership.as_ref()) {
-            return Err(self.abort(edit, e, previous, record, None).await);
-        }
-        tracing::info!(action = ?action, "restarting containerd");
-        match self.restart_and_prove(action, expected, removing).await {
-            Ok(st) => Ok(st),
-            Err(err) => Err(self.abort(edit, err, previous, record, Some(action)).await),
-        }
     }
 
     /// Put the previous config (and ownership record) back, restart containerd again when it was
@@ -202,7 +194,9 @@ impl Containerd {
         absent: &[String],
     ) -> anyhow::Result<CriStatus> {
         restart::run(action, &self.exec, self.settings.timeout).await?;
+        mark("restart");
         let res = cri::wait_for(&self.socket()?, expected, absent, self.settings.timeout).await;
+        mark("cri-wait");
         match (res, action) {
             (Ok(st), _) => Ok(st),
             (Err(e), Action::Systemd { unit }) => Err(anyhow!(

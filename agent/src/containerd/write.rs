@@ -39,6 +39,7 @@ impl Containerd {
                 self.undo(&done);
                 return Err(e);
             }
+            crate::clock::mark("validate");
         }
         for w in edit.writes.iter().filter(is_effective) {
             if let Err(e) = self.put(&w.path, w.after.as_deref()) {

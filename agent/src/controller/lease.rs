@@ -70,7 +70,9 @@ impl LeaseGate {
         }
         if let Ok(cached) = self.slots.lock() {
             if let Some((at, n)) = *cached {
-                if at.elapsed() < self.duration {
+                // The fleet's size changes slowly; each agent counts it at most every few minutes
+                // (a list of every asking node's metadata is the costliest request here).
+                if at.elapsed() < self.duration.max(Duration::from_secs(300)) {
                     return Ok(n);
                 }
             }
@@ -190,19 +192,27 @@ impl LeaseGate {
             renew,
         }
     }
+}
 
-    /// How long to wait before looking again: a fraction of the lease duration, jittered so a fleet
-    /// of waiting agents spreads its requests.
-    fn poll(&self) -> Duration {
-        let base = (self.duration / 12).clamp(Duration::from_secs(1), Duration::from_secs(10));
-        base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
-    }
+/// How long to wait before looking again, after `looked` looks that found every slot held: a
+/// fraction of the lease duration at first, growing by half each time up to the lease duration,
+/// jittered so waiting agents spread their requests. A short wait (a small fleet) stays quick; in a
+/// large fleet the many long waiters poll slowly — the API server sees about one request per waiting
+/// node per lease duration — while a freed slot is still noticed within a fraction of a second,
+/// because one of that many waiters looks soon.
+fn poll_after(duration: Duration, looked: u32) -> Duration {
+    let base = (duration / 12).clamp(Duration::from_secs(1), Duration::from_secs(10));
+    let grown = base.mul_f64(1.5f64.powi(looked.min(16) as i32));
+    grown
+        .min(duration.max(base))
+        .mul_f64(rand::thread_rng().gen_range(0.5..1.5))
 }
 
 impl RestartGate for LeaseGate {
     fn enter(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn Permit>>> {
         Box::pin(async move {
             let mut announced = false;
+            let mut looked = 0u32;
             loop {
                 let slots = self.slot_count().await?;
                 match self.try_take(slots).await? {
@@ -223,7 +233,8 @@ impl RestartGate for LeaseGate {
                     }
                     Err(_) => {}
                 }
-                tokio::time::sleep(self.poll()).await;
+                tokio::time::sleep(poll_after(self.duration, looked)).await;
+                looked += 1;
             }
         })
     }
@@ -303,6 +314,19 @@ mod tests {
                 ..Default::default()
             }),
         }
+    }
+
+    #[test]
+    fn waiting_polls_start_quick_and_slow_down_to_the_lease_duration() {
+        let d = Duration::from_secs(60);
+        for _ in 0..50 {
+            let first = poll_after(d, 0);
+            assert!(first >= Duration::from_millis(2500) && first <= Duration::from_millis(7500));
+            let late = poll_after(d, 40);
+            assert!(late >= Duration::from_secs(30) && late <= Duration::from_secs(90));
+        }
+        // Short leases keep a one-second floor.
+        assert!(poll_after(Duration::from_secs(5), 0) >= Duration::from_millis(500));
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::events::Reason;
 use super::node::{self, Report, ShimLabel, PROVISIONED_LABEL, STATUS_ANNOTATION};
 use super::report::{Phase, StatusDoc};
 use crate::artifact::ArtifactStep;
+use crate::clock::mark;
 use crate::engine::{ApplyReport, Engine, HostFacts, HostPlan, State};
 use crate::host::lock::HostLock;
 use crate::settings::RestartMethod;
@@ -46,6 +47,7 @@ async fn provision(
     let facts = engine
         .facts(requested.as_deref().unwrap_or_default())
         .await?;
+    mark("facts");
     let requested = match requested {
         Ok(r) => r,
         Err(e) => {
@@ -57,6 +59,7 @@ async fn provision(
     let plan = engine.plan(&facts, &requested);
     let extra = no_longer_requested(&facts.state, &names);
     let shims = readiness(engine, &facts.state, &names).await;
+    mark("cri-status");
     let loaded = shims.iter().all(|s| s.ready);
     let shown_ready = label(node, PROVISIONED_LABEL) == Some("true")
         && shims
@@ -70,10 +73,13 @@ async fn provision(
         report_drift(ctx, node, &plan, loaded, periodic).await;
     }
     let node = claim(ctx, engine, node, &facts.state, &plan, shims).await?;
+    mark("claim");
     // The facts again, under the lock: another agent may have changed the host meanwhile.
     let lock = engine.lock().await?;
+    mark("host-lock");
     let facts = engine.facts(&requested).await?;
     let plan = engine.plan(&facts, &requested);
+    mark("facts-again");
     let extra = no_longer_requested(&facts.state, &names);
     match act(ctx, engine, &lock, plan, facts, &extra, &names).await {
         Ok((report, shims)) => report_provisioned(ctx, &node, &report, &shims).await,
@@ -212,6 +218,7 @@ async fn act(
         state = removed.state;
     }
     let shims = readiness(engine, &state, names).await;
+    mark("cri-status");
     let deferred = engine.settings.containerd.restart == RestartMethod::None;
     let missing: Vec<&str> = shims
         .iter()
@@ -244,6 +251,7 @@ async fn report_provisioned(
             },
         )
         .await?;
+    mark("report");
     let installed: Vec<String> = report
         .state
         .shims

@@ -32,6 +32,7 @@ pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
     let asked_at = now_rfc3339();
     let started = Instant::now();
     let mut asked: BTreeMap<String, bool> = BTreeMap::new();
+    let mut last_reason: BTreeMap<String, String> = BTreeMap::new();
     loop {
         let nodes = api
             .list(&ListParams::default())
@@ -57,16 +58,25 @@ pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
                 } else {
                     *clean = false;
                     let status = annotation(n, STATUS_ANNOTATION).unwrap_or("");
-                    blocked.push(format!(
-                        "{name} ({})",
-                        serde_json::from_str::<StatusDoc>(status)
-                            .map(|d| format!(
-                                "{:?}{}",
-                                d.phase,
-                                d.error.map(|e| format!(": {e}")).unwrap_or_default()
-                            ))
-                            .unwrap_or_else(|_| "not reported yet".into())
-                    ));
+                    let now = serde_json::from_str::<StatusDoc>(status).ok().map(|d| {
+                        let has_reason = d.error.is_some();
+                        let reason = d.error.map(|e| format!(": {e}")).unwrap_or_default();
+                        (format!("{:?}{reason}", d.phase), has_reason)
+                    });
+                    // A blocked node retries, and shows its transient phase while it does: the
+                    // reason it was blocked is the news, not the retry.
+                    let shown = match now {
+                        Some((shown, true)) => {
+                            last_reason.insert(name.clone(), shown.clone());
+                            shown
+                        }
+                        Some((shown, false)) => match last_reason.get(&name) {
+                            Some(last) => format!("{last}; {shown} again now"),
+                            None => shown,
+                        },
+                        None => "not reported yet".into(),
+                    };
+                    blocked.push(format!("{name} ({shown})"));
                 }
             }
         }

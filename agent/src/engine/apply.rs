@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use crate::artifact::Installed;
+use crate::clock::mark;
 use crate::containerd::{Outcome, Restart};
 use crate::host::lock::HostLock;
 
@@ -95,6 +96,13 @@ impl Engine {
         facts: HostFacts,
     ) -> anyhow::Result<ApplyReport> {
         self.store.clean_staging();
+        // A config that cannot be changed (unknown version, not TOML, a handler someone else owns)
+        // is known before anything is downloaded: install nothing then.
+        if let Err(e) = &plan.config {
+            if !plan.shims.is_empty() {
+                return Err(anyhow::anyhow!("{e:#}"));
+            }
+        }
         let HostFacts {
             mut state, config, ..
         } = facts;
@@ -128,6 +136,7 @@ impl Engine {
                 }
             };
             shims.push(ShimOutcome { name, result });
+            mark("install");
         }
         let mut notes = Vec::new();
         for s in plan
@@ -138,6 +147,7 @@ impl Engine {
             notes.extend(self.sync_link(&s.shim, &mut state)?);
         }
         self.drop_unused_versions(&mut state).await?;
+        mark("links");
         let nothing_owned = installed.is_empty() && state.containerd.is_none();
         if nothing_owned {
             return Ok(ApplyReport {
@@ -217,7 +227,13 @@ impl Engine {
                 }
             }
         }
-        if let Err(e) = state.save(&self.layout.state_path()) {
+        // Back to nothing: no state file either, as before the run.
+        let saved = if state.shims.is_empty() && state.containerd.is_none() {
+            crate::host::atomic::remove(&self.layout.state_path())
+        } else {
+            state.save(&self.layout.state_path())
+        };
+        if let Err(e) = saved {
             problems.push(format!("saving the state file: {e:#}"));
         }
         if problems.is_empty() {

@@ -98,6 +98,7 @@ impl Engine {
         for name in &removable {
             if let Some(rec) = state.shims.remove(name) {
                 self.remove_binary(&rec)?;
+                crate::clock::mark("remove-binary");
                 tracing::info!(shim = %name, path = %rec.binary_path.display(), "shim binary removed");
             }
             state.save(&self.layout.state_path())?;

@@ -101,6 +101,57 @@ impl Drop for PendingFile {
     }
 }
 
+/// Writes to a file and asks the kernel to start putting each few MiB on disk as soon as it is
+/// written. The fsync that seals a large binary then waits only for the last stretch instead of all of
+/// it: the disk works while the download and the unpacking go on.
+pub struct WriteBehind<'a> {
+    file: &'a File,
+    written: u64,
+    started: u64,
+}
+
+impl<'a> WriteBehind<'a> {
+    const STRETCH: u64 = 8 << 20;
+
+    pub fn new(file: &'a File) -> Self {
+        Self {
+            file,
+            written: 0,
+            started: 0,
+        }
+    }
+}
+
+impl Write for WriteBehind<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (&mut &*self.file).write(buf)?;
+        self.written += n as u64;
+        if self.written - self.started >= Self::STRETCH {
+            start_writeback(self.file, self.started, self.written - self.started);
+            self.started = self.written;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&mut &*self.file).flush()
+    }
+}
+
+/// Only a hint: the fsync at the end is what makes the data durable, so a failure here is ignored.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is open for as long as `file` is borrowed; the call reads no memory.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as _,
+            len as _,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 pub fn write(dest: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let mut p = PendingFile::create(dest, mode)?;
     p.file()?

@@ -4,6 +4,7 @@
 pub mod atomic;
 pub mod exec;
 pub mod lock;
+pub mod memory;
 
 use std::path::{Component, Path, PathBuf};
 

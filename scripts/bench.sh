@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
+# Every benchmark beside its baseline, measured in the same run the same way, written to
+# BENCHMARKS.md (figure, baseline, ratio, goal, machine, command, date) and printed.
+#
+#   scripts/bench.sh [--runs N] [--fetch-mib M] [--fleet AGENTS] [--quick] [--no-image] [--no-wasm]
+#                    [--out FILE]
+#
+# P1  kubectl annotate -> ready label vs a bare restart of the same containerd until its CRI Status
+#     answers (both polled by kw-probe every 10 ms, one request per probe)
+# P2  fetch+verify+install (kwasm-agent apply) vs `curl -s | sha256sum` and vs `openssl dgst -sha256`
+#     of the same file (the hashing floor of this CPU)
+# P3  CRI-unavailable window during a reconcile vs during a bare restart (CRI Status every 2 ms)
+# P4  no-op reconcile time and restarts (the agent's own metrics over periodic resyncs)
+# P5  idle RSS; binary and image size; API requests per idle node per hour (counted at the stand-in)
+# plus a timeline of one reconcile (the agent's own log line) and, when a wasm shim archive is at
+# hand, WebAssembly cold start vs runc (bench-wasm); and the light fleet run (bench-fleet: AGENTS real
+# agents with restart = "none" against one API stand-in; --fleet 0 skips it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# shellcheck source=lib/measure.sh
+. "$(dirname "$0")/lib/measure.sh"
+
+runs=5 fetch_mib=200 image=1 wasm=1 fleet=200 out=BENCHMARKS.md
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --runs) runs=$2; shift ;;
+    --fetch-mib) fetch_mib=$2; shift ;;
+    --fleet) fleet=$2; shift ;;
+    --quick) runs=3 fetch_mib=64 image=0 wasm=0 fleet=0 ;;
+    --no-image) image=0 ;;
+    --no-wasm) wasm=0 ;;
+    --out) out=$2; shift ;;
+    *) echo "unknown argument $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+command_line="scripts/bench.sh $*"
+[ "$command_line" = "scripts/bench.sh " ] && command_line="scripts/bench.sh"
+
+echo "==> release build" >&2
+cargo build --release --quiet -p kwasm-agent
+cargo build --release --quiet -p kwasm-tests --bin kw-probe --bin kw-serve --bin bench-wasm --bin bench-fleet
+agent="$PWD/target/release/kwasm-agent"
+probe="$PWD/target/release/kw-probe"
+
+D=$(mktemp -d /tmp/kw.bench.XXXXXX)
+# shellcheck source=lib/sandbox.sh
+. "$(dirname "$0")/lib/sandbox.sh"
+pids=()
+cleanup() {
+  set +e
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  [ -f "$D/containerd.pid" ] && kill "$(cat "$D/containerd.pid")" 2>/dev/null
+  wait 2>/dev/null
+  sandbox_unmount
+  rm -rf "$D"
+}
+trap cleanup EXIT
+
+rows=()   # figure, measured, baseline, ratio, goal, met: tab-separated
+row() { rows+=("$1"$'\t'"$2"$'\t'"$3"$'\t'"$4"$'\t'"$5"$'\t'"$6"); printf '%-52s %-22s %-28s %-8s %s %s\n' "$1" "$2" "$3" "$4" "$5" "$6" >&2; }
+met() { if awk "BEGIN { exit !($1) }"; then echo yes; else echo NO; fi; }
+
+# ---------------------------------------------------------------------------------------------------
+echo "==> P2: fetch + verify + install of a ${fetch_mib} MiB archive" >&2
+mkdir -p "$D/fetch/www"
+{ printf '#!/bin/sh\nexit 0\n'; head -c "$((fetch_mib * 1024 * 1024))" /dev/urandom; } > "$D/fetch/containerd-shim-bench-v2"
+tar -C "$D/fetch" -cf - containerd-shim-bench-v2 | gzip -1 > "$D/fetch/www/shim.tar.gz"
+rm "$D/fetch/containerd-shim-bench-v2"
+fsha=$(sha256sum "$D/fetch/www/shim.tar.gz" | cut -d' ' -f1)
+fbytes=$(stat -c %s "$D/fetch/www/shim.tar.gz")
+# Served from memory (kw-serve): the server must not be what is measured.
+target/release/kw-serve "$D/fetch/www/shim.tar.gz" > "$D/fetch/port" &
+pids+=($!)
+for _ in $(seq 300); do grep -q PORT "$D/fetch/port" 2>/dev/null && break; sleep 0.02; done
+furl="http://127.0.0.1:$(awk '/PORT/ {print $2}' "$D/fetch/port")/shim.tar.gz"
+cat > "$D/fetch/settings.toml" <<TOML
+[host]
+install_dir = "/opt/kwasm"
+[artifacts]
+allow_http = true
+max_size = "4GiB"
+[containerd]
+restart = "none"
+[[shims]]
+name = "bench"
+runtime_type = "io.containerd.bench.v2"
+binary = "containerd-shim-bench-v2"
+version = "v1"
+[[shims.platforms]]
+arch = "amd64"
+url = "$furl"
+sha256 = "$fsha"
+TOML
+# The host root the agent installs into: a containerd config, and /bin/sh for the start probe.
+fresh_root() {
+  rm -rf "$D/fetch/root"; mkdir -p "$D/fetch/root/etc/containerd" "$D/fetch/root/bin"
+  printf 'version = 2\n' > "$D/fetch/root/etc/containerd/config.toml"
+  cp /bin/sh "$D/fetch/root/bin/sh"
+  for lib in $(ldd /bin/sh | grep -o '/[^ ]*'); do mkdir -p "$D/fetch/root$(dirname "$lib")"; cp "$lib" "$D/fetch/root$lib"; done
+}
+curl_t=() agent_t=() openssl_t=() dd_t=()
+for _ in $(seq "$runs"); do
+  t0=$(now); got=$(curl -s "$furl" | sha256sum | cut -d' ' -f1); t1=$(now)
+  [ "$got" = "$fsha" ] || { echo "curl digest mismatch" >&2; exit 1; }
+  curl_t+=("$(calc "$t1 - $t0")")
+  t0=$(now); openssl dgst -sha256 "$D/fetch/www/shim.tar.gz" >/dev/null; t1=$(now)
+  openssl_t+=("$(calc "$t1 - $t0")")
+  # The install is durable (fsync before the rename): writing the same bytes durably is a floor too.
+  t0=$(now); dd if="$D/fetch/www/shim.tar.gz" of="$D/fetch/dd.out" bs=1M conv=fsync status=none; t1=$(now)
+  rm -f "$D/fetch/dd.out"
+  dd_t+=("$(calc "$t1 - $t0")")
+  fresh_root
+  t0=$(now); KWASM_LOG=warn "$agent" apply --arch amd64 --config "$D/fetch/settings.toml" --host-root "$D/fetch/root" >/dev/null; t1=$(now)
+  agent_t+=("$(calc "$t1 - $t0")")
+done
+rm -rf "$D/fetch/root"
+fc=$(printf '%s\n' "${curl_t[@]}" | median)
+fo=$(printf '%s\n' "${openssl_t[@]}" | median)
+fa=$(printf '%s\n' "${agent_t[@]}" | median)
+fd=$(printf '%s\n' "${dd_t[@]}" | median)
+mib=$(calc "$fbytes / 1048576")
+r_curl=$(calc "$fc / $fa"); r_ossl=$(calc "$fo / $fa")
+row "P2 fetch+verify+install, ${fetch_mib} MiB (throughput)" "$(printf '%.0f MiB/s' "$(calc "$mib / $fa")")" "$(printf 'curl|sha256sum %.0f MiB/s' "$(calc "$mib / $fc")")" "$(printf '%.2f' "$r_curl")" ">= 0.95" "$(met "$r_curl >= 0.95")"
+row "P2 same, against the hashing floor" "$(printf '%.0f MiB/s' "$(calc "$mib / $fa")")" "$(printf 'openssl dgst %.0f MiB/s' "$(calc "$mib / $fo")")" "$(printf '%.2f' "$r_ossl")" ">= 0.6" "$(met "$r_ossl >= 0.6")"
+row "P2 same, against the durable-write floor" "$(printf '%.0f MiB/s' "$(calc "$mib / $fa")")" "$(printf 'dd conv=fsync %.0f MiB/s' "$(calc "$mib / $fd")")" "$(printf '%.2f' "$(calc "$fd / $fa")")" "-" "-"
+kill "${pids[-1]}" 2>/dev/null || true
+
+# ---------------------------------------------------------------------------------------------------
+echo "==> sandbox: containerd, the API stand-in, the agent" >&2
+sandbox_containerd
+sandbox_shim_release
+port=$(free_port)
+(cd "$D/www" && exec python3 -m http.server "$port" --bind 127.0.0.1 >/dev/null 2>&1) &
+pids+=($!)
+python3 tests/kube-api/fake_kube_api.py > "$D/api.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 300); do grep -q PORT "$D/api.out" 2>/dev/null && break; sleep 0.02; done
+api="http://127.0.0.1:$(awk '/PORT/ {print $2}' "$D/api.out")"
+cat > "$D/kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters: [{name: bench, cluster: {server: "$api"}}]
+users: [{name: bench, user: {token: bench}}]
+contexts: [{name: bench, context: {cluster: bench, user: bench}}]
+current-context: bench
+EOF
+export KUBECONFIG="$D/kubeconfig"
+curl -sf -XPOST "$api/_test/nodes" -d '{"name":"n1","arch":"amd64"}' >/dev/null
+
+metrics_port=$(free_port)
+start_agent() { # $1 = extra [agent] settings
+  sandbox_settings "$port" <<EOF
+[agent]
+listen = "127.0.0.1:$metrics_port"
+$1
+EOF
+  NODE_NAME=n1 KWASM_LOG=info "$agent" run --config "$D/settings.toml" >>"$D/agent.log" 2>&1 &
+  agent_pid=$!
+  pids+=("$agent_pid")
+  for _ in $(seq 500); do curl -sf "http://127.0.0.1:$metrics_port/readyz" >/dev/null && return 0; sleep 0.02; done
+  echo "agent never became ready" >&2; cat "$D/agent.log" >&2; exit 1
+}
+stop_agent() { kill "$agent_pid"; wait "$agent_pid" 2>/dev/null || true; }
+metric() { curl -sf "http://127.0.0.1:$metrics_port/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
+label() { "$probe" label "$api" n1 kwasm.sh/kwasm-provisioned "$1" 10 >/dev/null; }
+rss() { awk '/VmRSS/ {print $2}' "/proc/$agent_pid/status"; }
+
+start_agent ""
+sleep 2   # settle: the measurement is of an idle agent, not a synchronisation
+rss_fresh=$(rss)
+
+# Warm the cache (the first provisioning downloads), then the measured runs.
+kubectl annotate node n1 kwasm.sh/kwasm-node=true >/dev/null; label true
+kubectl annotate node n1 kwasm.sh/kwasm-node- >/dev/null; label -
+
+echo "==> P1/P3: annotate -> ready and the CRI-unavailable window, against a bare restart ($runs runs each)" >&2
+ready_t=() bare_t=() win_agent=() win_bare=() kubectl_t=()
+for i in $(seq "$runs"); do
+  "$probe" cri-window "$sock" "$D/stop.a$i" 2 > "$D/win.a$i" & wp=$!
+  t0=$(now)
+  kubectl annotate node n1 kwasm.sh/kwasm-node=true >/dev/null
+  kubectl_t+=("$(calc "$(now) - $t0")")
+  label true
+  ready_t+=("$(calc "$(now) - $t0")")
+  touch "$D/stop.a$i"; wait "$wp"; win_agent+=("$(cat "$D/win.a$i")")
+  grep "reconcile timeline" "$D/agent.log" | tail -n 1 > "$D/timeline"
+  kubectl annotate node n1 kwasm.sh/kwasm-node- >/dev/null; label -
+
+  "$probe" cri-window "$sock" "$D/stop.b$i" 2 > "$D/win.b$i" & wp=$!
+  t0=$(now)
+  "$D/restart.sh"
+  "$probe" cri "$sock" 10 >/dev/null
+  bare_t+=("$(calc "$(now) - $t0")")
+  touch "$D/stop.b$i"; wait "$wp"; win_bare+=("$(cat "$D/win.b$i")")
+done
+p1a=$(printf '%s\n' "${ready_t[@]}" | median); p1b=$(printf '%s\n' "${bare_t[@]}" | median)
+p3a=$(printf '%s\n' "${win_agent[@]}" | median); p3b=$(printf '%s\n' "${win_bare[@]}" | median)
+kt=$(printf '%s\n' "${kubectl_t[@]}" | median)
+r1=$(calc "$p1a / $p1b"); r3=$(calc "$p3a / $p3b")
+row "P1 kubectl annotate -> ready label (warm cache)" "$(printf '%.3f s' "$p1a")" "$(printf 'bare restart+CRI %.3f s' "$p1b")" "$(printf '%.2f' "$r1")" "<= 1.2" "$(met "$r1 <= 1.2")"
+row "P3 CRI-unavailable window during a reconcile" "$(printf '%.3f s' "$p3a")" "$(printf 'bare restart %.3f s' "$p3b")" "$(printf '%.2f' "$r3")" "<= 1.1" "$(met "$r3 <= 1.1")"
+rss_after=$(rss)
+stop_agent
+
+# ---------------------------------------------------------------------------------------------------
+echo "==> P4/P5: an idle provisioned node — no-op resyncs, API requests, RSS" >&2
+# Watches end after 10 s here (a real API server ends them after 30-60 min); the agent asks for 1 h.
+curl -sf "$api/_test/watch-cap?seconds=10" >/dev/null
+start_agent 'resync = "2s"'
+kubectl annotate node n1 kwasm.sh/kwasm-node=true >/dev/null; label true
+sleep 3
+restarts0=$(metric kwasm_containerd_restarts_total)
+n0=$(metric kwasm_reconciles_total); d0=$(metric kwasm_reconcile_duration_seconds_total)
+curl -sf "$api/_test/clear-requests" >/dev/null
+window=30
+sleep "$window"
+reqs=$(curl -sf "$api/_test/requests" | python3 -c 'import json,sys; print(sum(1 for r in json.load(sys.stdin) if not r["path"].startswith("/_test")))')
+n1=$(metric kwasm_reconciles_total); d1=$(metric kwasm_reconcile_duration_seconds_total)
+restarts1=$(metric kwasm_containerd_restarts_total)
+rss_idle=$(rss)
+noop_ms=$(calc "($d1 - $d0) / ($n1 - $n0) * 1000")
+cycles=$(calc "$window / 10")
+per_cycle=$(calc "$reqs / $cycles")
+row "P4 no-op reconcile (mean of $((n1 - n0)) resyncs)" "$(printf '%.2f ms' "$noop_ms")" "-" "-" "< 5 ms" "$(met "$noop_ms < 5")"
+row "P4 containerd restarts during those resyncs" "$((restarts1 - restarts0))" "-" "-" "0" "$(met "$restarts1 == $restarts0")"
+row "P5 API requests per idle node per hour" "$(printf '%.1f per watch (1 h asked)' "$per_cycle")" "$reqs in ${window}s, 10 s watches" "-" "<= 2" "$(met "$per_cycle * 2 <= 2")"
+worst_rss=$rss_fresh
+for r in $rss_after $rss_idle; do [ "$r" -gt "$worst_rss" ] && worst_rss=$r; done
+row "P5 idle RSS (worst of fresh / after runs / idle)" "$(printf '%.1f MiB' "$(calc "$worst_rss / 1024")")" "$(printf 'fresh %.1f, after %.1f, idle %.1f' "$(calc "$rss_fresh/1024")" "$(calc "$rss_after/1024")" "$(calc "$rss_idle/1024")")" "-" "<= 10 MiB" "$(met "$worst_rss <= 10240")"
+stop_agent
+kubectl annotate node n1 kwasm.sh/kwasm-node- >/dev/null
+
+bin_size=$(stat -c %s "$agent")
+row "P5 agent binary (release, this target)" "$(printf '%.1f MiB' "$(calc "$bin_size / 1048576")")" "-" "-" "-" "-"
+if [ "$image" = 1 ]; then
+  echo "==> image" >&2
+  archive=$(scripts/build-image.sh 2>/dev/null | tail -n 1)
+  layer=$(awk '{print $2}' target/image/size.txt)
+  row "P5 image (static binary + CA bundle, compressed)" "$(printf '%.1f MB' "$(calc "$layer / 1000000")")" "$(basename "$archive")" "-" "-" "-"
+fi
+
+wasm_lines=""
+if [ "$wasm" = 1 ]; then
+  echo "==> WebAssembly cold start (building the test shim if not cached)" >&2
+  shim_archive=${KWASM_WASM_SHIM_ARCHIVE:-$(scripts/build-wasm-shim.sh 2>/dev/null | tail -n 1)}
+  wasm_lines=$(target/release/bench-wasm "$shim_archive" 3 2>/dev/null)
+  w=$(awk '$1 == "wasm_cold_start_s" {print $2}' <<<"$wasm_lines")
+  r=$(awk '$1 == "runc_cold_start_s" {print $2}' <<<"$wasm_lines")
+  a=$(awk '$1 == "apply_to_first_output_s" {print $2}' <<<"$wasm_lines")
+  row "wasm pod cold start to first output" "$w s" "runc pod $r s" "$(printf '%.2f' "$(calc "$w / $r")")" "-" "-"
+  row "kwasm-agent apply -> first wasm output (fresh node)" "$a s" "-" "-" "-" "-"
+fi
+
+fleet_lines=""
+if [ "$fleet" -gt 0 ]; then
+  echo "==> light fleet run: $fleet agents against one API stand-in" >&2
+  fleet_lines=$(target/release/bench-fleet "$fleet")
+  fv() { awk -v k="$1" '$1 == k {print $2}' <<<"$fleet_lines"; }
+  row "fleet: API requests per node to provision ($fleet agents)" "$(fv provision_requests_per_node)" "-" "-" "-" "-"
+  row "fleet: API requests per idle node per watch renewal" "$(fv idle_requests_per_watch_renewal)" "-" "-" "<= 1" "$(met "$(fv idle_requests_per_watch_renewal) <= 1")"
+  row "fleet: watches open at the stand-in" "$(fv watches_open)" "$fleet agents" "-" "1 per agent" "$(met "$(fv watches_open) == $fleet")"
+fi
+
+# ---------------------------------------------------------------------------------------------------
+timeline=$(sed -e 's/.*steps=//' "$D/timeline")
+cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+{
+  echo "# Benchmarks"
+  echo
+  echo "Written by \`$command_line\` on $(date -u +%Y-%m-%dT%H:%M:%SZ)."
+  echo "Machine: $(nproc) cores ($cpu), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); containerd $(containerd --version | awk '{print $3}'); medians of $runs runs."
+  echo
+  echo "| figure | measured | baseline (same run, same probe) | ratio | goal | met |"
+  echo "|---|---|---|---|---|---|"
+  for r in "${rows[@]}"; do r=${r//|/\\|}; echo "| ${r//$'\t'/ | } |"; done
+  echo
+  echo "How each is measured:"
+  echo "- **P1**: from before \`kubectl annotate node n1 kwasm.sh/kwasm-node=true\` (of which kubectl itself: $(printf '%.3f' "$kt") s) until \`kw-probe label\` (one GET of the Node every 10 ms) sees \`kwasm.sh/kwasm-provisioned=true\`, which the agent sets only once containerd's CRI plugin lists the handler. Baseline: the same containerd restarted by the same restart script, until \`kw-probe cri\` (one CRI \`Status\` every 10 ms) answers RuntimeReady. Warm cache (the archive was downloaded once before)."
+  echo "- **P2**: \`kwasm-agent apply\` (process start, download over loopback, SHA-256 on the stream, unpack, start probe, atomic install, config write) against \`curl -s URL | sha256sum\` and \`openssl dgst -sha256\` of the file on disk, ${fetch_mib} MiB of incompressible data; and against \`dd conv=fsync\` of the same bytes (the agent fsyncs the binary before renaming it into place, so the disk's write speed bounds it as well)."
+  echo "- **P3**: \`kw-probe cri-window\` calls CRI \`Status\` every 2 ms throughout and reports the longest stretch from a failed call to the next answer; the same probe for the agent's reconcile and for the bare restart."
+  echo "- **P4**: the agent's own \`kwasm_reconcile_duration_seconds_total\` / \`kwasm_reconciles_total\` over periodic resyncs (\`resync = 2s\`) of a provisioned node with nothing to do; restarts from \`kwasm_containerd_restarts_total\`."
+  echo "- **P5**: every request the API stand-in received from the idle provisioned agent in ${window} s, with the stand-in ending each watch after 10 s; the agent asks for 1-hour watches (API servers end them after 30-60 min), so per hour it makes this many per watch (x2 at most). RSS from \`/proc/PID/status\`."
+  echo
+  echo "Timeline of the last measured reconcile (the agent's \`reconcile timeline\` log line):"
+  echo
+  echo "    $timeline"
+  if [ -n "$wasm_lines" ]; then
+    echo
+    echo "bench-wasm: $(tr '\n' ' ' <<<"$wasm_lines")"
+  fi
+  if [ -n "$fleet_lines" ]; then
+    echo
+    echo "## Light fleet run"
+    echo
+    echo "\`bench-fleet $fleet\`: $fleet real agents (\`restart = \"none\"\`, each its own host root, \`[fleet] max_concurrent_restarts = \"10%\"\`) against one API stand-in that ends watches after 20 s; \`kubectl annotate node --all\` triggers them all; requests counted at the stand-in by user agent (kubectl's own are left out)."
+    echo
+    echo "| measure | value |"
+    echo "|---|---|"
+    while read -r k v rest; do
+      [ -n "$rest" ] && { k="$k $v"; v=$rest; }
+      echo "| $k | $v |"
+    done <<<"$fleet_lines"
+    echo
+    echo "At 5,000 nodes: each node makes $(fv provision_requests_per_node) requests to be provisioned ($(fv extrapolated_5000_provision_requests) in all), at the rate the nodes are triggered — \`kubectl annotate --all\` patched $fleet nodes in $(fv annotate_s) s here, and the agents' requests spread over $(fv provision_span_s) s, peaking at $(fv provision_peak_requests_per_s)/s; so about $(fv provision_requests_per_node) times the trigger's own rate of node updates (a 5,000-node \`annotate --all\` at kubectl's pace here: $(awk -v n="$fleet" -v a="$(fv annotate_s)" -v r="$(fv provision_requests_per_node)" 'BEGIN { printf "%.0f", r * n / a }') requests/s). Once provisioned, an idle node's only request is its watch renewal, which a real API server forces every 30-60 minutes: at most $(fv extrapolated_5000_idle_requests_per_hour_at_most) requests an hour for the whole fleet. Nodes waiting for a restart slot add one LIST of the slot Leases each, at intervals growing to \`lease_duration\`."
+  fi
+} > "$out"
+echo "==> wrote $out" >&2
+cat "$out"
