@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use super::source::Source;
 use super::unpack::{unpack, Unpacked};
 use crate::backoff::Backoff;
-use crate::host::atomic::{PendingFile, WriteBehind};
+use crate::host::atomic::PendingFile;
 use crate::settings::ArtifactSettings;
 
 /// Why an attempt failed, and whether another attempt can help.
@@ -469,8 +469,7 @@ impl UnpackJob {
                 rx,
                 cur: Bytes::new(),
             };
-            let file = out.file()?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, WriteBehind::new(file));
+            let mut w = out.write_behind()?;
             let unpacked = unpack(&mut reader, &binary, &members, &mut w, max)?;
             w.flush()?;
             drop(w);

@@ -318,8 +318,7 @@ impl ArtifactStore {
         tokio::task::spawn_blocking(move || {
             let f = std::fs::File::open(&path)?;
             let mut r = digest::HashingReader::new(std::io::BufReader::with_capacity(1 << 20, f));
-            let file = out.file()?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, atomic::WriteBehind::new(file));
+            let mut w = out.write_behind()?;
             let unpacked = unpack::unpack(&mut r, &binary, &members, &mut w, max)?;
             std::io::Write::flush(&mut w)?;
             drop(w);

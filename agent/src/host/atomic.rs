@@ -59,6 +59,15 @@ impl PendingFile {
             .ok_or_else(|| std::io::Error::other("the file is sealed"))
     }
 
+    /// A buffered writer for large content, with the disk write started behind it (see
+    /// [`WriteBehind`]); flush it before sealing.
+    pub fn write_behind(&mut self) -> std::io::Result<std::io::BufWriter<WriteBehind<'_>>> {
+        Ok(std::io::BufWriter::with_capacity(
+            1 << 20,
+            WriteBehind::new(self.file()?),
+        ))
+    }
+
     /// Where the content waits until `commit`.
     pub fn temp_path(&self) -> &Path {
         &self.tmp
