@@ -131,7 +131,12 @@ fi
 bold "A container that stays, started on the shim's binary"
 ctr --address "$sock" run -d --rootfs --runtime "$shim" --runc-root "$D/runc" "$D/rootfs" "through-demo-$$" /bin/sleep 100000 >/dev/null
 ctr --address "$sock" task ls
-ps -o pid,args -p "$(pgrep -f "^$shim .*through-demo-$$" | head -1)" | cat
+# The container's parent is its shim process (a subreaper): found by PID, not by matching its command
+# line, which names the versioned file bin/ links to.
+task_pid=$(ctr --address "$sock" task ls | awk -v id="through-demo-$$" '$1 == id { print $2 }')
+shim_pid=$(ps -o ppid= -p "$task_pid" | tr -d ' ')
+ps -o pid,args -p "$shim_pid" | cat
+say "its shim runs $(readlink "/proc/$shim_pid/exe")"
 
 bold "kwasm-agent remove   (refuses while a container runs on the shim)"
 "$agent" remove --config "$D/settings.toml" || say "-> left in place, as it must be"

@@ -49,6 +49,9 @@ KWASM_AGENT="$PWD/target/debug/kwasm-agent" "$venv_python" -m unittest discover 
 echo "==> wasm shim (tests/wasm-shim)"
 KWASM_WASM_SHIM_ARCHIVE=$(bash scripts/build-wasm-shim.sh | tail -n 1)
 export KWASM_WASM_SHIM_ARCHIVE
+echo "==> containerd releases for the systemd nodes (scripts/containerd-releases.sh)"
+KWASM_CONTAINERD_RELEASES=$(bash scripts/containerd-releases.sh | tail -n 1)
+export KWASM_CONTAINERD_RELEASES
 echo "==> agent image (scripts/build-image.sh)"
 KWASM_IMAGE_ARCHIVE=$(bash scripts/build-image.sh | tail -n 1)
 export KWASM_IMAGE_ARCHIVE

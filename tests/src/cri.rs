@@ -13,7 +13,7 @@ use k8s_cri::v1::{
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
     ListPodSandboxRequest, Mount, MountPropagation, NamespaceMode, NamespaceOption,
     PodSandboxConfig, PodSandboxMetadata, RemovePodSandboxRequest, RunPodSandboxRequest,
-    StartContainerRequest, StopPodSandboxRequest,
+    StartContainerRequest, StatusRequest, StopPodSandboxRequest,
 };
 use tonic::transport::Channel;
 
@@ -21,6 +21,9 @@ pub struct Cri {
     rt: tokio::runtime::Runtime,
     client: RuntimeServiceClient<Channel>,
     socket: PathBuf,
+    /// Pods get a systemd slice as their cgroup parent, as a kubelet with `--cgroup-driver=systemd`
+    /// gives them (containerd then passes `slice:cri-containerd:<id>` paths to the runtime).
+    pub systemd_cgroups: bool,
 }
 
 /// A container to run in a pod.
@@ -80,11 +83,26 @@ impl Cri {
             rt,
             client: RuntimeServiceClient::new(channel),
             socket: socket.to_owned(),
+            systemd_cgroups: false,
         })
     }
 
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// The CRI plugin answers `Status` with its runtime ready (what the kubelet waits for).
+    pub fn runtime_ready(&mut self) -> bool {
+        self.rt
+            .block_on(self.client.status(StatusRequest { verbose: false }))
+            .ok()
+            .and_then(|r| r.into_inner().status)
+            .map(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.r#type == "RuntimeReady" && c.status)
+            })
+            .unwrap_or(false)
     }
 
     /// RunPodSandbox with `handler` (a RuntimeClass's handler); logs go under `log_dir`.
@@ -107,10 +125,16 @@ impl Cri {
         } else {
             NamespaceMode::Pod as i32
         };
+        let uid = format!("uid-{name}-{}", std::process::id());
+        let cgroup_parent = if self.systemd_cgroups {
+            format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"))
+        } else {
+            String::new()
+        };
         let config = PodSandboxConfig {
             metadata: Some(PodSandboxMetadata {
                 name: name.into(),
-                uid: format!("uid-{name}-{}", std::process::id()),
+                uid,
                 namespace: "default".into(),
                 attempt: 0,
             }),
@@ -118,6 +142,7 @@ impl Cri {
             hostname: String::new(),
             log_directory: log_dir.to_string_lossy().into_owned(),
             linux: Some(LinuxPodSandboxConfig {
+                cgroup_parent,
                 security_context: Some(LinuxSandboxSecurityContext {
                     namespace_options: Some(NamespaceOption {
                         network: host,
@@ -269,6 +294,43 @@ impl Cri {
             .map(|l| l.splitn(4, ' ').nth(3).unwrap_or(""))
             .map(|l| format!("{l}\n"))
             .collect()
+    }
+
+    /// The PID of a running container's process (from the verbose status containerd gives the
+    /// kubelet), in containerd's PID namespace.
+    pub fn container_pid(&mut self, id: &str) -> i64 {
+        let st = self
+            .rt
+            .block_on(self.client.container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            }))
+            .expect("ContainerStatus")
+            .into_inner();
+        let info: serde_json::Value =
+            serde_json::from_str(st.info.get("info").map(String::as_str).unwrap_or("{}"))
+                .unwrap_or_default();
+        info["pid"].as_i64().unwrap_or(0)
+    }
+
+    /// The cgroup path containerd gave a container's runtime: `/k8s.io/<id>` with the cgroupfs
+    /// driver, `<slice>:cri-containerd:<id>` with the systemd driver.
+    pub fn cgroups_path(&mut self, id: &str) -> String {
+        let st = self
+            .rt
+            .block_on(self.client.container_status(ContainerStatusRequest {
+                container_id: id.into(),
+                verbose: true,
+            }))
+            .expect("ContainerStatus")
+            .into_inner();
+        let info: serde_json::Value =
+            serde_json::from_str(st.info.get("info").map(String::as_str).unwrap_or("{}"))
+                .unwrap_or_default();
+        info["runtimeSpec"]["linux"]["cgroupsPath"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     pub fn remove_pod(&mut self, pod: &Pod) -> anyhow::Result<()> {

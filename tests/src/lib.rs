@@ -13,5 +13,6 @@ pub mod oci;
 pub mod rootfs;
 pub mod sandbox;
 pub mod sigstore;
+pub mod systemd_node;
 pub mod tls_server;
 pub mod workloads;

@@ -70,6 +70,19 @@ impl Containerd {
         cri::status(&self.socket()?).await
     }
 
+    /// Before anything is written: a restart this host may need must be one that keeps containers
+    /// (a systemd unit with `KillMode=process`).
+    pub async fn preflight(&self) -> anyhow::Result<()> {
+        if matches!(
+            self.settings.restart,
+            crate::settings::RestartMethod::Systemd
+        ) && !self.flavor.kind.reloads_itself()
+        {
+            restart::check_unit(&self.exec, &self.flavor.unit, self.settings.timeout).await?;
+        }
+        Ok(())
+    }
+
     pub fn restart_method(&self) -> &crate::settings::RestartMethod {
         &self.settings.restart
     }

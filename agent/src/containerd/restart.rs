@@ -78,23 +78,24 @@ pub fn systemd_argv(unit: &str) -> [Vec<String>; 2] {
     ]
 }
 
+/// Refuses a unit whose restart would kill containers. Asked before anything is written, and again
+/// right before the restart (a unit may have changed in between).
+pub async fn check_unit(exec: &HostExec, unit: &str, timeout: Duration) -> anyhow::Result<()> {
+    let [show, _] = systemd_argv(unit);
+    let out = exec.run(&show, timeout).await?;
+    if !out.success {
+        bail!("systemctl show {unit} failed: {}", out.tail(3));
+    }
+    check_kill_mode(unit, &out.stdout)
+}
+
 /// Carry out the restart; what the command said goes into the error when it fails.
 pub async fn run(action: &Action, exec: &HostExec, timeout: Duration) -> anyhow::Result<()> {
     match action {
         Action::Skip(_) => Ok(()),
         Action::Systemd { unit } => {
-            let [show, restart] = systemd_argv(unit);
-            let out = exec.run(&show, timeout).await?;
-            if !out.success {
-                bail!("systemctl show {unit} failed: {}", out.tail(3));
-            }
-            check_kill_mode(unit, &out.stdout)?;
-            let out = exec.run(&restart, timeout).await?;
-            if !out.success {
-                let journal = journal_tail(exec, unit).await;
-                bail!("systemctl restart {unit} failed: {}{journal}", out.tail(3));
-            }
-            Ok(())
+            check_unit(exec, unit, timeout).await?;
+            systemctl_restart(exec, unit, timeout).await
         }
         Action::Argv(argv) => {
             let out = exec.run(argv, timeout).await?;
@@ -109,6 +110,44 @@ pub async fn run(action: &Action, exec: &HostExec, timeout: Duration) -> anyhow:
             Ok(())
         }
     }
+}
+
+/// `systemctl restart`. systemd refuses a start beyond the unit's rate limit (by default 5 starts in
+/// 10 s: "start request repeated too quickly") *after* stopping containerd, which would leave the node
+/// without it; a unit that hit its limit is reset and restarted once more.
+async fn systemctl_restart(exec: &HostExec, unit: &str, timeout: Duration) -> anyhow::Result<()> {
+    let [_, restart] = systemd_argv(unit);
+    let out = exec.run(&restart, timeout).await?;
+    if out.success {
+        return Ok(());
+    }
+    if start_limit_hit(exec, unit, timeout).await {
+        tracing::warn!(
+            unit,
+            "systemd's start rate limit stopped the restart; resetting it and starting again"
+        );
+        let reset: Vec<String> = vec!["systemctl".into(), "reset-failed".into(), unit.into()];
+        exec.run(&reset, timeout).await?;
+        let again = exec.run(&restart, timeout).await?;
+        if again.success {
+            return Ok(());
+        }
+        let journal = journal_tail(exec, unit).await;
+        bail!(
+            "systemctl restart {unit} failed after resetting its start rate limit: {}{journal}",
+            again.tail(3)
+        );
+    }
+    let journal = journal_tail(exec, unit).await;
+    bail!("systemctl restart {unit} failed: {}{journal}", out.tail(3))
+}
+
+async fn start_limit_hit(exec: &HostExec, unit: &str, timeout: Duration) -> bool {
+    let argv: Vec<String> = ["systemctl", "show", "--property=Result", unit]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    matches!(exec.run(&argv, timeout).await, Ok(o) if o.stdout.trim() == "Result=start-limit-hit")
 }
 
 /// containerd's own words after a failed start, where systemd keeps them.

@@ -63,6 +63,10 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
     let mut wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
     let mut handled: Option<Desired> = None;
     let started_at = std::time::SystemTime::now();
+    // Once this agent obeyed an uninstall it stays uninstalled for the rest of its life: the command
+    // that asked clears its annotation when the node is clean, and that must not read as "provision
+    // again" in the moment before the DaemonSet goes.
+    let mut uninstalled = false;
     tracing::info!(node = %node_name, "watching the node");
     loop {
         let mut periodic = false;
@@ -76,7 +80,12 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         let Some(node) = nodes.borrow_and_update().clone() else {
             continue;
         };
-        let want = desired(&node, &ctx.settings.trigger, started_at);
+        let mut want = desired(&node, &ctx.settings.trigger, started_at);
+        uninstalled |= want.uninstall == desired::Uninstall::Requested;
+        if uninstalled {
+            want.triggered = false;
+            want.uninstall = desired::Uninstall::Requested;
+        }
         // Status heartbeats and the agent's own patches change the Node too: only a new request or
         // the timer (resync, or the retry after a failure) is a reason to look at the host again.
         if !periodic && handled.as_ref() == Some(&want) {

@@ -34,6 +34,7 @@ pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
     let mut asked: BTreeMap<String, bool> = BTreeMap::new();
     let mut last_reason: BTreeMap<String, String> = BTreeMap::new();
     loop {
+        let settled = started.elapsed() >= SETTLE;
         let nodes = api
             .list(&ListParams::default())
             .await
@@ -55,6 +56,10 @@ pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
                         println!("node {name}: clean");
                     }
                     *clean = true;
+                    if settled && annotation(n, UNINSTALL_ANNOTATION).is_some() {
+                        // The agent that cleaned it stays clean; nothing of this command stays behind.
+                        unask(&api, &name).await?;
+                    }
                 } else {
                     *clean = false;
                     let status = annotation(n, STATUS_ANNOTATION).unwrap_or("");
@@ -80,7 +85,7 @@ pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
                 }
             }
         }
-        if blocked.is_empty() && started.elapsed() >= SETTLE {
+        if blocked.is_empty() && settled {
             println!("every node is clean ({} asked)", asked.len());
             return Ok(());
         }
@@ -101,6 +106,15 @@ async fn ask(api: &Api<Node>, name: &str, at: &str) -> anyhow::Result<()> {
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .with_context(|| format!("annotating node {name}"))?;
+    Ok(())
+}
+
+async fn unask(api: &Api<Node>, name: &str) -> anyhow::Result<()> {
+    let patch =
+        serde_json::json!({ "metadata": { "annotations": { UNINSTALL_ANNOTATION: null } } });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("clearing {UNINSTALL_ANNOTATION} on node {name}"))?;
     Ok(())
 }
 

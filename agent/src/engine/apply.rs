@@ -103,6 +103,9 @@ impl Engine {
                 return Err(anyhow::anyhow!("{e:#}"));
             }
         }
+        if plan.config.as_ref().is_ok_and(|e| e.changes()) {
+            self.containerd.preflight().await?;
+        }
         let HostFacts {
             mut state, config, ..
         } = facts;

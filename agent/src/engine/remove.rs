@@ -74,6 +74,9 @@ impl Engine {
         let mut config = None;
         if state.containerd.is_some() {
             let edit = self.config_edit(&facts.config, &state, &remaining)?;
+            if edit.changes() {
+                self.containerd.preflight().await?;
+            }
             let previous = state.containerd.clone();
             let state_path = self.layout.state_path();
             config = Some(

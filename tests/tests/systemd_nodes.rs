@@ -1,0 +1,553 @@
+//! Production nodes for real: systemd as PID 1 with containerd 1.6, 1.7 and 2.x as the distribution's
+//! `containerd.service` on its own default config (tests/src/systemd_node.rs), and the agent with the
+//! settings the chart renders by default — restart `systemd`; config, socket, unit and binary `auto` —
+//! run inside the node as its host sees itself, installing the WebAssembly test shim.
+//!
+//! Needs KWASM_WASM_SHIM_ARCHIVE (scripts/build-wasm-shim.sh) and KWASM_CONTAINERD_RELEASES
+//! (scripts/containerd-releases.sh); scripts/test.sh sets both. Skipped without them, except under CI.
+
+use std::time::{Duration, Instant};
+
+use kwasm_tests::archive::sha256;
+use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
+use kwasm_tests::cri::{Container, Cri};
+use kwasm_tests::kube_api::{free_port, KubeApi};
+use kwasm_tests::node_host::{TestShim, SHIM_BIN};
+use kwasm_tests::sandbox::ShimSpec;
+use kwasm_tests::systemd_node::{NodeOptions, Release, SystemdNode};
+use kwasm_tests::workloads::{self, EXIT42_WASM, HELLO_LINE, HELLO_NATIVE, HELLO_WASM};
+
+const HANDLER: &str = "wasmtime";
+const BIN: &str = "containerd-shim-wasmtime-v1";
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn wasm_shim_archive() -> Option<Vec<u8>> {
+    match std::env::var_os("KWASM_WASM_SHIM_ARCHIVE") {
+        Some(p) => Some(std::fs::read(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"))),
+        None => {
+            let msg = "KWASM_WASM_SHIM_ARCHIVE is not set (scripts/build-wasm-shim.sh prints it)";
+            assert!(std::env::var_os("CI").is_none(), "{msg}");
+            eprintln!("skipped: {msg}");
+            None
+        }
+    }
+}
+
+/// A node of `series` serving `shim`, with the default settings written; None: skipped.
+struct Fixture {
+    node: SystemdNode,
+    _server: ArtifactServer,
+}
+
+fn fixture(series: &str, opts: NodeOptions, shim: Option<TestShim>) -> Option<Fixture> {
+    let release = Release::find(series)?;
+    let shim = shim?;
+    let node = SystemdNode::boot(&release, opts);
+    let server = ArtifactServer::start();
+    let route = format!("/{}.tar.gz", shim.name);
+    server.route(&route, vec![Behavior::Serve(shim.archive.clone())]);
+    node.sb
+        .write_settings(&default_settings(&server, &route, &shim));
+    let work = node.sb.path().join("images");
+    let images: Vec<_> = workloads::build_all(&work)
+        .into_iter()
+        .map(|(_, a)| a)
+        .collect();
+    node.import_images(&images);
+    Some(Fixture {
+        node,
+        _server: server,
+    })
+}
+
+/// The WebAssembly test shim (runwasi's containerd-shim-wasm with wasmtime).
+fn wasm_shim() -> Option<TestShim> {
+    Some(TestShim {
+        name: HANDLER.into(),
+        binary: BIN.into(),
+        runtime_type: "io.containerd.wasmtime.v1".into(),
+        archive: wasm_shim_archive()?,
+    })
+}
+
+/// The chart's defaults, as the host sees itself (root `/`): nothing about containerd is set, so
+/// restart is `systemd` and config, socket, unit and binary are `auto`. Only the shim is the test's,
+/// served over loopback HTTP with its digest pinned.
+fn default_settings(server: &ArtifactServer, route: &str, shim: &TestShim) -> String {
+    let mut spec = ShimSpec::new(&shim.name, &shim.binary).platform(
+        "amd64",
+        &server.url(route),
+        Some(&sha256(&shim.archive)),
+    );
+    spec.runtime_type = shim.runtime_type.clone();
+    format!(
+        "[host]\nroot = \"/\"\n\n[artifacts]\nallow_http = true\n\n{}",
+        spec.to_toml()
+    )
+}
+
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WITHIN;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_node_harness_boots_each_release_under_systemd_and_leaves_nothing_behind() {
+    for (series, config_version) in [("1.6", 2), ("1.7", 2), ("2.1", 3)] {
+        let Some(release) = Release::find(series) else {
+            continue;
+        };
+        let node = SystemdNode::boot(&release, NodeOptions::default());
+        let said = node.sh_ok("containerd --version");
+        assert!(said.contains(&format!(" {series}.")), "{said}");
+        assert_eq!(node.unit_property("containerd", "ActiveState"), "active");
+        assert_eq!(node.unit_property("containerd", "KillMode"), "process");
+        let config = node.read("/etc/containerd/config.toml");
+        assert!(
+            config.starts_with(&format!("version = {config_version}"))
+                || config.contains(&format!("\nversion = {config_version}\n")),
+            "{config}"
+        );
+        let pid = node.run_container("harness");
+        assert!(node.task_pid("harness") == Some(pid));
+        let dir = node.sb.path().to_owned();
+        let cgroups = node.cgroups();
+        let pid1 = node.pid;
+        assert!(cgroups.iter().all(|c| c.exists()));
+        drop(node);
+        assert!(!std::path::Path::new(&format!("/proc/{pid1}")).exists());
+        for c in &cgroups {
+            assert!(!c.exists(), "{} left behind", c.display());
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(dir.to_str().unwrap()) && !mounts.contains("kwnode"),
+            "{mounts}"
+        );
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+/// apply with the defaults, a WASI pod through CRI, remove: on one release.
+fn defaults_on(series: &str, systemd_cgroup: bool) {
+    let Some(f) = fixture(series, NodeOptions { systemd_cgroup }, wasm_shim()) else {
+        return;
+    };
+    let n = &f.node;
+    let etc_before = n.snapshot("/etc/containerd");
+    let runc_pid = n.run_container("before");
+    let main_pid = n.containerd_pid();
+
+    let r = n.agent("apply", &[]);
+    r.ok();
+    let new_main = n.containerd_pid();
+    assert_ne!(new_main, main_pid, "systemd did not restart containerd");
+    assert_eq!(n.unit_property("containerd", "ActiveState"), "active");
+    assert_eq!(
+        n.task_pid("before"),
+        Some(runc_pid),
+        "the runc container was disturbed"
+    );
+    let st = n.status();
+    assert_eq!(st["shims"][0]["loaded"], true, "{st}");
+    assert_eq!(st["containerd"]["unit"], "containerd", "{st}");
+
+    let version_3 = !series.starts_with("1.");
+    let written = if version_3 {
+        // 2.x: the runtime lives in a drop-in the config imports, and containerd merged it.
+        let dump = n.sh_ok("containerd config dump");
+        assert!(dump.contains("runtimes.wasmtime]"), "{dump}");
+        n.read("/etc/containerd/conf.d/99-kwasm.toml")
+    } else {
+        n.read("/etc/containerd/config.toml")
+    };
+    assert!(written.contains("runtimes.wasmtime]"), "{written}");
+    if series != "1.6" {
+        // 1.7 and 2.x hand the options table to the shim as its config body: the pods below run only
+        // if runwasi's shim accepted it (it refuses a body without SystemdCgroup).
+        assert!(
+            written.contains(&format!("SystemdCgroup = {systemd_cgroup}")),
+            "{written}"
+        );
+    }
+
+    let mut cri = Cri::connect(&n.socket());
+    cri.systemd_cgroups = systemd_cgroup;
+    let pod = cri
+        .run_pod("wasm-on-systemd", HANDLER, &n.sb.path().join("pod-logs"))
+        .expect("a pod sandbox on the wasmtime handler");
+    let mut hello = Container::new("hello", HELLO_WASM);
+    hello.args = vec!["from-the-pod-spec"];
+    hello.env = vec![("GREETING", "hej".into())];
+    let id = cri
+        .start(&pod, &hello)
+        .unwrap_or_else(|e| panic!("{e:#}\njournal:\n{}", n.journal("containerd", 60)));
+    let exited = cri.wait_exited(&pod, "hello", &id, WITHIN);
+    assert_eq!(exited.exit_code, 0, "{exited:?}");
+    assert_eq!(
+        exited.log,
+        format!("{HELLO_LINE}\narg: from-the-pod-spec\nenv: GREETING=hej\n")
+    );
+    let driver = |path: &str| {
+        if path.contains(":cri-containerd:") {
+            "systemd"
+        } else {
+            "cgroupfs"
+        }
+    };
+    let expected_driver = if systemd_cgroup {
+        "systemd"
+    } else {
+        "cgroupfs"
+    };
+    let wasm_cgroup = cri.cgroups_path(&id);
+    assert_eq!(driver(&wasm_cgroup), expected_driver, "{wasm_cgroup}");
+    let id = cri
+        .start(&pod, &Container::new("exit42", EXIT42_WASM))
+        .unwrap();
+    let exited = cri.wait_exited(&pod, "exit42", &id, WITHIN);
+    assert_eq!(exited.exit_code, 42, "{exited:?}");
+
+    // A runc pod beside it, under the same cgroup driver.
+    let runc_pod = cri
+        .run_pod("runc-on-systemd", "runc", &n.sb.path().join("pod-logs"))
+        .expect("a runc pod sandbox");
+    let id = cri
+        .start(&runc_pod, &Container::new("hello", HELLO_NATIVE))
+        .unwrap();
+    let exited = cri.wait_exited(&runc_pod, "hello", &id, WITHIN);
+    assert_eq!(exited.exit_code, 0, "{exited:?}");
+    assert!(exited.log.starts_with(HELLO_LINE), "{exited:?}");
+    let runc_cgroup = cri.cgroups_path(&id);
+    assert_eq!(driver(&runc_cgroup), expected_driver, "{runc_cgroup}");
+    cri.remove_pod(&runc_pod).unwrap();
+
+    // The pod's shim runs the installed binary: remove must leave it alone.
+    let r = n.agent("remove", &[]);
+    r.failed();
+    assert!(r.reason().contains("wasmtime is in use"), "{}", r.reason());
+    cri.remove_pod(&pod).unwrap();
+    eventually("the pod's shim to exit", || {
+        !n.sh("ps -eo args").contains(BIN)
+    });
+    let main_pid = n.containerd_pid();
+    n.agent("remove", &[]).ok();
+    assert_ne!(
+        n.containerd_pid(),
+        main_pid,
+        "remove did not restart containerd"
+    );
+    assert_eq!(n.unit_property("containerd", "ActiveState"), "active");
+    assert_eq!(
+        n.snapshot("/etc/containerd"),
+        etc_before,
+        "the config directory is not as it was"
+    );
+    assert!(!n.path("/opt/kwasm/bin").join(BIN).exists());
+    assert_eq!(
+        n.task_pid("before"),
+        Some(runc_pid),
+        "the runc container was disturbed"
+    );
+}
+
+#[test]
+fn defaults_on_containerd_1_6_under_systemd() {
+    defaults_on("1.6", false);
+}
+
+#[test]
+fn defaults_on_containerd_1_7_under_systemd() {
+    defaults_on("1.7", false);
+}
+
+#[test]
+fn defaults_on_containerd_1_7_with_the_systemd_cgroup_driver() {
+    defaults_on("1.7", true);
+}
+
+#[test]
+fn defaults_on_containerd_2_1_under_systemd() {
+    defaults_on("2.1", false);
+}
+
+#[test]
+fn defaults_on_containerd_2_1_with_the_systemd_cgroup_driver() {
+    defaults_on("2.1", true);
+}
+
+/// A drop-in for containerd.service, then `systemctl daemon-reload`.
+fn drop_in(n: &SystemdNode, name: &str, body: &str) {
+    n.sh_ok(&format!(
+        "mkdir -p /etc/systemd/system/containerd.service.d && printf '%s' '{body}' > /etc/systemd/system/containerd.service.d/{name}.conf && systemctl daemon-reload"
+    ));
+}
+
+#[test]
+fn a_unit_whose_restart_would_kill_containers_is_refused_before_anything_is_written() {
+    for mode in ["mixed", "control-group"] {
+        let Some(f) = fixture("1.7", NodeOptions::default(), Some(TestShim::kwtest())) else {
+            return;
+        };
+        let n = &f.node;
+        drop_in(n, "kill-mode", &format!("[Service]\nKillMode={mode}\n"));
+        assert_eq!(n.unit_property("containerd", "KillMode"), mode);
+        let etc_before = n.snapshot("/etc/containerd");
+        let runc_pid = n.run_container("before");
+        let main_pid = n.containerd_pid();
+        let r = n.agent("apply", &[]);
+        r.failed();
+        assert!(
+            r.reason().contains(&format!("KillMode={mode}"))
+                && r.reason().contains("kill every running container"),
+            "{}",
+            r.reason()
+        );
+        assert_eq!(n.snapshot("/etc/containerd"), etc_before);
+        assert!(
+            !n.path("/opt/kwasm/bin").join(SHIM_BIN).exists(),
+            "a binary was installed"
+        );
+        assert_eq!(n.containerd_pid(), main_pid, "containerd was restarted");
+        assert_eq!(n.task_pid("before"), Some(runc_pid));
+    }
+}
+
+#[test]
+fn containerd_that_does_not_come_back_under_systemd_is_rolled_back() {
+    let Some(f) = fixture("2.1", NodeOptions::default(), Some(TestShim::kwtest())) else {
+        return;
+    };
+    let n = &f.node;
+    // The node refuses to start containerd while a wasmtime runtime is configured.
+    drop_in(
+        n,
+        "refuse-wasmtime",
+        "[Service]\nExecStartPre=/bin/sh -c \"! grep -rqs runtimes.kwtest /etc/containerd || { echo node policy: no kwtest runtime here >&2; exit 1; }\"\n",
+    );
+    let etc_before = n.snapshot("/etc/containerd");
+    let runc_pid = n.run_container("before");
+    let r = n.agent("apply", &[]);
+    r.failed();
+    let reason = r.reason();
+    assert!(reason.contains("previous config was restored"), "{reason}");
+    assert!(
+        reason.contains("node policy: no kwtest runtime here"),
+        "the error does not quote the journal: {reason}"
+    );
+    assert_eq!(n.unit_property("containerd", "ActiveState"), "active");
+    assert_eq!(n.snapshot("/etc/containerd"), etc_before);
+    assert!(
+        !n.path("/opt/kwasm/bin").join(SHIM_BIN).exists(),
+        "the new binary stayed"
+    );
+    assert_eq!(n.task_pid("before"), Some(runc_pid));
+    n.wait_containerd();
+}
+
+#[test]
+fn ten_apply_remove_cycles_never_leave_the_unit_failed() {
+    let Some(f) = fixture("1.7", NodeOptions::default(), Some(TestShim::kwtest())) else {
+        return;
+    };
+    let n = &f.node;
+    let etc_before = n.snapshot("/etc/containerd");
+    let runc_pid = n.run_container("before");
+    let mut resets = 0;
+    for i in 0..10 {
+        for cmd in ["apply", "remove"] {
+            let r = n.agent(cmd, &[]);
+            r.ok();
+            resets += r.stderr.matches("start rate limit").count();
+            assert_eq!(
+                n.unit_property("containerd", "ActiveState"),
+                "active",
+                "{cmd} {i}"
+            );
+        }
+    }
+    eprintln!("the agent reset systemd's start rate limit {resets} times in 20 restarts");
+    assert_eq!(n.snapshot("/etc/containerd"), etc_before);
+    assert_eq!(n.task_pid("before"), Some(runc_pid));
+    // 20 restarts in well under a minute: past systemd's default limit of 5 starts in 10 s, which the
+    // agent met and reset.
+    assert_eq!(n.unit_property("containerd", "NRestarts"), "0");
+}
+
+/// The chart's defaults as rendered into manifests/deploy/ (the ConfigMap's settings file), read
+/// with the real kubectl.
+fn chart_settings() -> toml_edit::DocumentMut {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/deploy/kwasm-agent.yaml");
+    let out = std::process::Command::new("kubectl")
+        .args(["label", "--local", "-o", "json", "kwasm.sh/test=1", "-f"])
+        .arg(&manifest)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_json::Deserializer::from_str(&text)
+        .into_iter::<serde_json::Value>()
+        .map(Result::unwrap)
+        .find(|o| o["kind"] == "ConfigMap")
+        .and_then(|cm| cm["data"]["config.toml"].as_str().map(str::to_owned))
+        .expect("the chart renders a ConfigMap with config.toml")
+        .parse()
+        .unwrap()
+}
+
+fn the_daemonset_pod_on(series: &str) {
+    let Some(archive) = image_archive() else {
+        return;
+    };
+    let Some(f) = fixture(series, NodeOptions::default(), wasm_shim()) else {
+        return;
+    };
+    let n = &f.node;
+    let api = KubeApi::start(n.sb.path());
+    api.add_node("n1", "amd64");
+    let port = free_port();
+    // The chart's settings, but for the shim (the test's, over loopback HTTP) and where the agent
+    // listens (the pod shares this machine's network with other tests).
+    let mut settings = chart_settings();
+    let ours: toml_edit::DocumentMut = std::fs::read_to_string(&n.sb.settings)
+        .unwrap()
+        .parse()
+        .unwrap();
+    settings["shims"] = ours["shims"].clone();
+    settings["artifacts"]["allow_http"] = toml_edit::value(true);
+    settings["agent"]["listen"] = toml_edit::value(format!("127.0.0.1:{port}"));
+    assert_eq!(settings["host"]["root"].as_str(), Some("/host"));
+    assert_eq!(settings["containerd"]["restart"].as_str(), Some("systemd"));
+    let etc = n.sb.path().join("etc-kwasm-agent");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("config.toml"), settings.to_string()).unwrap();
+    std::fs::copy(&api.kubeconfig, etc.join("kubeconfig")).unwrap();
+    n.import_images(&[archive]);
+    let listed = String::from_utf8_lossy(&n.ctr(&["-n", "k8s.io", "images", "ls", "-q"]).stdout)
+        .into_owned();
+    let image = listed
+        .lines()
+        .find(|l| l.starts_with("ghcr.io/kwasm/kwasm-agent"))
+        .unwrap_or_else(|| panic!("no agent image after import: {listed}"))
+        .to_owned();
+
+    let etc_before = n.snapshot("/etc/containerd");
+    let runc_pid = n.run_container("before");
+    let mut cri = Cri::connect(&n.socket());
+    // As the kubelet starts the DaemonSet's pod: privileged, host PID namespace, the host's `/` at
+    // /host (HostToContainer), the settings at /etc/kwasm-agent, NODE_NAME.
+    let pod = cri
+        .run_pod_as(
+            "kwasm-agent-n1",
+            "runc",
+            &n.sb.path().join("agent-logs"),
+            true,
+        )
+        .expect("a privileged host-PID pod sandbox");
+    let mut agent = Container::new("agent", &image);
+    agent.args = vec!["run", "--config", "/etc/kwasm-agent/config.toml"];
+    agent.privileged = true;
+    agent.host_propagation = true;
+    agent.mounts = vec![("/host", "/".into()), ("/etc/kwasm-agent", etc.clone())];
+    agent.env = vec![
+        ("NODE_NAME", "n1".into()),
+        ("POD_NAMESPACE", "kube-system".into()),
+        ("KUBECONFIG", "/etc/kwasm-agent/kubeconfig".into()),
+        ("KWASM_LOG", "info,kube=warn".into()),
+    ];
+    let agent_id = cri.start(&pod, &agent).expect("the agent container starts");
+    let agent_pid = cri.container_pid(&agent_id);
+    let main_pid = n.containerd_pid();
+
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while api.provisioned_label("n1").as_deref() != Some("true") {
+        assert!(
+            Instant::now() < deadline,
+            "the containerized agent never provisioned the node; log:\n{}\njournal:\n{}",
+            cri.log(&pod, "agent"),
+            n.journal("containerd", 20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(
+        n.containerd_pid(),
+        main_pid,
+        "containerd was not restarted through systemd"
+    );
+    assert_eq!(n.unit_property("containerd", "ActiveState"), "active");
+    assert_eq!(
+        cri.container_pid(&agent_id),
+        agent_pid,
+        "the agent's own container did not survive"
+    );
+    assert_eq!(n.task_pid("before"), Some(runc_pid));
+    assert_eq!(
+        api.node("n1")["metadata"]["labels"]["kwasm.sh/shim.wasmtime"],
+        "true"
+    );
+
+    // A WASI pod on the handler the node now has.
+    let wasm = cri
+        .run_pod("wasm-after", HANDLER, &n.sb.path().join("pod-logs"))
+        .expect("a pod on the wasmtime handler");
+    let id = cri
+        .start(&wasm, &Container::new("hello", HELLO_WASM))
+        .unwrap();
+    let exited = cri.wait_exited(&wasm, "hello", &id, WITHIN);
+    assert_eq!(exited.exit_code, 0, "{exited:?}");
+    assert!(exited.log.starts_with(HELLO_LINE), "{exited:?}");
+    cri.remove_pod(&wasm).unwrap();
+    eventually("the WASI pod's shim to exit", || {
+        !n.sh("ps -eo args").contains(BIN)
+    });
+
+    // The trigger goes: the node is clean again.
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node-"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while api.node("n1")["metadata"]["labels"]
+        .get("kwasm.sh/kwasm-provisioned")
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the node was never cleaned; log:\n{}",
+            cri.log(&pod, "agent")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(n.snapshot("/etc/containerd"), etc_before);
+    assert!(!n.path("/opt/kwasm/bin").join(BIN).exists());
+    assert_eq!(cri.container_pid(&agent_id), agent_pid);
+    assert_eq!(n.task_pid("before"), Some(runc_pid));
+}
+
+fn image_archive() -> Option<std::path::PathBuf> {
+    match std::env::var_os("KWASM_IMAGE_ARCHIVE") {
+        Some(p) => Some(p.into()),
+        None => {
+            let msg = "KWASM_IMAGE_ARCHIVE is not set (scripts/build-image.sh prints it)";
+            assert!(std::env::var_os("CI").is_none(), "{msg}");
+            eprintln!("skipped: {msg}");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_daemonset_pod_provisions_a_containerd_1_7_node() {
+    the_daemonset_pod_on("1.7");
+}
+
+#[test]
+fn the_daemonset_pod_provisions_a_containerd_2_1_node() {
+    the_daemonset_pod_on("2.1");
+}
