@@ -70,5 +70,8 @@ pivot_root . .oldroot
 cd /
 umount -l /.oldroot
 rmdir /.oldroot
+# systemd makes / a shared mount on a real node (not in a container, where it leaves it): the
+# DaemonSet's /host mount with HostToContainer propagation needs that.
+mount --make-rshared /
 export container=other
 exec /lib/systemd/systemd --system --unit=multi-user.target

@@ -478,6 +478,8 @@ fn the_daemonset_pod_on(series: &str) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // containerd restarted: the connection to its socket did not survive that, the pods did.
+    let mut cri = Cri::connect(&n.socket());
     assert_ne!(
         n.containerd_pid(),
         main_pid,
@@ -511,6 +513,7 @@ fn the_daemonset_pod_on(series: &str) {
     });
 
     // The trigger goes: the node is clean again.
+    let main_pid = n.containerd_pid();
     api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node-"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     while api.node("n1")["metadata"]["labels"]
@@ -526,6 +529,12 @@ fn the_daemonset_pod_on(series: &str) {
     }
     assert_eq!(n.snapshot("/etc/containerd"), etc_before);
     assert!(!n.path("/opt/kwasm/bin").join(BIN).exists());
+    assert_ne!(
+        n.containerd_pid(),
+        main_pid,
+        "remove did not restart containerd"
+    );
+    let mut cri = Cri::connect(&n.socket());
     assert_eq!(cri.container_pid(&agent_id), agent_pid);
     assert_eq!(n.task_pid("before"), Some(runc_pid));
 }
