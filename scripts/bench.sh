@@ -4,13 +4,17 @@
 # BENCHMARKS.md (figure, baseline, ratio, goal, machine, command, date) and printed.
 #
 #   scripts/bench.sh [--runs N] [--fetch-mib M] [--fleet AGENTS] [--quick] [--no-image] [--no-wasm]
-#                    [--out FILE]
+#                    [--no-nodes] [--out FILE]
 #
 # P1  kubectl annotate -> ready label vs a bare restart of the same containerd until its CRI Status
 #     answers (both polled by kw-probe every 10 ms, one request per probe)
 # P2  fetch+verify+install (kwasm-agent apply) vs `curl -s | sha256sum` and vs `openssl dgst -sha256`
 #     of the same file (the hashing floor of this CPU)
 # P3  CRI-unavailable window during a reconcile vs during a bare restart (CRI Status every 2 ms)
+#     P1 and P3 in the sandbox (containerd restarted by a script) and on systemd nodes with containerd
+#     1.6, 1.7 and 2.1 (kw-node; the agent's default settings, `systemctl restart containerd` as the
+#     baseline). Every baseline restarts the same containerd with the same final config (the shim's
+#     runtime in it), after the same settle time, with the agent running idle beside it.
 # P4  no-op reconcile time and restarts (the agent's own metrics over periodic resyncs)
 # P5  idle RSS; binary and image size; API requests per idle node per hour (counted at the stand-in)
 # plus a timeline of one reconcile (the agent's own log line) and, when a wasm shim archive is at
@@ -21,7 +25,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib/measure.sh
 . "$(dirname "$0")/lib/measure.sh"
 
-runs=5 fetch_mib=200 image=1 wasm=1 fleet=200 out=BENCHMARKS.md
+runs=5 fetch_mib=200 image=1 wasm=1 fleet=200 nodes=1 out=BENCHMARKS.md
 while [ $# -gt 0 ]; do
   case "$1" in
     --runs) runs=$2; shift ;;
@@ -30,6 +34,7 @@ while [ $# -gt 0 ]; do
     --quick) runs=3 fetch_mib=64 image=0 wasm=0 fleet=0 ;;
     --no-image) image=0 ;;
     --no-wasm) wasm=0 ;;
+    --no-nodes) nodes=0 ;;
     --out) out=$2; shift ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
@@ -40,7 +45,7 @@ command_line="scripts/bench.sh $*"
 
 echo "==> release build" >&2
 cargo build --release --quiet -p kwasm-agent
-cargo build --release --quiet -p kwasm-tests --bin kw-probe --bin kw-serve --bin bench-wasm --bin bench-fleet
+cargo build --release --quiet -p kwasm-tests --bin kw-probe --bin kw-serve --bin bench-wasm --bin bench-fleet --bin kw-node
 agent="$PWD/target/release/kwasm-agent"
 probe="$PWD/target/release/kw-probe"
 
@@ -48,8 +53,10 @@ D=$(mktemp -d /tmp/kw.bench.XXXXXX)
 # shellcheck source=lib/sandbox.sh
 . "$(dirname "$0")/lib/sandbox.sh"
 pids=()
+node_fd=""   # the running kw-node's standard input: closing it tears the node down
 cleanup() {
   set +e
+  [ -n "$node_fd" ] && exec {node_fd}>&-
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   [ -f "$D/containerd.pid" ] && kill "$(cat "$D/containerd.pid")" 2>/dev/null
   wait 2>/dev/null
@@ -176,33 +183,105 @@ kubectl annotate node n1 kwasm.sh/kwasm-node=true >/dev/null; label true
 kubectl annotate node n1 kwasm.sh/kwasm-node- >/dev/null; label -
 
 echo "==> P1/P3: annotate -> ready and the CRI-unavailable window, against a bare restart ($runs runs each)" >&2
-ready_t=() bare_t=() win_agent=() win_bare=() kubectl_t=()
-for i in $(seq "$runs"); do
-  "$probe" cri-window "$sock" "$D/stop.a$i" 2 > "$D/win.a$i" & wp=$!
+settle=1   # the same idle time before every measured restart, the agent's and the baseline's
+prepare=(true)   # run before each settle: the same state before each measured restart
+# measure_p1_p3 NODE SOCKET RESTART...: one annotate -> ready by the agent, then a bare restart of the
+# same containerd with the same (now provisioned) config, each after $settle s idle, each watched by
+# the same CRI probe; then the trigger goes again. Appends to ready_t, bare_t, win_agent, win_bare.
+measure_p1_p3() {
+  local node=$1 socket=$2 t0 wp
+  shift 2
+  "${prepare[@]}"
+  sleep "$settle"
+  "$probe" cri-window "$socket" "$D/stop.a" 2 > "$D/win.a" & wp=$!
   t0=$(now)
-  kubectl annotate node n1 kwasm.sh/kwasm-node=true >/dev/null
+  kubectl annotate node "$node" kwasm.sh/kwasm-node=true >/dev/null
   kubectl_t+=("$(calc "$(now) - $t0")")
-  label true
+  "$probe" label "$api" "$node" kwasm.sh/kwasm-provisioned true 10 >/dev/null
   ready_t+=("$(calc "$(now) - $t0")")
-  touch "$D/stop.a$i"; wait "$wp"; win_agent+=("$(cat "$D/win.a$i")")
-  grep "reconcile timeline" "$D/agent.log" | tail -n 1 > "$D/timeline"
-  kubectl annotate node n1 kwasm.sh/kwasm-node- >/dev/null; label -
+  touch "$D/stop.a"; wait "$wp"; win_agent+=("$(cat "$D/win.a")"); rm -f "$D/stop.a"
 
-  "$probe" cri-window "$sock" "$D/stop.b$i" 2 > "$D/win.b$i" & wp=$!
+  "${prepare[@]}"
+  sleep "$settle"
+  "$probe" cri-window "$socket" "$D/stop.b" 2 > "$D/win.b" & wp=$!
   t0=$(now)
-  "$D/restart.sh"
-  "$probe" cri "$sock" 10 >/dev/null
+  "$@"
+  "$probe" cri "$socket" 10 >/dev/null
   bare_t+=("$(calc "$(now) - $t0")")
-  touch "$D/stop.b$i"; wait "$wp"; win_bare+=("$(cat "$D/win.b$i")")
+  touch "$D/stop.b"; wait "$wp"; win_bare+=("$(cat "$D/win.b")"); rm -f "$D/stop.b"
+
+  kubectl annotate node "$node" kwasm.sh/kwasm-node- >/dev/null
+  "$probe" label "$api" "$node" kwasm.sh/kwasm-provisioned - 10 >/dev/null
+}
+p1_p3_rows() { # $1 = where, $2 = the baseline's restart
+  local p1a p1b p3a p3b r1 r3
+  p1a=$(printf '%s\n' "${ready_t[@]}" | median); p1b=$(printf '%s\n' "${bare_t[@]}" | median)
+  p3a=$(printf '%s\n' "${win_agent[@]}" | median); p3b=$(printf '%s\n' "${win_bare[@]}" | median)
+  kt=$(printf '%s\n' "${kubectl_t[@]}" | median)
+  r1=$(calc "$p1a / $p1b"); r3=$(calc "$p3a / $p3b")
+  row "P1 kubectl annotate -> ready label, $1" "$(printf '%.3f s' "$p1a")" "$(printf '%s+CRI %.3f s' "$2" "$p1b")" "$(printf '%.2f' "$r1")" "<= 1.1" "$(met "$r1 <= 1.1")"
+  row "P3 CRI-unavailable window, $1" "$(printf '%.3f s' "$p3a")" "$(printf '%s %.3f s' "$2" "$p3b")" "$(printf '%.2f' "$r3")" "<= 1.05" "$(met "$r3 <= 1.05")"
+}
+ready_t=() bare_t=() win_agent=() win_bare=() kubectl_t=()
+for _ in $(seq "$runs"); do
+  measure_p1_p3 n1 "$sock" "$D/restart.sh"
+  grep "reconcile timeline" "$D/agent.log" | tail -n 1 > "$D/timeline"
 done
-p1a=$(printf '%s\n' "${ready_t[@]}" | median); p1b=$(printf '%s\n' "${bare_t[@]}" | median)
-p3a=$(printf '%s\n' "${win_agent[@]}" | median); p3b=$(printf '%s\n' "${win_bare[@]}" | median)
-kt=$(printf '%s\n' "${kubectl_t[@]}" | median)
-r1=$(calc "$p1a / $p1b"); r3=$(calc "$p3a / $p3b")
-row "P1 kubectl annotate -> ready label (warm cache)" "$(printf '%.3f s' "$p1a")" "$(printf 'bare restart+CRI %.3f s' "$p1b")" "$(printf '%.2f' "$r1")" "<= 1.2" "$(met "$r1 <= 1.2")"
-row "P3 CRI-unavailable window during a reconcile" "$(printf '%.3f s' "$p3a")" "$(printf 'bare restart %.3f s' "$p3b")" "$(printf '%.2f' "$r3")" "<= 1.1" "$(met "$r3 <= 1.1")"
+p1_p3_rows "sandbox (script restart)" "bare restart"
 rss_after=$(rss)
 stop_agent
+
+# ---------------------------------------------------------------------------------------------------
+# On systemd nodes: the agent (`run`, default settings: restart = "systemd", everything auto) inside
+# the node as its host sees itself, against `systemctl restart containerd` on the same node.
+node_p1_p3() { # $1 = containerd series
+  local series=$1 npid ndir nport node="node-$1"
+  coproc KWNODE { exec target/release/kw-node "$series"; }
+  node_fd=${KWNODE[1]}
+  read -r _ npid _ ndir <&"${KWNODE[0]}"
+  local in=(nsenter -t "$npid" -m -p -u -i -C -r -w --)
+  # systemd's start rate limit (5 starts in 10 s) would stop the baseline's restarts (the agent resets
+  # it when hit): both sides start from a reset limit.
+  prepare=("${in[@]}" systemctl reset-failed containerd)
+  nport=$(free_port)
+  cat > "$ndir/settings.toml" <<EOF
+[host]
+root = "/"
+
+[agent]
+listen = "127.0.0.1:$nport"
+
+[artifacts]
+allow_http = true
+
+$(sandbox_shim_toml "$port")
+EOF
+  curl -sf -XPOST "$api/_test/nodes" -d "{\"name\":\"$node\",\"arch\":\"amd64\"}" >/dev/null
+  "${in[@]}" env NODE_NAME="$node" KUBECONFIG="$KUBECONFIG" KWASM_LOG=info "$agent" run --config "$ndir/settings.toml" >>"$D/node-$series.log" 2>&1 &
+  for _ in $(seq 500); do curl -sf "http://127.0.0.1:$nport/readyz" >/dev/null && break; sleep 0.02; done
+  # Warm the cache, then the measured runs.
+  kubectl annotate node "$node" kwasm.sh/kwasm-node=true >/dev/null
+  "$probe" label "$api" "$node" kwasm.sh/kwasm-provisioned true 10 >/dev/null
+  kubectl annotate node "$node" kwasm.sh/kwasm-node- >/dev/null
+  "$probe" label "$api" "$node" kwasm.sh/kwasm-provisioned - 10 >/dev/null
+  ready_t=() bare_t=() win_agent=() win_bare=() kubectl_t=()
+  for _ in $(seq "$runs"); do
+    measure_p1_p3 "$node" "/proc/$npid/root/run/containerd/containerd.sock" "${in[@]}" systemctl restart containerd
+  done
+  p1_p3_rows "systemd node, containerd $("${in[@]}" containerd --version | awk '{print $3}')" "systemctl restart"
+  grep "reconcile timeline" "$D/node-$series.log" | tail -n 1 > "$D/timeline-$series"
+  # Closing its input tears the node down, the agent in it included.
+  local pid=$KWNODE_PID
+  exec {node_fd}>&-
+  node_fd="" prepare=(true)
+  wait "$pid" 2>/dev/null || true
+}
+if [ "$nodes" = 1 ]; then
+  echo "==> P1/P3 on systemd nodes (containerd 1.6, 1.7, 2.1; $runs runs each)" >&2
+  KWASM_CONTAINERD_RELEASES=$(bash scripts/containerd-releases.sh 2>/dev/null | tail -n 1)
+  export KWASM_CONTAINERD_RELEASES
+  for series in 1.6 1.7 2.1; do node_p1_p3 "$series"; done
+fi
 
 # ---------------------------------------------------------------------------------------------------
 echo "==> P4/P5: an idle provisioned node — no-op resyncs, API requests, RSS" >&2

@@ -5,8 +5,10 @@
 # ShellCheck, the Helm chart's tests (Helm's engine, Kubernetes 1.30-1.37 schemas, CEL), and every
 # Rust test: unit, integration against a real containerd, end-to-end with the real kubectl, WASI
 # modules through CRI on a wasm shim built from runwasi's crates (tests/wasm-shim, by
-# scripts/build-wasm-shim.sh; its first build takes about ten minutes), and the agent's image run as
-# the DaemonSet's pod (scripts/build-image.sh). Extra arguments go to the test runner.
+# scripts/build-wasm-shim.sh; its first build takes about ten minutes), the agent's image run as
+# the DaemonSet's pod (scripts/build-image.sh), production nodes under a real systemd with containerd
+# 1.6, 1.7 and 2.1 (scripts/containerd-releases.sh), and both demos as a new user runs them. Extra
+# arguments go to the test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,6 +57,18 @@ export KWASM_CONTAINERD_RELEASES
 echo "==> agent image (scripts/build-image.sh)"
 KWASM_IMAGE_ARCHIVE=$(bash scripts/build-image.sh | tail -n 1)
 export KWASM_IMAGE_ARCHIVE
+
+echo "==> the demos, as a new user runs them (scripts/demo.sh, scripts/demo.sh --wasm)"
+for mode in plain wasm; do
+  args=()
+  [ "$mode" = wasm ] && args=(--wasm)
+  if ! bash scripts/demo.sh "${args[@]}" >"target/demo-$mode.log" 2>&1; then
+    cat "target/demo-$mode.log"
+    echo "scripts/demo.sh ${args[*]} failed (log above)" >&2
+    exit 1
+  fi
+  grep -E "byte-identical|kept pid" "target/demo-$mode.log"
+done
 
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then

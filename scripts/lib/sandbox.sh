@@ -82,6 +82,13 @@ link_dir = "$D/path"       # on this containerd's PATH: runtime names resolve to
 
 $(cat)
 
+$(sandbox_shim_toml "$1")
+EOS
+}
+
+# The served shim as a catalog entry: $1 = artifact server port.
+sandbox_shim_toml() {
+  cat <<EOS
 [[shims]]
 name = "$shim_name"
 runtime_type = "$shim_type"

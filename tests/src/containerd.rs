@@ -179,14 +179,7 @@ impl Containerd {
     }
 
     pub fn task_pid(&self, id: &str) -> Option<i32> {
-        let id = self.real_id(id);
-        let out = self.ctr(&["task", "ls"]);
-        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && f[0] == id && f[2] == "RUNNING")
-                .then(|| f[1].parse().ok())
-                .flatten()
-        })
+        running_task_pid(&self.ctr(&["task", "ls"]), &self.real_id(id))
     }
 
     pub fn stop_container(&self, id: &str) {
@@ -282,6 +275,18 @@ fn kill_and_wait(pid: i32) {
 }
 
 /// Reap any children of this process that have exited (daemons this test stopped and adopted).
+/// The PID of task `id` in `ctr task ls` output, if it is running.
+pub fn running_task_pid(task_ls: &std::process::Output, id: &str) -> Option<i32> {
+    String::from_utf8_lossy(&task_ls.stdout)
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && f[0] == id && f[2] == "RUNNING")
+                .then(|| f[1].parse().ok())
+                .flatten()
+        })
+}
+
 pub fn reap_exited() {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     while let Ok(st) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {

@@ -296,26 +296,22 @@ impl Cri {
             .collect()
     }
 
-    /// The PID of a running container's process (from the verbose status containerd gives the
-    /// kubelet), in containerd's PID namespace.
+    /// The PID of a running container's process, in containerd's PID namespace.
     pub fn container_pid(&mut self, id: &str) -> i64 {
-        let st = self
-            .rt
-            .block_on(self.client.container_status(ContainerStatusRequest {
-                container_id: id.into(),
-                verbose: true,
-            }))
-            .expect("ContainerStatus")
-            .into_inner();
-        let info: serde_json::Value =
-            serde_json::from_str(st.info.get("info").map(String::as_str).unwrap_or("{}"))
-                .unwrap_or_default();
-        info["pid"].as_i64().unwrap_or(0)
+        self.verbose_info(id)["pid"].as_i64().unwrap_or(0)
     }
 
     /// The cgroup path containerd gave a container's runtime: `/k8s.io/<id>` with the cgroupfs
     /// driver, `<slice>:cri-containerd:<id>` with the systemd driver.
     pub fn cgroups_path(&mut self, id: &str) -> String {
+        self.verbose_info(id)["runtimeSpec"]["linux"]["cgroupsPath"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The `info` document of a container's verbose status (what containerd tells the kubelet).
+    fn verbose_info(&mut self, id: &str) -> serde_json::Value {
         let st = self
             .rt
             .block_on(self.client.container_status(ContainerStatusRequest {
@@ -324,13 +320,8 @@ impl Cri {
             }))
             .expect("ContainerStatus")
             .into_inner();
-        let info: serde_json::Value =
-            serde_json::from_str(st.info.get("info").map(String::as_str).unwrap_or("{}"))
-                .unwrap_or_default();
-        info["runtimeSpec"]["linux"]["cgroupsPath"]
-            .as_str()
+        serde_json::from_str(st.info.get("info").map(String::as_str).unwrap_or("{}"))
             .unwrap_or_default()
-            .to_owned()
     }
 
     pub fn remove_pod(&mut self, pod: &Pod) -> anyhow::Result<()> {

@@ -373,7 +373,8 @@ impl SystemdNode {
         std::fs::read_to_string(self.path(host_path)).unwrap_or_default()
     }
 
-    /// Every file under a host directory of the node with its content, for byte-for-byte checks.
+    /// Every file (with its content) and directory under a host directory of the node, for
+    /// byte-for-byte checks.
     pub fn snapshot(&self, host_dir: &str) -> Vec<(String, Vec<u8>)> {
         let mut out = vec![];
         snapshot_into(&self.path(host_dir), host_dir, &mut out);
@@ -421,13 +422,7 @@ impl SystemdNode {
     }
 
     pub fn task_pid(&self, id: &str) -> Option<i32> {
-        let out = self.ctr(&["task", "ls"]);
-        String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 3 && f[0] == id && f[2] == "RUNNING")
-                .then(|| f[1].parse().ok())
-                .flatten()
-        })
+        crate::containerd::running_task_pid(&self.ctr(&["task", "ls"]), id)
     }
 
     /// `kwasm-agent CMD --config <sandbox>/settings.toml ARGS…` inside the node, host root `/`.
@@ -506,6 +501,8 @@ fn snapshot_into(dir: &Path, name: &str, out: &mut Vec<(String, Vec<u8>)>) {
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let n = format!("{name}/{}", e.file_name().to_string_lossy());
         if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            // A directory left behind (an empty conf.d) is a difference too.
+            out.push((format!("{n}/"), vec![]));
             snapshot_into(&e.path(), &n, out);
         } else {
             out.push((n, std::fs::read(e.path()).unwrap_or_default()));

@@ -300,6 +300,7 @@ pub fn compute(
         version,
         handlers,
         files: p.records.clone(),
+        created_dirs: Default::default(),
     });
     Ok(ConfigEdit {
         strategy,

@@ -1,7 +1,7 @@
 //! Exactly what the agent added to containerd's configuration, kept in the state file, so `remove` can
 //! take away that and nothing else.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,10 @@ pub struct ConfigOwnership {
     pub handlers: BTreeMap<String, OwnedRuntime>,
     /// Every file the agent changed or created, by host path.
     pub files: BTreeMap<PathBuf, FileRecord>,
+    /// Directories the agent created for its files (a drop-in's `conf.d`), host paths: removed once
+    /// empty, so the config directory ends as it began.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub created_dirs: BTreeSet<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

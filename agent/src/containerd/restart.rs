@@ -1,6 +1,6 @@
 //! Restarting containerd: when (only if the config changed, or a handler it should have is not
-//! loaded), and how (systemd unit, a command, or not at all). The decisions are pure functions so the
-//! systemd path is tested even where systemd cannot run.
+//! loaded), and how (systemd unit, a command, or not at all). The decisions are pure functions,
+//! unit-tested here; the systemd path runs for real in tests/tests/systemd_nodes.rs.
 
 use std::time::Duration;
 

@@ -2,7 +2,7 @@
 //! CRI plugin lists every handler with its binary, and when containerd does not come back healthy,
 //! put the previous config back, restart again, and report the original cause.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
 use anyhow::anyhow;
@@ -85,9 +85,10 @@ impl Containerd {
         let reloads = self.flavor.kind.reloads_itself() && edit.changes();
         if let Action::Skip(reason) = &action {
             if !reloads {
-                self.write_all(edit).await?;
-                if let Err(e) = record(edit.ownership.as_ref()) {
-                    return Err(self.abort(edit, e, previous, record, None).await);
+                let made = self.write_all(edit).await?;
+                let owned = self.settle_dirs(edit, previous, &made);
+                if let Err(e) = record(owned.as_ref()) {
+                    return Err(self.abort(edit, &made, e, previous, record, None).await);
                 }
                 let restart = if edit.changes() {
                     tracing::warn!(reason = %reason, "config changed but containerd was not restarted; the handlers load at its next start");
@@ -104,20 +105,23 @@ impl Containerd {
         }
         // Everything that can happen before the restart does: nothing but the restart and its proof
         // is on the path where CRI is down, or inside a restart slot.
-        self.write_all(edit).await?;
-        if let Err(e) = record(edit.ownership.as_ref()) {
-            return Err(self.abort(edit, e, previous, record, None).await);
+        let made = self.write_all(edit).await?;
+        let owned = self.settle_dirs(edit, previous, &made);
+        if let Err(e) = record(owned.as_ref()) {
+            return Err(self.abort(edit, &made, e, previous, record, None).await);
         }
         mark("write");
         let permit = match gate.enter().await {
             Ok(p) => p,
-            Err(e) => return Err(self.abort(edit, e, previous, record, None).await),
+            Err(e) => return Err(self.abort(edit, &made, e, previous, record, None).await),
         };
         mark("restart-slot");
         tracing::info!(action = ?action, "restarting containerd");
         let result = match self.restart_and_prove(&action, &expected, removing).await {
             Ok(st) => Ok(st),
-            Err(err) => Err(self.abort(edit, err, previous, record, Some(&action)).await),
+            Err(err) => Err(self
+                .abort(edit, &made, err, previous, record, Some(&action))
+                .await),
         };
         permit.release().await;
         let st = result?;
@@ -146,13 +150,14 @@ impl Containerd {
     async fn abort(
         &self,
         edit: &ConfigEdit,
+        made: &BTreeSet<PathBuf>,
         cause: anyhow::Error,
         previous: Option<&ConfigOwnership>,
         record: &mut dyn FnMut(Option<&ConfigOwnership>) -> anyhow::Result<()>,
         restarted: Option<&Action>,
     ) -> anyhow::Error {
         let mut problems = Vec::new();
-        if let Err(e) = self.restore(&edit.writes) {
+        if let Err(e) = self.restore(&edit.writes, made) {
             problems.push(format!("restoring the previous config failed: {e:#}"));
         }
         if let Err(e) = record(previous) {
@@ -185,6 +190,24 @@ impl Containerd {
             "containerd did not come back healthy with the new config; the previous config was restored and containerd restarted",
             problems,
         )
+    }
+
+    /// The ownership to record after a write: the edit's, with the directories the agent made for its
+    /// files (now or before) that still hold something; those left empty are removed.
+    fn settle_dirs(
+        &self,
+        edit: &ConfigEdit,
+        previous: Option<&ConfigOwnership>,
+        made: &BTreeSet<PathBuf>,
+    ) -> Option<ConfigOwnership> {
+        let mut dirs: BTreeSet<PathBuf> =
+            previous.map(|p| p.created_dirs.clone()).unwrap_or_default();
+        dirs.extend(made.iter().cloned());
+        let kept = self.prune_dirs(&dirs);
+        edit.ownership.clone().map(|mut o| {
+            o.created_dirs = kept;
+            o
+        })
     }
 
     async fn restart_and_prove(
