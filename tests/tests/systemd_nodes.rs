@@ -139,32 +139,9 @@ fn defaults_on(series: &str, systemd_cgroup: bool) {
     let n = &f.node;
     let etc_before = n.snapshot("/etc/containerd");
     let runc_pid = n.run_container("before");
-    let main_pid = n.containerd_pid();
 
-    let r = n.agent("apply", &[]);
-    r.ok();
-    let new_main = n.containerd_pid();
-    assert_ne!(new_main, main_pid, "systemd did not restart containerd");
-    assert_eq!(n.unit_property("containerd", "ActiveState"), "active");
-    assert_eq!(
-        n.task_pid("before"),
-        Some(runc_pid),
-        "the runc container was disturbed"
-    );
-    let st = n.status();
-    assert_eq!(st["shims"][0]["loaded"], true, "{st}");
-    assert_eq!(st["containerd"]["unit"], "containerd", "{st}");
-
-    let version_3 = !series.starts_with("1.");
-    let written = if version_3 {
-        // 2.x: the runtime lives in a drop-in the config imports, and containerd merged it.
-        let dump = n.sh_ok("containerd config dump");
-        assert!(dump.contains("runtimes.wasmtime]"), "{dump}");
-        n.read("/etc/containerd/conf.d/99-kwasm.toml")
-    } else {
-        n.read("/etc/containerd/config.toml")
-    };
-    assert!(written.contains("runtimes.wasmtime]"), "{written}");
+    apply_restarts_through_systemd(n, runc_pid);
+    let written = runtime_as_written(n, series);
     if series != "1.6" {
         // 1.7 and 2.x hand the options table to the shim as its config body: the pods below run only
         // if runwasi's shim accepted it (it refuses a body without SystemdCgroup).
@@ -173,57 +150,15 @@ fn defaults_on(series: &str, systemd_cgroup: bool) {
             "{written}"
         );
     }
-
     let mut cri = Cri::connect(&n.socket());
     cri.systemd_cgroups = systemd_cgroup;
-    let pod = cri
-        .run_pod("wasm-on-systemd", HANDLER, &n.sb.path().join("pod-logs"))
-        .expect("a pod sandbox on the wasmtime handler");
-    let mut hello = Container::new("hello", HELLO_WASM);
-    hello.args = vec!["from-the-pod-spec"];
-    hello.env = vec![("GREETING", "hej".into())];
-    let id = cri
-        .start(&pod, &hello)
-        .unwrap_or_else(|e| panic!("{e:#}\njournal:\n{}", n.journal("containerd", 60)));
-    let exited = cri.wait_exited(&pod, "hello", &id, WITHIN);
-    assert_eq!(exited.exit_code, 0, "{exited:?}");
-    assert_eq!(
-        exited.log,
-        format!("{HELLO_LINE}\narg: from-the-pod-spec\nenv: GREETING=hej\n")
-    );
-    let driver = |path: &str| {
-        if path.contains(":cri-containerd:") {
-            "systemd"
-        } else {
-            "cgroupfs"
-        }
-    };
-    let expected_driver = if systemd_cgroup {
+    let driver = if systemd_cgroup {
         "systemd"
     } else {
         "cgroupfs"
     };
-    let wasm_cgroup = cri.cgroups_path(&id);
-    assert_eq!(driver(&wasm_cgroup), expected_driver, "{wasm_cgroup}");
-    let id = cri
-        .start(&pod, &Container::new("exit42", EXIT42_WASM))
-        .unwrap();
-    let exited = cri.wait_exited(&pod, "exit42", &id, WITHIN);
-    assert_eq!(exited.exit_code, 42, "{exited:?}");
-
-    // A runc pod beside it, under the same cgroup driver.
-    let runc_pod = cri
-        .run_pod("runc-on-systemd", "runc", &n.sb.path().join("pod-logs"))
-        .expect("a runc pod sandbox");
-    let id = cri
-        .start(&runc_pod, &Container::new("hello", HELLO_NATIVE))
-        .unwrap();
-    let exited = cri.wait_exited(&runc_pod, "hello", &id, WITHIN);
-    assert_eq!(exited.exit_code, 0, "{exited:?}");
-    assert!(exited.log.starts_with(HELLO_LINE), "{exited:?}");
-    let runc_cgroup = cri.cgroups_path(&id);
-    assert_eq!(driver(&runc_cgroup), expected_driver, "{runc_cgroup}");
-    cri.remove_pod(&runc_pod).unwrap();
+    let pod = wasi_pods_run(n, &mut cri, driver);
+    runc_pod_runs(n, &mut cri, driver);
 
     // The pod's shim runs the installed binary: remove must leave it alone.
     let r = n.agent("remove", &[]);
@@ -252,6 +187,94 @@ fn defaults_on(series: &str, systemd_cgroup: bool) {
         Some(runc_pid),
         "the runc container was disturbed"
     );
+}
+
+/// `apply` with the defaults: systemd restarted containerd (a new MainPID, the unit active), the runc
+/// container kept its PID, and `status` says the handler is loaded.
+fn apply_restarts_through_systemd(n: &SystemdNode, runc_pid: i32) {
+    let main_pid = n.containerd_pid();
+    n.agent("apply", &[]).ok();
+    assert_ne!(
+        n.containerd_pid(),
+        main_pid,
+        "systemd did not restart containerd"
+    );
+    assert_eq!(n.unit_property("containerd", "ActiveState"), "active");
+    assert_eq!(
+        n.task_pid("before"),
+        Some(runc_pid),
+        "the runc container was disturbed"
+    );
+    let st = n.status();
+    assert_eq!(st["shims"][0]["loaded"], true, "{st}");
+    assert_eq!(st["containerd"]["unit"], "containerd", "{st}");
+}
+
+/// The runtime table as the agent wrote it: in config.toml on 1.x; on 2.x in a drop-in the config
+/// imports, which containerd merged (`config dump`).
+fn runtime_as_written(n: &SystemdNode, series: &str) -> String {
+    let written = if series.starts_with("1.") {
+        n.read("/etc/containerd/config.toml")
+    } else {
+        let dump = n.sh_ok("containerd config dump");
+        assert!(dump.contains("runtimes.wasmtime]"), "{dump}");
+        n.read("/etc/containerd/conf.d/99-kwasm.toml")
+    };
+    assert!(written.contains("runtimes.wasmtime]"), "{written}");
+    written
+}
+
+/// Which cgroup driver containerd's path for a container's runtime implies.
+fn driver_of(cgroups_path: &str) -> &'static str {
+    if cgroups_path.contains(":cri-containerd:") {
+        "systemd"
+    } else {
+        "cgroupfs"
+    }
+}
+
+/// WASI modules in a pod on the handler: output, argument, environment, the exit code, under the
+/// node's cgroup driver. Returns the pod, still there (its shim running).
+fn wasi_pods_run(n: &SystemdNode, cri: &mut Cri, driver: &str) -> kwasm_tests::cri::Pod {
+    let pod = cri
+        .run_pod("wasm-on-systemd", HANDLER, &n.sb.path().join("pod-logs"))
+        .expect("a pod sandbox on the wasmtime handler");
+    let mut hello = Container::new("hello", HELLO_WASM);
+    hello.args = vec!["from-the-pod-spec"];
+    hello.env = vec![("GREETING", "hej".into())];
+    let id = cri
+        .start(&pod, &hello)
+        .unwrap_or_else(|e| panic!("{e:#}\njournal:\n{}", n.journal("containerd", 60)));
+    let exited = cri.wait_exited(&pod, "hello", &id, WITHIN);
+    assert_eq!(exited.exit_code, 0, "{exited:?}");
+    assert_eq!(
+        exited.log,
+        format!("{HELLO_LINE}\narg: from-the-pod-spec\nenv: GREETING=hej\n")
+    );
+    let path = cri.cgroups_path(&id);
+    assert_eq!(driver_of(&path), driver, "{path}");
+    let id = cri
+        .start(&pod, &Container::new("exit42", EXIT42_WASM))
+        .unwrap();
+    let exited = cri.wait_exited(&pod, "exit42", &id, WITHIN);
+    assert_eq!(exited.exit_code, 42, "{exited:?}");
+    pod
+}
+
+/// A runc pod beside the WASI one, under the same cgroup driver.
+fn runc_pod_runs(n: &SystemdNode, cri: &mut Cri, driver: &str) {
+    let pod = cri
+        .run_pod("runc-on-systemd", "runc", &n.sb.path().join("pod-logs"))
+        .expect("a runc pod sandbox");
+    let id = cri
+        .start(&pod, &Container::new("hello", HELLO_NATIVE))
+        .unwrap();
+    let exited = cri.wait_exited(&pod, "hello", &id, WITHIN);
+    assert_eq!(exited.exit_code, 0, "{exited:?}");
+    assert!(exited.log.starts_with(HELLO_LINE), "{exited:?}");
+    let path = cri.cgroups_path(&id);
+    assert_eq!(driver_of(&path), driver, "{path}");
+    cri.remove_pod(&pod).unwrap();
 }
 
 #[test]
@@ -413,23 +436,7 @@ fn the_daemonset_pod_on(series: &str) {
     let n = &f.node;
     let api = KubeApi::start(n.sb.path());
     api.add_node("n1", "amd64");
-    let port = free_port();
-    // The chart's settings, but for the shim (the test's, over loopback HTTP) and where the agent
-    // listens (the pod shares this machine's network with other tests).
-    let mut settings = chart_settings();
-    let ours: toml_edit::DocumentMut = std::fs::read_to_string(&n.sb.settings)
-        .unwrap()
-        .parse()
-        .unwrap();
-    settings["shims"] = ours["shims"].clone();
-    settings["artifacts"]["allow_http"] = toml_edit::value(true);
-    settings["agent"]["listen"] = toml_edit::value(format!("127.0.0.1:{port}"));
-    assert_eq!(settings["host"]["root"].as_str(), Some("/host"));
-    assert_eq!(settings["containerd"]["restart"].as_str(), Some("systemd"));
-    let etc = n.sb.path().join("etc-kwasm-agent");
-    std::fs::create_dir_all(&etc).unwrap();
-    std::fs::write(etc.join("config.toml"), settings.to_string()).unwrap();
-    std::fs::copy(&api.kubeconfig, etc.join("kubeconfig")).unwrap();
+    let etc = daemonset_config(n, &api);
     n.import_images(&[archive]);
     let listed = String::from_utf8_lossy(&n.ctr(&["-n", "k8s.io", "images", "ls", "-q"]).stdout)
         .into_owned();
@@ -442,42 +449,18 @@ fn the_daemonset_pod_on(series: &str) {
     let etc_before = n.snapshot("/etc/containerd");
     let runc_pid = n.run_container("before");
     let mut cri = Cri::connect(&n.socket());
-    // As the kubelet starts the DaemonSet's pod: privileged, host PID namespace, the host's `/` at
-    // /host (HostToContainer), the settings at /etc/kwasm-agent, NODE_NAME.
-    let pod = cri
-        .run_pod_as(
-            "kwasm-agent-n1",
-            "runc",
-            &n.sb.path().join("agent-logs"),
-            true,
-        )
-        .expect("a privileged host-PID pod sandbox");
-    let mut agent = Container::new("agent", &image);
-    agent.args = vec!["run", "--config", "/etc/kwasm-agent/config.toml"];
-    agent.privileged = true;
-    agent.host_propagation = true;
-    agent.mounts = vec![("/host", "/".into()), ("/etc/kwasm-agent", etc.clone())];
-    agent.env = vec![
-        ("NODE_NAME", "n1".into()),
-        ("POD_NAMESPACE", "kube-system".into()),
-        ("KUBECONFIG", "/etc/kwasm-agent/kubeconfig".into()),
-        ("KWASM_LOG", "info,kube=warn".into()),
-    ];
-    let agent_id = cri.start(&pod, &agent).expect("the agent container starts");
+    let (pod, agent_id) = start_daemonset_pod(n, &mut cri, &image, &etc);
     let agent_pid = cri.container_pid(&agent_id);
     let main_pid = n.containerd_pid();
 
     api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while api.provisioned_label("n1").as_deref() != Some("true") {
-        assert!(
-            Instant::now() < deadline,
-            "the containerized agent never provisioned the node; log:\n{}\njournal:\n{}",
-            cri.log(&pod, "agent"),
-            n.journal("containerd", 20)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(
+        &cri,
+        &pod,
+        n,
+        "the containerized agent to provision the node",
+        || api.provisioned_label("n1").as_deref() == Some("true"),
+    );
     // containerd restarted: the connection to its socket did not survive that, the pods did.
     let mut cri = Cri::connect(&n.socket());
     assert_ne!(
@@ -515,18 +498,11 @@ fn the_daemonset_pod_on(series: &str) {
     // The trigger goes: the node is clean again.
     let main_pid = n.containerd_pid();
     api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node-"]);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while api.node("n1")["metadata"]["labels"]
-        .get("kwasm.sh/kwasm-provisioned")
-        .is_some()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the node was never cleaned; log:\n{}",
-            cri.log(&pod, "agent")
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(&cri, &pod, n, "the node to be cleaned", || {
+        api.node("n1")["metadata"]["labels"]
+            .get("kwasm.sh/kwasm-provisioned")
+            .is_none()
+    });
     assert_eq!(n.snapshot("/etc/containerd"), etc_before);
     assert!(!n.path("/opt/kwasm/bin").join(BIN).exists());
     assert_ne!(
@@ -537,6 +513,79 @@ fn the_daemonset_pod_on(series: &str) {
     let mut cri = Cri::connect(&n.socket());
     assert_eq!(cri.container_pid(&agent_id), agent_pid);
     assert_eq!(n.task_pid("before"), Some(runc_pid));
+}
+
+/// The agent pod's /etc/kwasm-agent: the chart's settings (but for the shim — the test's, over
+/// loopback HTTP — and where the agent listens: the pod shares this machine's network with other
+/// tests), and a kubeconfig for the API stand-in.
+fn daemonset_config(n: &SystemdNode, api: &KubeApi) -> std::path::PathBuf {
+    let mut settings = chart_settings();
+    let ours: toml_edit::DocumentMut = std::fs::read_to_string(&n.sb.settings)
+        .unwrap()
+        .parse()
+        .unwrap();
+    settings["shims"] = ours["shims"].clone();
+    settings["artifacts"]["allow_http"] = toml_edit::value(true);
+    settings["agent"]["listen"] = toml_edit::value(format!("127.0.0.1:{}", free_port()));
+    assert_eq!(settings["host"]["root"].as_str(), Some("/host"));
+    assert_eq!(settings["containerd"]["restart"].as_str(), Some("systemd"));
+    let etc = n.sb.path().join("etc-kwasm-agent");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::write(etc.join("config.toml"), settings.to_string()).unwrap();
+    std::fs::copy(&api.kubeconfig, etc.join("kubeconfig")).unwrap();
+    etc
+}
+
+/// As the kubelet starts the DaemonSet's pod: privileged, host PID namespace, the host's `/` at
+/// /host (HostToContainer), the settings at /etc/kwasm-agent, NODE_NAME. Returns the pod and the
+/// agent container's ID.
+fn start_daemonset_pod(
+    n: &SystemdNode,
+    cri: &mut Cri,
+    image: &str,
+    etc: &std::path::Path,
+) -> (kwasm_tests::cri::Pod, String) {
+    let pod = cri
+        .run_pod_as(
+            "kwasm-agent-n1",
+            "runc",
+            &n.sb.path().join("agent-logs"),
+            true,
+        )
+        .expect("a privileged host-PID pod sandbox");
+    let mut agent = Container::new("agent", image);
+    agent.args = vec!["run", "--config", "/etc/kwasm-agent/config.toml"];
+    agent.privileged = true;
+    agent.host_propagation = true;
+    agent.mounts = vec![("/host", "/".into()), ("/etc/kwasm-agent", etc.to_owned())];
+    agent.env = vec![
+        ("NODE_NAME", "n1".into()),
+        ("POD_NAMESPACE", "kube-system".into()),
+        ("KUBECONFIG", "/etc/kwasm-agent/kubeconfig".into()),
+        ("KWASM_LOG", "info,kube=warn".into()),
+    ];
+    let id = cri.start(&pod, &agent).expect("the agent container starts");
+    (pod, id)
+}
+
+/// Polls `done` for up to 90 s; on time-out, fails with the agent's log and containerd's journal.
+fn wait_for(
+    cri: &Cri,
+    pod: &kwasm_tests::cri::Pod,
+    n: &SystemdNode,
+    what: &str,
+    mut done: impl FnMut() -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; agent log:\n{}\njournal:\n{}",
+            cri.log(pod, "agent"),
+            n.journal("containerd", 20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn image_archive() -> Option<std::path::PathBuf> {

@@ -57,39 +57,13 @@ impl Containerd {
         record: &mut dyn FnMut(Option<&ConfigOwnership>) -> anyhow::Result<()>,
         gate: &dyn RestartGate,
     ) -> anyhow::Result<Outcome> {
-        let expected: BTreeMap<String, PathBuf> = edit
-            .ownership
-            .as_ref()
-            .map(|o| {
-                o.handlers
-                    .iter()
-                    .map(|(h, r)| (h.clone(), r.runtime_path.clone()))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let expected = expected_handlers(edit);
         let changed_files: Vec<PathBuf> = edit.writes.iter().map(|w| w.path.clone()).collect();
-        let loaded = if edit.changes() {
-            None
-        } else {
-            let st = self.cri_status().await.ok();
-            mark("cri-check");
-            st.map(|st| expected.iter().all(|(h, p)| st.lists(h, p)))
-        };
-        let action = restart::decide(
-            &self.settings.restart,
-            self.flavor.kind,
-            &self.flavor.unit,
-            edit.changes(),
-            loaded,
-        );
+        let action = self.restart_action(edit, &expected).await;
         let reloads = self.flavor.kind.reloads_itself() && edit.changes();
         if let Action::Skip(reason) = &action {
             if !reloads {
-                let made = self.write_all(edit).await?;
-                let owned = self.settle_dirs(edit, previous, &made);
-                if let Err(e) = record(owned.as_ref()) {
-                    return Err(self.abort(edit, &made, e, previous, record, None).await);
-                }
+                self.write_and_record(edit, previous, record).await?;
                 let restart = if edit.changes() {
                     tracing::warn!(reason = %reason, "config changed but containerd was not restarted; the handlers load at its next start");
                     Restart::Deferred(reason.clone())
@@ -105,11 +79,7 @@ impl Containerd {
         }
         // Everything that can happen before the restart does: nothing but the restart and its proof
         // is on the path where CRI is down, or inside a restart slot.
-        let made = self.write_all(edit).await?;
-        let owned = self.settle_dirs(edit, previous, &made);
-        if let Err(e) = record(owned.as_ref()) {
-            return Err(self.abort(edit, &made, e, previous, record, None).await);
-        }
+        let made = self.write_and_record(edit, previous, record).await?;
         mark("write");
         let permit = match gate.enter().await {
             Ok(p) => p,
@@ -136,11 +106,7 @@ impl Containerd {
         }
         Ok(Outcome {
             changed_files,
-            restart: match action {
-                Action::Skip(why) => Restart::NotNeeded(why),
-                Action::Systemd { unit } => Restart::Restarted(format!("systemctl restart {unit}")),
-                Action::Argv(v) => Restart::Restarted(v.join(" ")),
-            },
+            restart: restart_done(action),
             loaded: Some(loaded),
         })
     }
@@ -192,6 +158,45 @@ impl Containerd {
         )
     }
 
+    /// Whether and how to restart: when the config changes, or when it does not but a handler it
+    /// names is not loaded (written by a run that did not get to restart).
+    async fn restart_action(
+        &self,
+        edit: &ConfigEdit,
+        expected: &BTreeMap<String, PathBuf>,
+    ) -> Action {
+        let loaded = if edit.changes() {
+            None
+        } else {
+            let st = self.cri_status().await.ok();
+            mark("cri-check");
+            st.map(|st| expected.iter().all(|(h, p)| st.lists(h, p)))
+        };
+        restart::decide(
+            &self.settings.restart,
+            self.flavor.kind,
+            &self.flavor.unit,
+            edit.changes(),
+            loaded,
+        )
+    }
+
+    /// Write the edit and record the ownership it leaves; a record that cannot be saved undoes the
+    /// write. Returns the directories the write made.
+    async fn write_and_record(
+        &self,
+        edit: &ConfigEdit,
+        previous: Option<&ConfigOwnership>,
+        record: &mut dyn FnMut(Option<&ConfigOwnership>) -> anyhow::Result<()>,
+    ) -> anyhow::Result<BTreeSet<PathBuf>> {
+        let made = self.write_all(edit).await?;
+        let owned = self.settle_dirs(edit, previous, &made);
+        if let Err(e) = record(owned.as_ref()) {
+            return Err(self.abort(edit, &made, e, previous, record, None).await);
+        }
+        Ok(made)
+    }
+
     /// The ownership to record after a write: the edit's, with the directories the agent made for its
     /// files (now or before) that still hold something; those left empty are removed.
     fn settle_dirs(
@@ -229,6 +234,28 @@ impl Containerd {
             (Err(e), _) => Err(e),
         }
     }
+}
+
+/// What a restart that proved itself says it did.
+fn restart_done(action: Action) -> Restart {
+    match action {
+        Action::Skip(why) => Restart::NotNeeded(why),
+        Action::Systemd { unit } => Restart::Restarted(format!("systemctl restart {unit}")),
+        Action::Argv(v) => Restart::Restarted(v.join(" ")),
+    }
+}
+
+/// Each handler the edit leaves configured, with the binary the CRI plugin must list for it.
+fn expected_handlers(edit: &ConfigEdit) -> BTreeMap<String, PathBuf> {
+    edit.ownership
+        .as_ref()
+        .map(|o| {
+            o.handlers
+                .iter()
+                .map(|(h, r)| (h.clone(), r.runtime_path.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `cause`, said with what was done about it and anything that went wrong doing it.

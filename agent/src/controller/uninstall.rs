@@ -62,25 +62,7 @@ pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
                     }
                 } else {
                     *clean = false;
-                    let status = annotation(n, STATUS_ANNOTATION).unwrap_or("");
-                    let now = serde_json::from_str::<StatusDoc>(status).ok().map(|d| {
-                        let has_reason = d.error.is_some();
-                        let reason = d.error.map(|e| format!(": {e}")).unwrap_or_default();
-                        (format!("{:?}{reason}", d.phase), has_reason)
-                    });
-                    // A blocked node retries, and shows its transient phase while it does: the
-                    // reason it was blocked is the news, not the retry.
-                    let shown = match now {
-                        Some((shown, true)) => {
-                            last_reason.insert(name.clone(), shown.clone());
-                            shown
-                        }
-                        Some((shown, false)) => match last_reason.get(&name) {
-                            Some(last) => format!("{last}; {shown} again now"),
-                            None => shown,
-                        },
-                        None => "not reported yet".into(),
-                    };
+                    let shown = why_not_clean(n, last_reason.entry(name.clone()).or_default());
                     blocked.push(format!("{name} ({shown})"));
                 }
             }
@@ -98,6 +80,24 @@ pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
             );
         }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+/// What a node that is not clean yet says about it. A blocked node retries, and shows its transient
+/// phase while it does: the reason it was blocked (kept in `last_reason`) is the news, not the retry.
+fn why_not_clean(n: &Node, last_reason: &mut String) -> String {
+    let status = annotation(n, STATUS_ANNOTATION).unwrap_or("");
+    let Some(doc) = serde_json::from_str::<StatusDoc>(status).ok() else {
+        return "not reported yet".into();
+    };
+    let phase = format!("{:?}", doc.phase);
+    match doc.error {
+        Some(e) => {
+            *last_reason = format!("{phase}: {e}");
+            last_reason.clone()
+        }
+        None if last_reason.is_empty() => phase,
+        None => format!("{last_reason}; {phase} again now"),
     }
 }
 

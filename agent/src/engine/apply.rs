@@ -110,37 +110,7 @@ impl Engine {
             mut state, config, ..
         } = facts;
         let before: BTreeSet<String> = state.shims.keys().cloned().collect();
-        let mut shims = Vec::new();
-        let mut installed = Vec::new();
-        for s in &plan.shims {
-            let name = s.shim.name.clone();
-            let result = self
-                .store
-                .install(&s.shim, self.arch, &s.step, state.shims.get(&name))
-                .await;
-            let result = match result {
-                Ok((how, record)) => {
-                    if let Some(r) = record {
-                        state.shims.insert(name.clone(), r);
-                        state.save(&self.layout.state_path())?;
-                    }
-                    installed.push(name.clone());
-                    match how {
-                        Installed::Unchanged => ShimResult::Unchanged,
-                        Installed::FromCache => ShimResult::InstalledFromCache,
-                        Installed::Downloaded { bytes } => ShimResult::Downloaded { bytes },
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(shim = %name, error = %format!("{e:#}"), "shim not installed");
-                    ShimResult::Failed {
-                        error: format!("{e:#}"),
-                    }
-                }
-            };
-            shims.push(ShimOutcome { name, result });
-            mark("install");
-        }
+        let (shims, installed) = self.install_all(&plan, &mut state).await?;
         let mut notes = Vec::new();
         for s in plan
             .shims
@@ -173,23 +143,7 @@ impl Engine {
         let result = match edit {
             Ok(edit) => {
                 notes.extend(edit.notes.iter().cloned());
-                let previous = state.containerd.clone();
-                let state_path = self.layout.state_path();
-                self.containerd
-                    .carry_out(
-                        &edit,
-                        previous.as_ref(),
-                        &[],
-                        &mut |owned| {
-                            if state.containerd.as_ref() == owned {
-                                return Ok(());
-                            }
-                            state.containerd = owned.cloned();
-                            state.save(&state_path)
-                        },
-                        self.restart_gate.as_ref(),
-                    )
-                    .await
+                self.configure(&edit, &[], &mut state).await
             }
             Err(e) => Err(e),
         };
@@ -205,6 +159,74 @@ impl Engine {
             }),
             Err(e) => Err(self.take_back_new_binaries(e, &before, &mut state)),
         }
+    }
+
+    /// Install every shim of the plan that can be; one failing does not stop the others. Returns each
+    /// one's outcome and the names of those now installed.
+    async fn install_all(
+        &self,
+        plan: &HostPlan,
+        state: &mut State,
+    ) -> anyhow::Result<(Vec<ShimOutcome>, Vec<String>)> {
+        let mut shims = Vec::new();
+        let mut installed = Vec::new();
+        for s in &plan.shims {
+            let name = s.shim.name.clone();
+            let result = self
+                .store
+                .install(&s.shim, self.arch, &s.step, state.shims.get(&name))
+                .await;
+            let result = match result {
+                Ok((how, record)) => {
+                    if let Some(r) = record {
+                        state.shims.insert(name.clone(), r);
+                        state.save(&self.layout.state_path())?;
+                    }
+                    installed.push(name.clone());
+                    match how {
+                        Installed::Unchanged => ShimResult::Unchanged,
+                        Installed::FromCache => ShimResult::InstalledFromCache,
+                        Installed::Downloaded { bytes } => ShimResult::Downloaded { bytes },
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(shim = %name, error = %format!("{e:#}"), "shim not installed");
+                    ShimResult::Failed {
+                        error: format!("{e:#}"),
+                    }
+                }
+            };
+            shims.push(ShimOutcome { name, result });
+            mark("install");
+        }
+        Ok((shims, installed))
+    }
+
+    /// Carry out the config edit through containerd's transaction (`removing`: handlers that must be
+    /// gone afterwards), recording in the state file what the agent owns as it changes.
+    pub(super) async fn configure(
+        &self,
+        edit: &crate::containerd::edit::ConfigEdit,
+        removing: &[String],
+        state: &mut State,
+    ) -> anyhow::Result<Outcome> {
+        let previous = state.containerd.clone();
+        let state_path = self.layout.state_path();
+        self.containerd
+            .carry_out(
+                edit,
+                previous.as_ref(),
+                removing,
+                &mut |owned| {
+                    if state.containerd.as_ref() == owned {
+                        return Ok(());
+                    }
+                    state.containerd = owned.cloned();
+                    state.save(&state_path)
+                },
+                self.restart_gate.as_ref(),
+            )
+            .await
     }
 
     /// containerd never used the binaries this run added: take them away, so the node is exactly as

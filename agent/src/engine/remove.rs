@@ -77,25 +77,7 @@ impl Engine {
             if edit.changes() {
                 self.containerd.preflight().await?;
             }
-            let previous = state.containerd.clone();
-            let state_path = self.layout.state_path();
-            config = Some(
-                self.containerd
-                    .carry_out(
-                        &edit,
-                        previous.as_ref(),
-                        &removable,
-                        &mut |owned| {
-                            if state.containerd.as_ref() == owned {
-                                return Ok(());
-                            }
-                            state.containerd = owned.cloned();
-                            state.save(&state_path)
-                        },
-                        self.restart_gate.as_ref(),
-                    )
-                    .await?,
-            );
+            config = Some(self.configure(&edit, &removable, &mut state).await?);
         }
         // Binaries go only after containerd no longer points at them.
         for name in &removable {

@@ -2,9 +2,12 @@
 //!   kw-node SERIES [--systemd-cgroup]
 //! boots the node of tests/src/systemd_node.rs with containerd SERIES ("1.6", "1.7", "2.1"), prints
 //! `PID <its PID 1> DIR <its sandbox directory, shared with the node>`, and keeps it until its standard
-//! input closes; then tears it down (no process, mount or cgroup left) and exits.
+//! input closes (or it gets SIGTERM, SIGINT or SIGHUP); then tears it down (no process, mount or
+//! cgroup left) and exits.
 
 use std::io::{Read, Write};
+
+use nix::sys::signal::{SigSet, Signal};
 
 use kwasm_tests::systemd_node::{NodeOptions, Release, SystemdNode};
 
@@ -22,9 +25,20 @@ fn main() {
         systemd_cgroup: args.iter().any(|a| a == "--systemd-cgroup"),
     };
     let node = SystemdNode::boot(&release, opts);
+    // From here a signal is a request to tear down, not the end of this process (which would leave
+    // the node running): it is taken with sigwait, and so is the end of the standard input.
+    let mut stop = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        stop.add(s);
+    }
+    stop.thread_block().expect("blocking the stop signals");
     println!("PID {} DIR {}", node.pid, node.sb.path().display());
     std::io::stdout().flush().unwrap();
-    let mut rest = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut rest);
+    std::thread::spawn(|| {
+        let mut rest = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut rest);
+        let _ = nix::sys::signal::kill(nix::unistd::getpid(), Signal::SIGTERM);
+    });
+    let _ = stop.wait();
     drop(node);
 }
