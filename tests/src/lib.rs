@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod archive;
 pub mod artifact_server;
+pub mod built;
 pub mod containerd;
 pub mod cri;
 pub mod fault;

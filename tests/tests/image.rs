@@ -8,25 +8,13 @@
 
 use std::time::{Duration, Instant};
 
+use kwasm_tests::built::image_archive;
 use kwasm_tests::cri::{Container, Cri};
 use kwasm_tests::kube_api::{free_port, kubeconfig, KubeApi};
 use kwasm_tests::node_host::NodeHost;
 use kwasm_tests::workloads;
 
 const IMAGE: &str = "ghcr.io/kwasm/kwasm-agent";
-
-fn image_archive() -> Option<std::path::PathBuf> {
-    match std::env::var_os("KWASM_IMAGE_ARCHIVE") {
-        Some(p) => Some(p.into()),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("KWASM_IMAGE_ARCHIVE is not set: run scripts/test.sh, which builds the image")
-        }
-        None => {
-            eprintln!("skipped: set KWASM_IMAGE_ARCHIVE (scripts/build-image.sh prints it)");
-            None
-        }
-    }
-}
 
 #[test]
 fn the_image_runs_as_the_daemonset_pod_and_provisions_its_host() {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use kwasm_tests::archive::sha256;
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
+use kwasm_tests::built::{image_archive, wasm_shim_archive};
 use kwasm_tests::cri::{Container, Cri};
 use kwasm_tests::kube_api::{free_port, KubeApi};
 use kwasm_tests::node_host::{TestShim, SHIM_BIN};
@@ -20,18 +21,6 @@ use kwasm_tests::workloads::{self, EXIT42_WASM, HELLO_LINE, HELLO_NATIVE, HELLO_
 const HANDLER: &str = "wasmtime";
 const BIN: &str = "containerd-shim-wasmtime-v1";
 const WITHIN: Duration = Duration::from_secs(30);
-
-fn wasm_shim_archive() -> Option<Vec<u8>> {
-    match std::env::var_os("KWASM_WASM_SHIM_ARCHIVE") {
-        Some(p) => Some(std::fs::read(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"))),
-        None => {
-            let msg = "KWASM_WASM_SHIM_ARCHIVE is not set (scripts/build-wasm-shim.sh prints it)";
-            assert!(std::env::var_os("CI").is_none(), "{msg}");
-            eprintln!("skipped: {msg}");
-            None
-        }
-    }
-}
 
 /// A node of `series` serving `shim`, with the default settings written; None: skipped.
 struct Fixture {
@@ -585,18 +574,6 @@ fn wait_for(
             n.journal("containerd", 20)
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn image_archive() -> Option<std::path::PathBuf> {
-    match std::env::var_os("KWASM_IMAGE_ARCHIVE") {
-        Some(p) => Some(p.into()),
-        None => {
-            let msg = "KWASM_IMAGE_ARCHIVE is not set (scripts/build-image.sh prints it)";
-            assert!(std::env::var_os("CI").is_none(), "{msg}");
-            eprintln!("skipped: {msg}");
-            None
-        }
     }
 }
 

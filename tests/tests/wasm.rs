@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use kwasm_tests::built::wasm_shim_archive;
 use kwasm_tests::containerd::pids_mentioning;
 use kwasm_tests::cri::{Container, Cri};
 use kwasm_tests::node_host::{NodeHost, TestShim};
@@ -16,21 +17,6 @@ use kwasm_tests::workloads::{self, EXIT42_WASM, HELLO_LINE, HELLO_WASM, WRITE_FI
 const HANDLER: &str = "wasmtime";
 const BIN: &str = "containerd-shim-wasmtime-v1";
 const EXIT_WITHIN: Duration = Duration::from_secs(30);
-
-fn wasm_shim_archive() -> Option<Vec<u8>> {
-    match std::env::var_os("KWASM_WASM_SHIM_ARCHIVE") {
-        Some(p) => Some(std::fs::read(&p).unwrap_or_else(|e| panic!("{p:?}: {e}"))),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("KWASM_WASM_SHIM_ARCHIVE is not set: run scripts/test.sh, which builds the shim")
-        }
-        None => {
-            eprintln!(
-                "skipped: set KWASM_WASM_SHIM_ARCHIVE (scripts/build-wasm-shim.sh prints it)"
-            );
-            None
-        }
-    }
-}
 
 fn node(archive: Vec<u8>) -> NodeHost {
     let shim = TestShim {
