@@ -199,9 +199,21 @@ impl RunningAgent {
     }
 
     pub fn wait_ready(&self) {
-        eventually("the agent's /readyz", || {
-            self.get("/readyz").filter(|(c, _)| *c == 200)
-        });
+        let deadline = Instant::now() + WAIT;
+        while self.get("/readyz").filter(|(c, _)| *c == 200).is_none() {
+            assert!(
+                crate::containerd::alive(self.child.id() as i32),
+                "the agent exited before it was ready:\n{}",
+                self.log()
+            );
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for the agent's /readyz on port {}:\n{}",
+                self.port,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     pub fn log(&self) -> String {

@@ -12,12 +12,25 @@ pub struct KubeApi {
     pub kubeconfig: PathBuf,
 }
 
+/// A port to listen on that is free now. Taken below the kernel's ephemeral range (32768 and up
+/// here): a port the kernel hands out for `bind(0)` can be given to any outgoing connection once
+/// released, before the agent that was told to listen there binds it — under the load of the
+/// parallel suites that happened.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+    loop {
+        let n = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
+        let port = 10_000 + (n % 22_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub fn kubeconfig(dir: &Path, port: u16) -> PathBuf {
