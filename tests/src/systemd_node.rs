@@ -403,16 +403,24 @@ impl SystemdNode {
 
     /// A long-running runc container started with `ctr`; its task PID (in the node's PID namespace).
     pub fn run_container(&self, id: &str) -> i32 {
+        self.run_container_on(id, None)
+    }
+
+    /// `ctr run`, on `runtime` (a runtime type or a shim's path) when given, else containerd's default.
+    pub fn run_container_on(&self, id: &str, runtime: Option<&str>) -> i32 {
         let rootfs = self.sb.path().join("rootfs");
-        let out = self.ctr(&[
-            "run",
-            "-d",
+        let mut args = vec!["run", "-d"];
+        if let Some(r) = runtime {
+            args.extend(["--runtime", r]);
+        }
+        args.extend([
             "--rootfs",
             rootfs.to_str().unwrap(),
             id,
             "/bin/sleep",
             "100000",
         ]);
+        let out = self.ctr(&args);
         assert!(
             out.status.success(),
             "ctr run {id}: {}",

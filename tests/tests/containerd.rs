@@ -387,7 +387,7 @@ fn a_new_version_goes_in_beside_the_running_one_and_the_old_leaves_with_its_last
     // New containers get the new binary.
     n.cd.run_container("new", Some(&n.binary()));
     let runs = |v: &std::path::Path| {
-        !kwasm_agent::containerd::inuse::shims_running(&[v.to_owned()]).is_empty()
+        !kwasm_agent::containerd::inuse::processes::shims_running(&[v.to_owned()]).is_empty()
     };
     assert!(runs(&new_version) && runs(&old_version));
 

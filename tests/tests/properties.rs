@@ -30,6 +30,7 @@ fn flavor() -> Flavor {
         config: MAIN.into(),
         socket: "/run/containerd/containerd.sock".into(),
         unit: "containerd".into(),
+        unit_alternatives: vec![],
         binary: None,
     }
 }

@@ -298,13 +298,33 @@ fn drop_in(n: &SystemdNode, name: &str, body: &str) {
     ));
 }
 
+/// `containerd.restart = "dbus"` (and `in_use`, when given) in the node's settings.
+fn restart_over_dbus(n: &SystemdNode, in_use: Option<&str>) {
+    let settings = std::fs::read_to_string(&n.sb.settings).unwrap();
+    let mut table = "[containerd]\nrestart = \"dbus\"\n".to_owned();
+    if let Some(how) = in_use {
+        table.push_str(&format!("in_use = \"{how}\"\n"));
+    }
+    let at = settings.find("[[shims]]").expect("a shim in the settings");
+    let written = format!("{}{table}\n{}", &settings[..at], &settings[at..]);
+    n.sb.write_settings(&written);
+}
+
 #[test]
 fn a_unit_whose_restart_would_kill_containers_is_refused_before_anything_is_written() {
-    for mode in ["mixed", "control-group"] {
+    for (mode, dbus) in [
+        ("mixed", false),
+        ("control-group", false),
+        ("mixed", true),
+        ("control-group", true),
+    ] {
         let Some(f) = fixture("1.7", NodeOptions::default(), Some(TestShim::kwtest())) else {
             return;
         };
         let n = &f.node;
+        if dbus {
+            restart_over_dbus(n, None);
+        }
         drop_in(n, "kill-mode", &format!("[Service]\nKillMode={mode}\n"));
         assert_eq!(n.unit_property("containerd", "KillMode"), mode);
         let etc_before = n.snapshot("/etc/containerd");
@@ -330,10 +350,22 @@ fn a_unit_whose_restart_would_kill_containers_is_refused_before_anything_is_writ
 
 #[test]
 fn containerd_that_does_not_come_back_under_systemd_is_rolled_back() {
+    rolled_back(false);
+}
+
+#[test]
+fn containerd_that_does_not_come_back_after_a_dbus_restart_is_rolled_back() {
+    rolled_back(true);
+}
+
+fn rolled_back(dbus: bool) {
     let Some(f) = fixture("2.1", NodeOptions::default(), Some(TestShim::kwtest())) else {
         return;
     };
     let n = &f.node;
+    if dbus {
+        restart_over_dbus(n, None);
+    }
     // The node refuses to start containerd while a wasmtime runtime is configured.
     drop_in(
         n,
@@ -348,7 +380,8 @@ fn containerd_that_does_not_come_back_under_systemd_is_rolled_back() {
     assert!(reason.contains("previous config was restored"), "{reason}");
     assert!(
         reason.contains("node policy: no kwtest runtime here"),
-        "the error does not quote the journal: {reason}"
+        "the error does not quote the journal: {reason}\n{}",
+        r.stderr
     );
     assert_eq!(n.unit_property("containerd", "ActiveState"), "active");
     assert_eq!(n.snapshot("/etc/containerd"), etc_before);
@@ -387,6 +420,67 @@ fn ten_apply_remove_cycles_never_leave_the_unit_failed() {
     // 20 restarts in well under a minute: past systemd's default limit of 5 starts in 10 s, which the
     // agent met and reset.
     assert_eq!(n.unit_property("containerd", "NRestarts"), "0");
+}
+
+/// `restart = "dbus"` and the in-use answer from containerd's API, the agent an ordinary process of
+/// the node: restarted through D-Bus (new MainPID, containers keep theirs), remove refused while a
+/// container runs on the shim (named), then everything back byte for byte.
+fn over_dbus_on(series: &str) {
+    let Some(f) = fixture(series, NodeOptions::default(), Some(TestShim::kwtest())) else {
+        return;
+    };
+    let n = &f.node;
+    restart_over_dbus(n, Some("containerd"));
+    let etc_before = n.snapshot("/etc/containerd");
+    let runc_pid = n.run_container("before");
+    let main_pid = n.containerd_pid();
+    let r = n.agent("apply", &[]);
+    r.ok();
+    assert!(r.stdout.contains("over D-Bus"), "{}", r.stdout);
+    assert_ne!(n.containerd_pid(), main_pid, "containerd was not restarted");
+    assert_eq!(n.unit_property("containerd", "ActiveState"), "active");
+    assert_eq!(n.task_pid("before"), Some(runc_pid));
+    assert_eq!(n.status()["shims"][0]["loaded"], true);
+
+    // A container naming the shim by its path (as `ctr run --runtime` does) keeps it installed.
+    let shim = format!("/opt/kwasm/bin/{SHIM_BIN}");
+    let busy_pid = n.run_container_on("busy", Some(&shim));
+    let r = n.agent("remove", &[]);
+    r.failed();
+    assert!(
+        r.reason()
+            .contains("kwtest is in use by 1 running container(s)")
+            && r.reason().contains("container default/busy"),
+        "{}",
+        r.reason()
+    );
+    assert!(n.path("/opt/kwasm/bin").join(SHIM_BIN).exists());
+    assert_eq!(n.task_pid("busy"), Some(busy_pid));
+    n.ctr(&["task", "kill", "-s", "SIGKILL", "busy"]);
+    eventually("the busy container to stop", || {
+        n.task_pid("busy").is_none()
+    });
+
+    let main_pid = n.containerd_pid();
+    n.agent("remove", &[]).ok();
+    assert_ne!(
+        n.containerd_pid(),
+        main_pid,
+        "remove did not restart containerd"
+    );
+    assert_eq!(n.snapshot("/etc/containerd"), etc_before);
+    assert!(!n.path("/opt/kwasm/bin").join(SHIM_BIN).exists());
+    assert_eq!(n.task_pid("before"), Some(runc_pid));
+}
+
+#[test]
+fn over_dbus_on_containerd_1_7() {
+    over_dbus_on("1.7");
+}
+
+#[test]
+fn over_dbus_on_containerd_2_1() {
+    over_dbus_on("2.1");
 }
 
 /// The chart's defaults as rendered into manifests/deploy/ (the ConfigMap's settings file), read

@@ -34,14 +34,16 @@ pub fn remove(r: &RemoveReport) {
 pub fn in_use(r: &RemoveReport) -> Vec<String> {
     r.in_use
         .iter()
-        .map(|(name, procs)| {
-            let ids: Vec<String> = procs
-                .iter()
-                .map(|p| format!("pid {} ({})", p.pid, p.id.as_deref().unwrap_or("?")))
-                .collect();
+        .map(|(name, users)| {
+            let what = if users.iter().all(|u| u.namespace.is_none()) {
+                "shim process(es)"
+            } else {
+                "running container(s)"
+            };
+            let ids: Vec<String> = users.iter().map(|u| u.to_string()).collect();
             format!(
-                "{name} is in use by {} shim process(es): {}",
-                procs.len(),
+                "{name} is in use by {} {what}: {}",
+                users.len(),
                 ids.join(", ")
             )
         })

@@ -25,6 +25,7 @@ fn flavor(kind: Kind, config: &str) -> Flavor {
         config: config.into(),
         socket: "/run/c.sock".into(),
         unit: "u".into(),
+        unit_alternatives: vec![],
         binary: None,
     }
 }

@@ -26,6 +26,9 @@ pub struct Flavor {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub unit: String,
+    /// The flavor's other unit names, when `unit` is a guess (auto, and no unit file seen: a
+    /// restricted pod does not see /etc/systemd); asked of systemd in turn over D-Bus.
+    pub unit_alternatives: Vec<String>,
     /// The host's containerd binary, used to validate a candidate config.
     pub binary: Option<PathBuf>,
 }
@@ -108,14 +111,15 @@ pub fn detect(host: &HostRoot, s: &ContainerdSettings) -> anyhow::Result<Flavor>
             &["/snap/microk8s/current/bin/containerd"],
         ),
     };
-    let unit = match s.unit.given() {
-        Some(u) => u.clone(),
-        None => units
-            .iter()
-            .find(|u| unit_installed(host, u))
-            .or(units.first())
-            .map(|u| u.to_string())
-            .unwrap_or_default(),
+    let (unit, unit_alternatives) = match s.unit.given() {
+        Some(u) => (u.clone(), vec![]),
+        None => match units.iter().find(|u| unit_installed(host, u)) {
+            Some(u) => (u.to_string(), vec![]),
+            None => (
+                units[0].to_string(),
+                units[1..].iter().map(|u| u.to_string()).collect(),
+            ),
+        },
     };
     let binary = match s.binary.given() {
         Some(b) => Some(b.clone()),
@@ -138,6 +142,7 @@ pub fn detect(host: &HostRoot, s: &ContainerdSettings) -> anyhow::Result<Flavor>
         config,
         socket,
         unit,
+        unit_alternatives,
         binary,
     })
 }

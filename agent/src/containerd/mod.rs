@@ -32,6 +32,7 @@ pub struct Containerd {
     settings: ContainerdSettings,
     exec: HostExec,
     pub flavor: Flavor,
+    in_use: inuse::InUse,
     /// `containerd --version` by binary identity: asked once, not on every reconcile.
     version: Mutex<Option<(BinaryId, Option<ContainerdVersion>)>>,
 }
@@ -51,7 +52,9 @@ impl Containerd {
         settings: &ContainerdSettings,
     ) -> anyhow::Result<Self> {
         let flavor = flavor::detect(host, settings)?;
+        let in_use = inuse::InUse::new(settings.in_use, host, host.resolve(&flavor.socket)?);
         Ok(Self {
+            in_use,
             host: host.clone(),
             layout: layout.clone(),
             settings: settings.clone(),
@@ -66,6 +69,11 @@ impl Containerd {
         self.host.resolve(&self.flavor.socket)
     }
 
+    /// The containers still running on a shim (see `inuse`).
+    pub async fn shim_users(&self, q: &inuse::ShimQuery) -> anyhow::Result<Vec<inuse::ShimUser>> {
+        self.in_use.users(q).await
+    }
+
     pub async fn cri_status(&self) -> anyhow::Result<CriStatus> {
         cri::status(&self.socket()?).await
     }
@@ -73,14 +81,21 @@ impl Containerd {
     /// Before anything is written: a restart this host may need must be one that keeps containers
     /// (a systemd unit with `KillMode=process`).
     pub async fn preflight(&self) -> anyhow::Result<()> {
-        if matches!(
-            self.settings.restart,
-            crate::settings::RestartMethod::Systemd
-        ) && !self.flavor.kind.reloads_itself()
-        {
-            restart::check_unit(&self.exec, &self.flavor.unit, self.settings.timeout).await?;
+        if self.flavor.kind.reloads_itself() {
+            return Ok(());
         }
-        Ok(())
+        self.restarter()
+            .check(&self.settings.restart, &self.flavor.unit)
+            .await
+    }
+
+    fn restarter(&self) -> restart::Restarter<'_> {
+        restart::Restarter {
+            exec: &self.exec,
+            host: &self.host,
+            alternatives: &self.flavor.unit_alternatives,
+            timeout: self.settings.timeout,
+        }
     }
 
     pub fn restart_method(&self) -> &crate::settings::RestartMethod {

@@ -1,6 +1,7 @@
 //! Restarting containerd: when (only if the config changed, or a handler it should have is not
-//! loaded), and how (systemd unit, a command, or not at all). The decisions are pure functions,
-//! unit-tested here; the systemd path runs for real in tests/tests/systemd_nodes.rs.
+//! loaded), and how (a systemd unit through `systemctl` as the host or over D-Bus, a command, or not
+//! at all). The decisions are pure functions, unit-tested here; both systemd paths run for real in
+//! tests/tests/systemd_nodes.rs.
 
 use std::time::Duration;
 
@@ -8,13 +9,26 @@ use anyhow::{anyhow, bail};
 
 use super::flavor::Kind;
 use crate::host::exec::HostExec;
+use crate::host::systemd::{Systemd, Unit};
+use crate::host::HostRoot;
 use crate::settings::RestartMethod;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     Skip(String),
     Systemd { unit: String },
+    Dbus { unit: String },
     Argv(Vec<String>),
+}
+
+/// What restarting needs of the host: its commands (systemctl, an argv) or its systemd's D-Bus
+/// socket under the host root, and the other units the flavor may run as when the unit was not
+/// found by its file (a restricted pod does not see /etc/systemd).
+pub struct Restarter<'a> {
+    pub exec: &'a HostExec,
+    pub host: &'a HostRoot,
+    pub alternatives: &'a [String],
+    pub timeout: Duration,
 }
 
 /// `loaded`: whether containerd's CRI plugin already lists every configured handler (None when it
@@ -47,17 +61,25 @@ pub fn decide(
         RestartMethod::Systemd => Action::Systemd {
             unit: unit.to_owned(),
         },
+        RestartMethod::Dbus => Action::Dbus {
+            unit: unit.to_owned(),
+        },
         RestartMethod::Argv(a) => Action::Argv(a.clone()),
     }
 }
 
-/// A unit without `KillMode=process` kills every container's shim on restart: refuse it.
+/// `systemctl show --property=KillMode`'s answer, checked.
 pub fn check_kill_mode(unit: &str, systemctl_show: &str) -> anyhow::Result<()> {
     let mode = systemctl_show
         .lines()
         .find_map(|l| l.trim().strip_prefix("KillMode="))
         .map(str::trim)
         .ok_or_else(|| anyhow!("systemctl did not report KillMode for {unit}"))?;
+    refuse_kill_mode(unit, mode)
+}
+
+/// A unit without `KillMode=process` kills every container's shim on restart: refuse it.
+pub fn refuse_kill_mode(unit: &str, mode: &str) -> anyhow::Result<()> {
     if mode != "process" {
         bail!(
             "unit {unit} has KillMode={mode}: restarting it would kill every running container; set KillMode=process (the upstream containerd.service does) or use containerd.restart = \"none\""
@@ -78,38 +100,141 @@ pub fn systemd_argv(unit: &str) -> [Vec<String>; 2] {
     ]
 }
 
-/// Refuses a unit whose restart would kill containers. Asked before anything is written, and again
-/// right before the restart (a unit may have changed in between).
-pub async fn check_unit(exec: &HostExec, unit: &str, timeout: Duration) -> anyhow::Result<()> {
-    let [show, _] = systemd_argv(unit);
-    let out = exec.run(&show, timeout).await?;
-    if !out.success {
-        bail!("systemctl show {unit} failed: {}", out.tail(3));
-    }
-    check_kill_mode(unit, &out.stdout)
-}
-
-/// Carry out the restart; what the command said goes into the error when it fails.
-pub async fn run(action: &Action, exec: &HostExec, timeout: Duration) -> anyhow::Result<()> {
-    match action {
-        Action::Skip(_) => Ok(()),
-        Action::Systemd { unit } => {
-            check_unit(exec, unit, timeout).await?;
-            systemctl_restart(exec, unit, timeout).await
+impl Restarter<'_> {
+    /// Refuses a unit whose restart would kill containers. Asked before anything is written, and
+    /// again right before the restart (a unit may have changed in between).
+    pub async fn check(&self, method: &RestartMethod, unit: &str) -> anyhow::Result<()> {
+        match method {
+            RestartMethod::Systemd => {
+                let [show, _] = systemd_argv(unit);
+                let out = self.exec.run(&show, self.timeout).await?;
+                if !out.success {
+                    bail!("systemctl show {unit} failed: {}", out.tail(3));
+                }
+                check_kill_mode(unit, &out.stdout)
+            }
+            RestartMethod::Dbus => {
+                let bus = Systemd::connect(self.host).await?;
+                self.dbus_unit(&bus, unit).await.map(drop)
+            }
+            RestartMethod::None | RestartMethod::Argv(_) => Ok(()),
         }
-        Action::Argv(argv) => {
-            let out = exec.run(argv, timeout).await?;
-            if !out.success {
+    }
+
+    /// Carry out the restart; what the command or systemd said goes into the error when it fails.
+    pub async fn run(&self, action: &Action) -> anyhow::Result<()> {
+        match action {
+            Action::Skip(_) => Ok(()),
+            Action::Systemd { unit } => {
+                self.check(&RestartMethod::Systemd, unit).await?;
+                systemctl_restart(self.exec, unit, self.timeout).await
+            }
+            Action::Dbus { unit } => self.dbus_restart(unit).await,
+            Action::Argv(argv) => run_argv(self.exec, argv, self.timeout).await,
+        }
+    }
+
+    /// containerd's own words after a failed start, where systemd keeps them ("" when there are
+    /// none to be had).
+    pub async fn journal_tail(&self, action: &Action) -> String {
+        match action {
+            Action::Systemd { unit } => journal_tail(self.exec, unit).await,
+            Action::Dbus { unit } => {
+                let Ok(bus) = Systemd::connect(self.host).await else {
+                    return String::new();
+                };
+                match self.dbus_unit(&bus, unit).await {
+                    Ok(u) => dbus_journal_tail(&bus, &u).await,
+                    Err(_) => String::new(),
+                }
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// The unit systemd has loaded under `unit` or, failing that, one of the flavor's other names
+    /// for it; refused unless `KillMode=process`.
+    async fn dbus_unit(&self, bus: &Systemd, unit: &str) -> anyhow::Result<Unit> {
+        let mut found = bus.unit(unit).await;
+        for alt in self.alternatives {
+            if found.is_ok() {
+                break;
+            }
+            if let Ok(u) = bus.unit(alt).await {
+                found = Ok(u);
+            }
+        }
+        let u = found?;
+        let mode = bus.service_property(&u, "KillMode").await?;
+        refuse_kill_mode(&u.name, &mode)?;
+        Ok(u)
+    }
+
+    /// `RestartUnit` over D-Bus, its job's result, then the unit active. systemd's start rate limit
+    /// is handled as for `systemctl` (reset, one more start).
+    async fn dbus_restart(&self, unit: &str) -> anyhow::Result<()> {
+        let bus = Systemd::connect(self.host).await?;
+        let u = self.dbus_unit(&bus, unit).await?;
+        if let Err(e) = bus.restart(&u, self.timeout).await {
+            let result = bus.service_property(&u, "Result").await.unwrap_or_default();
+            if result != "start-limit-hit" {
                 bail!(
-                    "restart command `{}` exited with {:?}: {}",
-                    argv.join(" "),
-                    out.code,
-                    out.tail(5)
+                    "{e:#} (Result={result}){}",
+                    dbus_journal_tail(&bus, &u).await
                 );
             }
-            Ok(())
+            tracing::warn!(unit = %u.name, "systemd's start rate limit stopped the restart; resetting it and starting again");
+            bus.reset_failed(&u).await?;
+            if let Err(e) = bus.restart(&u, self.timeout).await {
+                bail!(
+                    "{e:#}, after resetting its start rate limit{}",
+                    dbus_journal_tail(&bus, &u).await
+                );
+            }
+        }
+        let active = bus.unit_property(&u, "ActiveState").await?;
+        if active != "active" {
+            bail!(
+                "{} is {active} after its restart{}",
+                u.name,
+                dbus_journal_tail(&bus, &u).await
+            );
+        }
+        Ok(())
+    }
+}
+
+async fn dbus_journal_tail(bus: &Systemd, unit: &Unit) -> String {
+    match bus.journal(unit, 15).await {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+            if lines.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; journal: {}",
+                    lines[lines.len().saturating_sub(5)..].join(" | ")
+                )
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "could not read the unit's journal lines over D-Bus");
+            String::new()
         }
     }
+}
+
+async fn run_argv(exec: &HostExec, argv: &[String], timeout: Duration) -> anyhow::Result<()> {
+    let out = exec.run(argv, timeout).await?;
+    if !out.success {
+        bail!(
+            "restart command `{}` exited with {:?}: {}",
+            argv.join(" "),
+            out.code,
+            out.tail(5)
+        );
+    }
+    Ok(())
 }
 
 /// `systemctl restart`. systemd refuses a start beyond the unit's rate limit (by default 5 starts in
@@ -150,8 +275,8 @@ async fn start_limit_hit(exec: &HostExec, unit: &str, timeout: Duration) -> bool
     matches!(exec.run(&argv, timeout).await, Ok(o) if o.stdout.trim() == "Result=start-limit-hit")
 }
 
-/// containerd's own words after a failed start, where systemd keeps them.
-pub async fn journal_tail(exec: &HostExec, unit: &str) -> String {
+/// containerd's own words after a failed start, from `journalctl` as the host.
+async fn journal_tail(exec: &HostExec, unit: &str) -> String {
     let argv: Vec<String> = [
         "journalctl",
         "-u",

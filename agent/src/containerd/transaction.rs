@@ -136,7 +136,7 @@ impl Containerd {
         };
         tracing::warn!("previous containerd config restored; restarting containerd again");
         let healthy = async {
-            restart::run(action, &self.exec, self.settings.timeout).await?;
+            self.restarter().run(action).await?;
             cri::wait_for(
                 &self.socket()?,
                 &BTreeMap::new(),
@@ -221,17 +221,14 @@ impl Containerd {
         expected: &BTreeMap<String, PathBuf>,
         absent: &[String],
     ) -> anyhow::Result<CriStatus> {
-        restart::run(action, &self.exec, self.settings.timeout).await?;
+        let restarter = self.restarter();
+        restarter.run(action).await?;
         mark("restart");
         let res = cri::wait_for(&self.socket()?, expected, absent, self.settings.timeout).await;
         mark("cri-wait");
-        match (res, action) {
-            (Ok(st), _) => Ok(st),
-            (Err(e), Action::Systemd { unit }) => Err(anyhow!(
-                "{e:#}{}",
-                restart::journal_tail(&self.exec, unit).await
-            )),
-            (Err(e), _) => Err(e),
+        match res {
+            Ok(st) => Ok(st),
+            Err(e) => Err(anyhow!("{e:#}{}", restarter.journal_tail(action).await)),
         }
     }
 }
@@ -241,6 +238,7 @@ fn restart_done(action: Action) -> Restart {
     match action {
         Action::Skip(why) => Restart::NotNeeded(why),
         Action::Systemd { unit } => Restart::Restarted(format!("systemctl restart {unit}")),
+        Action::Dbus { unit } => Restart::Restarted(format!("RestartUnit {unit} over D-Bus")),
         Action::Argv(v) => Restart::Restarted(v.join(" ")),
     }
 }

@@ -389,7 +389,10 @@ async fn unprovision(
             let busy: Vec<String> = r
                 .in_use
                 .iter()
-                .map(|(n, p)| format!("{n} ({} shim processes)", p.len()))
+                .map(|(n, users)| {
+                    let list: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+                    format!("{n} ({})", list.join(", "))
+                })
                 .collect();
             let failure = Failure {
                 phase: Phase::RemoveBlocked,

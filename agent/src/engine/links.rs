@@ -86,33 +86,4 @@ impl Engine {
         }
         Ok(())
     }
-
-    /// Earlier versions whose last process has exited go; the rest wait for a later reconcile.
-    pub(super) async fn drop_unused_versions(&self, state: &mut State) -> anyhow::Result<()> {
-        let mut changed = false;
-        for rec in state.shims.values_mut() {
-            let mut kept = Vec::new();
-            for old in std::mem::take(&mut rec.retired) {
-                let paths = vec![old.clone()];
-                let running = tokio::task::spawn_blocking(move || {
-                    crate::containerd::inuse::shims_running(&paths)
-                })
-                .await
-                .unwrap_or_default();
-                if running.is_empty() {
-                    self.remove_version(&old)?;
-                    tracing::info!(shim = %rec.name, version = %old.display(), "earlier shim version removed: no process runs it");
-                    changed = true;
-                } else {
-                    tracing::info!(shim = %rec.name, version = %old.display(), processes = running.len(), "earlier shim version kept while containers run on it");
-                    kept.push(old);
-                }
-            }
-            rec.retired = kept;
-        }
-        if changed {
-            state.save(&self.layout.state_path())?;
-        }
-        Ok(())
-    }
 }

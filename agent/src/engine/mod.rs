@@ -8,6 +8,7 @@ pub mod plan;
 mod remove;
 pub mod state;
 pub mod status;
+mod users;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::containerd::inuse::{self, ShimProcess};
+use crate::containerd::inuse::ShimUser;
 use crate::containerd::Outcome;
 use crate::host::lock::HostLock;
 
@@ -15,7 +15,7 @@ use super::{Engine, State};
 pub struct RemoveReport {
     pub removed: Vec<String>,
     /// Shims left in place because containers still run on them.
-    pub in_use: Vec<(String, Vec<ShimProcess>)>,
+    pub in_use: Vec<(String, Vec<ShimUser>)>,
     pub config: Option<Outcome>,
     pub state: State,
 }
@@ -65,7 +65,7 @@ impl Engine {
                 .cloned()
                 .collect()
         };
-        let (removable, in_use) = self.split_in_use(&targets, &state).await;
+        let (removable, in_use) = self.split_in_use(&targets, &state).await?;
         let remaining: BTreeSet<String> = owned
             .iter()
             .filter(|h| !removable.contains(h))
@@ -99,32 +99,30 @@ impl Engine {
         })
     }
 
-    /// Which targets no process runs (removable), and which are in use, by whom. The scan of /proc
-    /// runs off the async thread.
+    /// Which targets no container runs on (removable), and which are in use, by whom.
+    #[allow(clippy::type_complexity)]
     async fn split_in_use(
         &self,
         targets: &[String],
         state: &State,
-    ) -> (Vec<String>, Vec<(String, Vec<ShimProcess>)>) {
+    ) -> anyhow::Result<(Vec<String>, Vec<(String, Vec<ShimUser>)>)> {
         let mut removable = Vec::new();
         let mut in_use = Vec::new();
         for name in targets {
             let running = match state.shims.get(name) {
                 Some(r) => {
-                    let paths = r.executables();
-                    tokio::task::spawn_blocking(move || inuse::shims_running(&paths))
-                        .await
-                        .unwrap_or_default()
+                    let q = self.shim_query(state.containerd.as_ref(), r, r.executables(), None);
+                    self.containerd.shim_users(&q).await?
                 }
                 None => Vec::new(),
             };
             if running.is_empty() {
                 removable.push(name.clone());
             } else {
-                tracing::warn!(shim = %name, processes = running.len(), "shim in use by running containers; leaving it installed and configured");
+                tracing::warn!(shim = %name, users = running.len(), "shim in use by running containers; leaving it installed and configured");
                 in_use.push((name.clone(), running));
             }
         }
-        (removable, in_use)
+        Ok((removable, in_use))
     }
 }

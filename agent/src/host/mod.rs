@@ -5,6 +5,7 @@ pub mod atomic;
 pub mod exec;
 pub mod lock;
 pub mod memory;
+pub mod systemd;
 
 use std::path::{Component, Path, PathBuf};
 

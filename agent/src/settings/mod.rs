@@ -154,7 +154,10 @@ impl Default for ArtifactSettings {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RestartMethod {
+    /// `systemctl restart`, run in the host's namespaces (needs hostPID and privileges in a pod).
     Systemd,
+    /// `RestartUnit` on the host's systemd over D-Bus: no host PID namespace, no privileges.
+    Dbus,
     None,
     /// A command run as the host (in its namespaces when the agent runs in a pod).
     Argv(Vec<String>),
@@ -170,9 +173,10 @@ impl<'de> Deserialize<'de> for RestartMethod {
         }
         match Raw::deserialize(d)? {
             Raw::Name(n) if n == "systemd" => Ok(Self::Systemd),
+            Raw::Name(n) if n == "dbus" => Ok(Self::Dbus),
             Raw::Name(n) if n == "none" => Ok(Self::None),
             Raw::Name(n) => Err(serde::de::Error::custom(format!(
-                "expected \"systemd\", \"none\" or an argv array, found \"{n}\""
+                "expected \"systemd\", \"dbus\", \"none\" or an argv array, found \"{n}\""
             ))),
             Raw::Argv(v) if v.is_empty() => Err(serde::de::Error::custom(
                 "an argv array needs at least the program",
@@ -200,6 +204,22 @@ pub struct ContainerdSettings {
     /// under the name its runtime_type maps to, for clients that name the runtime rather than the
     /// handler (`ctr run --runtime io.containerd.wasmtime.v1`, nerdctl). None: no links.
     pub link_dir: Option<PathBuf>,
+    /// How `remove` tells whether a shim still runs containers.
+    pub in_use: InUseCheck,
+}
+
+/// Where the answer to "does a container still run on this shim?" comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum InUseCheck {
+    /// The host's processes when the agent sees them (host root `/`, or a pod with hostPID), else
+    /// containerd's API.
+    #[default]
+    Auto,
+    /// The host's process table: the shim processes executing the binary.
+    Processes,
+    /// containerd's API: containers of the shim's runtime with a live task, in every namespace.
+    Containerd,
 }
 
 impl Default for ContainerdSettings {
@@ -212,6 +232,7 @@ impl Default for ContainerdSettings {
             timeout: Duration::from_secs(30),
             binary: Auto::Detect,
             link_dir: None,
+            in_use: InUseCheck::Auto,
         }
     }
 }

@@ -1,19 +1,14 @@
-//! Is a shim binary in use? A running container is owned by a shim process executing that binary, so
-//! the process table answers for every namespace and client (CRI pods and ctr containers alike). With
-//! hostPID the agent's /proc is the host's.
+//! The process table's answer: a running container is owned by a shim process executing the binary,
+//! so /proc answers for every namespace and client (CRI pods and ctr containers alike). With hostPID
+//! the agent's /proc is the host's.
 
 use std::path::PathBuf;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShimProcess {
-    pub pid: i32,
-    /// The `-id` the shim was started with (a container or pod sandbox ID).
-    pub id: Option<String>,
-}
+use super::ShimUser;
 
 /// Processes executing one of `binaries` (host paths; a symlink shows as its target), including a copy
 /// since replaced or removed on disk.
-pub fn shims_running(binaries: &[PathBuf]) -> Vec<ShimProcess> {
+pub fn shims_running(binaries: &[PathBuf]) -> Vec<ShimUser> {
     let Ok(rd) = std::fs::read_dir("/proc") else {
         return vec![];
     };
@@ -24,7 +19,7 @@ pub fn shims_running(binaries: &[PathBuf]) -> Vec<ShimProcess> {
             [format!("{b} (deleted)"), b]
         })
         .collect();
-    let mut found: Vec<ShimProcess> = rd
+    let mut found: Vec<ShimUser> = rd
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| {
@@ -32,9 +27,10 @@ pub fn shims_running(binaries: &[PathBuf]) -> Vec<ShimProcess> {
                 .map(|exe| wanted.iter().any(|w| exe.as_os_str() == w.as_str()))
                 .unwrap_or(false)
         })
-        .map(|pid| ShimProcess {
-            pid,
+        .map(|pid| ShimUser {
             id: shim_id(pid),
+            namespace: None,
+            pid: Some(pid as u32),
         })
         .collect();
     found.sort_by_key(|p| p.pid);
@@ -62,7 +58,7 @@ mod tests {
         let me = std::process::id() as i32;
         assert!(shims_running(std::slice::from_ref(&exe))
             .iter()
-            .any(|p| p.pid == me));
+            .any(|p| p.pid == Some(me as u32)));
         assert!(shims_running(&["/nonexistent/containerd-shim-x-v2".into()]).is_empty());
     }
 }
