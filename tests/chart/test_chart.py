@@ -296,6 +296,67 @@ def variables_cel(values):
     return celpy.celtypes.MapType({celpy.celtypes.StringType(k): v for k, v in values.items()})
 
 
+def agent_pod(docs):
+    return by_kind(docs, "DaemonSet")[0]["spec"]["template"]["spec"]
+
+
+def settings_of(docs):
+    cm = [c for c in by_kind(docs, "ConfigMap") if "config.toml" in c["data"]][0]
+    return cm["data"]["config.toml"]
+
+
+class SecurityModes(unittest.TestCase):
+    """privileged (the default) and restricted: what each pod gets of the host."""
+
+    def test_privileged_mounts_the_host_root_with_host_pid(self):
+        pod = agent_pod(render({}, with_hooks=False))
+        self.assertTrue(pod["hostPID"])
+        self.assertTrue(pod["containers"][0]["securityContext"]["privileged"])
+        self.assertIn({"name": "host", "hostPath": {"path": "/", "type": "Directory"}}, pod["volumes"])
+
+    def test_restricted_has_no_privilege_and_only_the_paths_it_touches(self):
+        docs = render(load_values(HERE / "values" / "restricted.yaml"), with_hooks=False)
+        pod = agent_pod(docs)
+        self.assertNotIn("hostPID", pod)
+        ctx = pod["containers"][0]["securityContext"]
+        self.assertEqual(ctx, {
+            "privileged": False, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+            "runAsUser": 0, "capabilities": {"drop": ["ALL"], "add": ["SYS_CHROOT"]},
+            "seccompProfile": {"type": "RuntimeDefault"}})
+        host = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
+        self.assertEqual(host, {
+            "/etc/containerd": "Directory", "/opt/kwasm": "DirectoryOrCreate",
+            "/run/containerd": "Directory", "/run/dbus": "Directory", "/usr": "Directory",
+            "/usr/local/bin": "Directory"})
+        mounts = {m["mountPath"]: m.get("readOnly", False) for m in pod["containers"][0]["volumeMounts"]}
+        self.assertEqual(mounts, {
+            "/host/etc/containerd": False, "/host/opt/kwasm": False, "/host/run/containerd": True,
+            "/host/run/dbus": True, "/host/usr": True, "/host/usr/local/bin": False,
+            "/etc/kwasm-agent": True})
+        # Below containerd's socket directory are every container's root filesystem mounts.
+        rro = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]
+               if m.get("recursiveReadOnly") == "IfPossible"}
+        self.assertEqual(rro, {"/host/run/containerd", "/host/run/dbus", "/host/usr"})
+        self.assertIn('restart = "dbus"', settings_of(docs))
+        self.assertIn('in_use = "auto"', settings_of(docs))
+
+    def test_restricted_on_k3s_mounts_k3s_paths(self):
+        docs = render(load_values(HERE / "values" / "restricted-k3s.yaml"), with_hooks=False)
+        pod = agent_pod(docs)
+        host = {v["hostPath"]["path"]: v["hostPath"]["type"] for v in pod["volumes"] if "hostPath" in v}
+        self.assertEqual(host, {
+            "/var/lib/rancher/k3s/agent/etc/containerd": "Directory", "/var/lib/kwasm": "DirectoryOrCreate",
+            "/run/k3s/containerd": "Directory", "/run/dbus": "Directory", "/usr": "Directory",
+            "/var/lib/rancher/k3s/data": "Directory", "/etc/ssl/private-mirror.pem": "File"})
+
+    def test_restricted_refuses_a_restart_command_run_as_the_host(self):
+        values = load_values(HERE / "values" / "argv-restart.yaml")
+        values["securityMode"] = "restricted"
+        with self.assertRaises(helm.HelmError) as refused:
+            render(values, with_hooks=False)
+        self.assertIn("cannot run a restart command as the host", str(refused.exception))
+
+
 class PlainManifests(unittest.TestCase):
     def test_manifests_deploy_matches_the_chart_defaults(self):
         chart = helm.Chart.load(str(CHART))
@@ -308,18 +369,26 @@ class PlainManifests(unittest.TestCase):
 
 
 def render_plain(chart):
-    """The chart's defaults as plain manifests for `kubectl apply -f`: the agent, and (separately) the
-    uninstall job to run before deleting it."""
-    files = chart.render({}, name=RELEASE, namespace=NAMESPACE)
-    agent, uninstall = [], []
-    for name in sorted(files):
-        if name.endswith("NOTES.txt") or not files[name].strip():
-            continue
-        docs = [d for d in yaml.safe_load_all(files[name]) if d]
-        (uninstall if name.endswith("uninstall-hook.yaml") else agent).extend(docs)
-    header = "# Rendered from manifests/helm/kwasm-agent with its default values by scripts/render-manifests.sh.\n"
-    dump = lambda docs: header + "".join("---\n" + yaml.safe_dump(d, sort_keys=True) for d in docs)
-    return {"kwasm-agent.yaml": dump(agent), "kwasm-agent-uninstall.yaml": dump(uninstall)}
+    """The chart's defaults as plain manifests for `kubectl apply -f`: the agent, the same in the
+    restricted security mode, and (separately) the uninstall job to run before deleting either."""
+    def split(values):
+        files = chart.render(values, name=RELEASE, namespace=NAMESPACE)
+        agent, uninstall = [], []
+        for name in sorted(files):
+            if name.endswith("NOTES.txt") or not files[name].strip():
+                continue
+            docs = [d for d in yaml.safe_load_all(files[name]) if d]
+            (uninstall if name.endswith("uninstall-hook.yaml") else agent).extend(docs)
+        return agent, uninstall
+
+    def dump(docs, values="its default values"):
+        header = f"# Rendered from manifests/helm/kwasm-agent with {values} by scripts/render-manifests.sh.\n"
+        return header + "".join("---\n" + yaml.safe_dump(d, sort_keys=True) for d in docs)
+
+    agent, uninstall = split({})
+    restricted, _ = split({"securityMode": "restricted"})
+    return {"kwasm-agent.yaml": dump(agent), "kwasm-agent-uninstall.yaml": dump(uninstall),
+            "kwasm-agent-restricted.yaml": dump(restricted, "securityMode=restricted")}
 
 
 if __name__ == "__main__":

@@ -39,6 +39,10 @@ pub struct Container<'a> {
     /// Mounts propagated from the host (HostToContainer), as the chart mounts `/host`; needs a host
     /// whose `/` is a shared mount.
     pub host_propagation: bool,
+    /// Mounts exactly as given (translated from a rendered pod spec).
+    pub spec_mounts: Vec<Mount>,
+    /// Exactly this security context (built from a rendered pod spec) instead of `privileged`'s.
+    pub security: Option<LinuxContainerSecurityContext>,
 }
 
 impl<'a> Container<'a> {
@@ -51,6 +55,8 @@ impl<'a> Container<'a> {
             mounts: vec![],
             privileged: false,
             host_propagation: false,
+            spec_mounts: vec![],
+            security: None,
         }
     }
 }
@@ -60,6 +66,19 @@ pub struct Pod {
     pub id: String,
     config: PodSandboxConfig,
     pub log_dir: PathBuf,
+}
+
+impl Pod {
+    /// A container's output from its log file (no connection to containerd needed), without the CRI
+    /// log format's timestamp/stream/tag prefix.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.log_dir.join(format!("{name}.log")))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| l.splitn(4, ' ').nth(3).unwrap_or(""))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +124,22 @@ impl Cri {
             .unwrap_or(false)
     }
 
+    /// The runtime handler can make a mount recursively read-only (what the kubelet reads from
+    /// `Status` for `recursiveReadOnly: IfPossible`; containerd before 2.0 does not say).
+    pub fn recursive_read_only(&mut self, handler: &str) -> bool {
+        self.rt
+            .block_on(self.client.status(StatusRequest { verbose: false }))
+            .map(|r| {
+                r.into_inner().runtime_handlers.iter().any(|h| {
+                    h.name == handler
+                        && h.features
+                            .as_ref()
+                            .is_some_and(|f| f.recursive_read_only_mounts)
+                })
+            })
+            .unwrap_or(false)
+    }
+
     /// RunPodSandbox with `handler` (a RuntimeClass's handler); logs go under `log_dir`.
     pub fn run_pod(&mut self, name: &str, handler: &str, log_dir: &Path) -> anyhow::Result<Pod> {
         self.run_pod_as(name, handler, log_dir, false)
@@ -118,13 +153,36 @@ impl Cri {
         log_dir: &Path,
         privileged: bool,
     ) -> anyhow::Result<Pod> {
+        let pid = if privileged {
+            NamespaceMode::Node
+        } else {
+            NamespaceMode::Pod
+        };
+        self.run_pod_ns(name, handler, log_dir, privileged, pid)
+    }
+
+    /// A pod as the kubelet makes one without hostPID or shareProcessNamespace: each container in
+    /// its own PID namespace, nothing privileged.
+    pub fn run_pod_unprivileged(
+        &mut self,
+        name: &str,
+        handler: &str,
+        log_dir: &Path,
+    ) -> anyhow::Result<Pod> {
+        self.run_pod_ns(name, handler, log_dir, false, NamespaceMode::Container)
+    }
+
+    fn run_pod_ns(
+        &mut self,
+        name: &str,
+        handler: &str,
+        log_dir: &Path,
+        privileged: bool,
+        pid: NamespaceMode,
+    ) -> anyhow::Result<Pod> {
         std::fs::create_dir_all(log_dir)?;
         let host = NamespaceMode::Node as i32;
-        let pid = if privileged {
-            host
-        } else {
-            NamespaceMode::Pod as i32
-        };
+        let pid = pid as i32;
         let uid = format!("uid-{name}-{}", std::process::id());
         let cgroup_parent = if self.systemd_cgroups {
             format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_"))
@@ -206,18 +264,21 @@ impl Cri {
                     },
                     ..Default::default()
                 })
+                .chain(c.spec_mounts.iter().cloned())
                 .collect(),
             linux: Some(LinuxContainerConfig {
                 security_context: Some(LinuxContainerSecurityContext {
-                    privileged: c.privileged,
-                    readonly_rootfs: c.privileged,
                     namespace_options: pod
                         .config
                         .linux
                         .as_ref()
                         .and_then(|l| l.security_context.as_ref())
                         .and_then(|s| s.namespace_options.clone()),
-                    ..Default::default()
+                    ..c.security.clone().unwrap_or(LinuxContainerSecurityContext {
+                        privileged: c.privileged,
+                        readonly_rootfs: c.privileged,
+                        ..Default::default()
+                    })
                 }),
                 ..Default::default()
             }),
@@ -288,12 +349,7 @@ impl Cri {
 
     /// The container's output, without the CRI log format's timestamp/stream/tag prefix.
     pub fn log(&self, pod: &Pod, name: &str) -> String {
-        std::fs::read_to_string(pod.log_dir.join(format!("{name}.log")))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| l.splitn(4, ' ').nth(3).unwrap_or(""))
-            .map(|l| format!("{l}\n"))
-            .collect()
+        pod.log(name)
     }
 
     /// The PID of a running container's process, in containerd's PID namespace.

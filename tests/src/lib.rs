@@ -7,6 +7,7 @@ pub mod artifact_server;
 pub mod built;
 pub mod containerd;
 pub mod cri;
+pub mod daemonset;
 pub mod fault;
 pub mod kube_api;
 pub mod node_host;

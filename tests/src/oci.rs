@@ -13,6 +13,8 @@ pub struct Image<'a> {
     pub name: &'a str,
     /// (path in the image, content, mode)
     pub files: Vec<(&'a str, Vec<u8>, u32)>,
+    /// (path in the image, target)
+    pub symlinks: Vec<(&'a str, &'a str)>,
     pub entrypoint: Vec<&'a str>,
     pub cmd: Vec<&'a str>,
     /// OCI annotations of the image config (`org.opencontainers.image.*`).
@@ -30,6 +32,7 @@ impl<'a> Image<'a> {
         Self {
             name,
             files,
+            symlinks: vec![],
             entrypoint,
             cmd: vec![],
             labels: vec![],
@@ -126,6 +129,17 @@ impl Image<'_> {
             h.set_gid(0);
             h.set_cksum();
             b.append_data(&mut h, path.trim_start_matches('/'), data.as_slice())
+                .unwrap();
+        }
+        for (path, target) in &self.symlinks {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            b.append_link(&mut h, path.trim_start_matches('/'), target)
                 .unwrap();
         }
         b.into_inner().unwrap()

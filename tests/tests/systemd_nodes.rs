@@ -12,6 +12,7 @@ use kwasm_tests::archive::sha256;
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
 use kwasm_tests::built::{image_archive, wasm_shim_archive};
 use kwasm_tests::cri::{Container, Cri};
+use kwasm_tests::daemonset::RenderedAgent;
 use kwasm_tests::kube_api::{free_port, KubeApi};
 use kwasm_tests::node_host::{TestShim, SHIM_BIN};
 use kwasm_tests::sandbox::ShimSpec;
@@ -483,33 +484,36 @@ fn over_dbus_on_containerd_2_1() {
     over_dbus_on("2.1");
 }
 
-/// The chart's defaults as rendered into manifests/deploy/ (the ConfigMap's settings file), read
-/// with the real kubectl.
-fn chart_settings() -> toml_edit::DocumentMut {
-    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests/deploy/kwasm-agent.yaml");
-    let out = std::process::Command::new("kubectl")
-        .args(["label", "--local", "-o", "json", "kwasm.sh/test=1", "-f"])
-        .arg(&manifest)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    serde_json::Deserializer::from_str(&text)
-        .into_iter::<serde_json::Value>()
-        .map(Result::unwrap)
-        .find(|o| o["kind"] == "ConfigMap")
-        .and_then(|cm| cm["data"]["config.toml"].as_str().map(str::to_owned))
-        .expect("the chart renders a ConfigMap with config.toml")
-        .parse()
-        .unwrap()
+/// The two ways the chart runs the agent (`securityMode`), each as rendered into manifests/deploy/.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Privileged,
+    Restricted,
 }
 
-fn the_daemonset_pod_on(series: &str) {
+impl Mode {
+    fn manifest(self) -> &'static str {
+        match self {
+            Mode::Privileged => "kwasm-agent.yaml",
+            Mode::Restricted => "kwasm-agent-restricted.yaml",
+        }
+    }
+
+    fn restart(self) -> &'static str {
+        match self {
+            Mode::Privileged => "systemd",
+            Mode::Restricted => "dbus",
+        }
+    }
+}
+
+/// The agent's image run as the DaemonSet's pod is run in `mode` — the security context, host
+/// namespaces, mounts and settings the chart renders, translated as the kubelet does — on a node of
+/// `series`: `kubectl annotate` provisions it (containerd restarted, its containers and the agent's
+/// own keep their PIDs), a WASI pod runs on the handler, removal waits while that pod is there and
+/// then leaves /etc/containerd byte-identical, and a unit whose restart would kill containers is
+/// refused with nothing written.
+fn the_daemonset_pod_on(series: &str, mode: Mode) {
     let Some(archive) = image_archive() else {
         return;
     };
@@ -517,43 +521,58 @@ fn the_daemonset_pod_on(series: &str) {
         return;
     };
     let n = &f.node;
+    let rendered = RenderedAgent::load(mode.manifest());
+    assert_eq!(rendered.host_pid, mode == Mode::Privileged);
     let api = KubeApi::start(n.sb.path());
     api.add_node("n1", "amd64");
-    let etc = daemonset_config(n, &api);
+    let etc = daemonset_config(n, &api, &rendered, mode);
     n.import_images(&[archive]);
-    let listed = String::from_utf8_lossy(&n.ctr(&["-n", "k8s.io", "images", "ls", "-q"]).stdout)
-        .into_owned();
-    let image = listed
-        .lines()
-        .find(|l| l.starts_with("ghcr.io/kwasm/kwasm-agent"))
-        .unwrap_or_else(|| panic!("no agent image after import: {listed}"))
-        .to_owned();
+    let image = agent_image(n);
 
     let etc_before = n.snapshot("/etc/containerd");
     let runc_pid = n.run_container("before");
     let mut cri = Cri::connect(&n.socket());
-    let (pod, agent_id) = start_daemonset_pod(n, &mut cri, &image, &etc);
-    let agent_pid = cri.container_pid(&agent_id);
+    let rro = cri.recursive_read_only("runc");
+    let pod = start_daemonset_pod(n, &mut cri, &image, &etc, &rendered, rro);
+    let agent_pid = cri.container_pid(&pod.agent);
+    if mode == Mode::Restricted {
+        assert_confined(n, agent_pid, &rendered, rro);
+    }
+    drop(cri);
+    let mut cri = provisioned_on_annotate(n, &api, &pod, (agent_pid, runc_pid), mode);
+    let wasm = wasi_pod_ran(n, &mut cri);
+    removal_waits_for(n, &api, &pod, &wasm);
     let main_pid = n.containerd_pid();
+    cri.remove_pod(&wasm).unwrap();
+    drop(cri);
+    let mut cri = cleaned_once_gone(n, &api, &pod, &etc_before, main_pid, (agent_pid, runc_pid));
+    kill_mode_refused(n, &api, &pod, &etc_before);
 
+    assert_eq!(cri.container_pid(&pod.agent), agent_pid);
+    assert_eq!(n.task_pid("before"), Some(runc_pid));
+}
+
+/// `kubectl annotate` → the node provisioned: containerd restarted (how, by `mode`), the agent's own
+/// container and the runc container keep their PIDs (`pids`), the shim's label true. Returns a CRI
+/// connection made after the restart.
+fn provisioned_on_annotate(
+    n: &SystemdNode,
+    api: &KubeApi,
+    pod: &AgentPod,
+    (agent_pid, runc_pid): (i64, i32),
+    mode: Mode,
+) -> Cri {
+    let main_pid = n.containerd_pid();
     api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
-    wait_for(
-        &cri,
-        &pod,
-        n,
-        "the containerized agent to provision the node",
-        || api.provisioned_label("n1").as_deref() == Some("true"),
-    );
+    pod.wait_for(n, "the containerized agent to provision the node", || {
+        api.provisioned_label("n1").as_deref() == Some("true")
+    });
     // containerd restarted: the connection to its socket did not survive that, the pods did.
     let mut cri = Cri::connect(&n.socket());
-    assert_ne!(
-        n.containerd_pid(),
-        main_pid,
-        "containerd was not restarted through systemd"
-    );
+    assert_ne!(n.containerd_pid(), main_pid, "containerd was not restarted");
     assert_eq!(n.unit_property("containerd", "ActiveState"), "active");
     assert_eq!(
-        cri.container_pid(&agent_id),
+        cri.container_pid(&pod.agent),
         agent_pid,
         "the agent's own container did not survive"
     );
@@ -562,26 +581,28 @@ fn the_daemonset_pod_on(series: &str) {
         api.node("n1")["metadata"]["labels"]["kwasm.sh/shim.wasmtime"],
         "true"
     );
+    let log = pod.pod.log("agent");
+    assert_eq!(
+        log.contains("over D-Bus"),
+        mode == Mode::Restricted,
+        "{log}"
+    );
+    cri
+}
 
-    // A WASI pod on the handler the node now has.
-    let wasm = cri
-        .run_pod("wasm-after", HANDLER, &n.sb.path().join("pod-logs"))
-        .expect("a pod on the wasmtime handler");
-    let id = cri
-        .start(&wasm, &Container::new("hello", HELLO_WASM))
-        .unwrap();
-    let exited = cri.wait_exited(&wasm, "hello", &id, WITHIN);
-    assert_eq!(exited.exit_code, 0, "{exited:?}");
-    assert!(exited.log.starts_with(HELLO_LINE), "{exited:?}");
-    cri.remove_pod(&wasm).unwrap();
-    eventually("the WASI pod's shim to exit", || {
-        !n.sh("ps -eo args").contains(BIN)
-    });
-
-    // The trigger goes: the node is clean again.
-    let main_pid = n.containerd_pid();
-    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node-"]);
-    wait_for(&cri, &pod, n, "the node to be cleaned", || {
+/// The trigger went while the WASI pod ran; once that pod is gone (just now) the node is clean
+/// again, byte for byte, containerd (`main_pid` before) restarted, and the containers (`pids`) kept
+/// theirs. Returns a CRI connection made after
+/// the restart.
+fn cleaned_once_gone(
+    n: &SystemdNode,
+    api: &KubeApi,
+    pod: &AgentPod,
+    etc_before: &[(String, Vec<u8>)],
+    main_pid: i32,
+    (agent_pid, runc_pid): (i64, i32),
+) -> Cri {
+    pod.wait_for(n, "the node to be cleaned", || {
         api.node("n1")["metadata"]["labels"]
             .get("kwasm.sh/kwasm-provisioned")
             .is_none()
@@ -594,15 +615,176 @@ fn the_daemonset_pod_on(series: &str) {
         "remove did not restart containerd"
     );
     let mut cri = Cri::connect(&n.socket());
-    assert_eq!(cri.container_pid(&agent_id), agent_pid);
+    assert_eq!(cri.container_pid(&pod.agent), agent_pid);
     assert_eq!(n.task_pid("before"), Some(runc_pid));
+    cri
 }
 
-/// The agent pod's /etc/kwasm-agent: the chart's settings (but for the shim — the test's, over
-/// loopback HTTP — and where the agent listens: the pod shares this machine's network with other
-/// tests), and a kubeconfig for the API stand-in.
-fn daemonset_config(n: &SystemdNode, api: &KubeApi) -> std::path::PathBuf {
-    let mut settings = chart_settings();
+/// A WASI pod on the handler the node now has: its container prints and exits 0; the pod (its
+/// sandbox on the wasm shim) stays.
+fn wasi_pod_ran(n: &SystemdNode, cri: &mut Cri) -> kwasm_tests::cri::Pod {
+    let wasm = cri
+        .run_pod("wasm-after", HANDLER, &n.sb.path().join("pod-logs"))
+        .expect("a pod on the wasmtime handler");
+    let id = cri
+        .start(&wasm, &Container::new("hello", HELLO_WASM))
+        .unwrap();
+    let exited = cri.wait_exited(&wasm, "hello", &id, WITHIN);
+    assert_eq!(exited.exit_code, 0, "{exited:?}");
+    assert!(exited.log.starts_with(HELLO_LINE), "{exited:?}");
+    wasm
+}
+
+/// The trigger goes while `wasm` runs on the shim: the agent refuses to remove it, saying which pod
+/// holds it, and leaves binary and config in place.
+fn removal_waits_for(n: &SystemdNode, api: &KubeApi, pod: &AgentPod, wasm: &kwasm_tests::cri::Pod) {
+    let config = n.snapshot("/etc/containerd");
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node-"]);
+    pod.wait_for(n, "the removal to be refused", || {
+        api.event_reasons("n1").iter().any(|r| r == "RemoveBlocked")
+    });
+    let blocked = api
+        .events("n1")
+        .into_iter()
+        .find(|e| e["reason"] == "RemoveBlocked")
+        .unwrap();
+    let message = blocked["message"].as_str().unwrap();
+    assert!(
+        message.contains("wasmtime (") && message.contains(&wasm.id),
+        "the refusal does not name the WASI pod {}: {message}",
+        wasm.id
+    );
+    assert!(n.path("/opt/kwasm/bin").join(BIN).exists());
+    assert_eq!(n.snapshot("/etc/containerd"), config);
+}
+
+/// A KillMode=mixed drop-in, then the trigger again: refused, naming the setting; nothing written,
+/// containerd not restarted.
+fn kill_mode_refused(
+    n: &SystemdNode,
+    api: &KubeApi,
+    pod: &AgentPod,
+    etc_before: &[(String, Vec<u8>)],
+) {
+    drop_in(n, "kill-mode", "[Service]\nKillMode=mixed\n");
+    let main_pid = n.containerd_pid();
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    pod.wait_for(n, "the KillMode=mixed unit to be refused", || {
+        api.events("n1").iter().any(|e| {
+            e["reason"] == "ProvisionFailed"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("KillMode=mixed"))
+        })
+    });
+    assert_eq!(n.snapshot("/etc/containerd"), etc_before);
+    assert!(!n.path("/opt/kwasm/bin").join(BIN).exists());
+    assert_eq!(n.containerd_pid(), main_pid, "containerd was restarted");
+}
+
+/// What the restricted agent has, seen from the node: only CAP_SYS_CHROOT (effective, permitted,
+/// bounding), no new privileges, a seccomp filter, its own PID namespace, a read-only root, and of
+/// the host only the rendered mounts — and what is mounted below those (containerd's socket directory
+/// holds every container's root filesystem): read-only too where the runtime makes mounts
+/// recursively read-only (`rro`).
+fn assert_confined(n: &SystemdNode, pid: i64, rendered: &RenderedAgent, rro: bool) {
+    let status = n.read(&format!("/proc/{pid}/status"));
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .trim()
+            .to_owned()
+    };
+    const SYS_CHROOT: &str = "0000000000040000";
+    for caps in ["CapEff", "CapPrm", "CapBnd"] {
+        assert_eq!(field(caps), SYS_CHROOT, "{caps}");
+    }
+    for caps in ["CapInh", "CapAmb"] {
+        assert_eq!(field(caps), "0000000000000000", "{caps}");
+    }
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2", "no seccomp filter");
+    let ns = |p: String| std::fs::read_link(n.path(&p)).unwrap();
+    assert_ne!(
+        ns(format!("/proc/{pid}/ns/pid")),
+        ns("/proc/1/ns/pid".into()),
+        "the agent shares the node's PID namespace"
+    );
+    assert_mounts(n, pid, rendered, rro);
+}
+
+/// The agent's mounts, from the node: a read-only root; under /host exactly the rendered mounts with
+/// their read-only flags; below the read-only ones nothing writable when `rro`.
+fn assert_mounts(n: &SystemdNode, pid: i64, rendered: &RenderedAgent, rro: bool) {
+    let mountinfo = n.read(&format!("/proc/{pid}/mountinfo"));
+    let mounts: Vec<(&str, bool)> = mountinfo
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[4], f[5].split(',').any(|o| o == "ro"))
+        })
+        .collect();
+    assert!(
+        mounts.iter().any(|&(p, ro)| p == "/" && ro),
+        "root is writable: {mountinfo}"
+    );
+    let below = |p: &str, dir: &str| p.starts_with(&format!("{dir}/"));
+    let mut top: Vec<&str> = mounts
+        .iter()
+        .map(|&(p, _)| p)
+        .filter(|p| p.starts_with("/host/"))
+        .filter(|p| {
+            !rendered
+                .host_mounts
+                .iter()
+                .any(|m| below(p, &m.container_path))
+        })
+        .collect();
+    top.sort();
+    top.dedup();
+    let mut want: Vec<&str> = rendered
+        .host_mounts
+        .iter()
+        .map(|m| m.container_path.as_str())
+        .collect();
+    want.sort();
+    assert_eq!(top, want, "{mountinfo}");
+    for m in &rendered.host_mounts {
+        let (_, ro) = mounts.iter().find(|(p, _)| *p == m.container_path).unwrap();
+        assert_eq!(*ro, m.read_only, "{}", m.container_path);
+        let writable_below: Vec<&str> = mounts
+            .iter()
+            .filter(|&&(p, ro)| below(p, &m.container_path) && !ro)
+            .map(|&(p, _)| p)
+            .collect();
+        if m.read_only && rro {
+            assert!(
+                writable_below.is_empty(),
+                "writable below {}: {writable_below:?}",
+                m.container_path
+            );
+        } else if !writable_below.is_empty() {
+            eprintln!(
+                "{} writable mount(s) below the read-only {} (this runtime cannot make it recursively read-only)",
+                writable_below.len(),
+                m.container_path
+            );
+        }
+    }
+}
+
+/// The agent pod's settings directory (where the ConfigMap goes): the rendered settings (but for
+/// the shim — the test's, over loopback HTTP — and where the agent listens: the pod shares this
+/// machine's network with other tests), and a kubeconfig for the API stand-in.
+fn daemonset_config(
+    n: &SystemdNode,
+    api: &KubeApi,
+    rendered: &RenderedAgent,
+    mode: Mode,
+) -> std::path::PathBuf {
+    let mut settings = rendered.settings.clone();
     let ours: toml_edit::DocumentMut = std::fs::read_to_string(&n.sb.settings)
         .unwrap()
         .parse()
@@ -611,7 +793,10 @@ fn daemonset_config(n: &SystemdNode, api: &KubeApi) -> std::path::PathBuf {
     settings["artifacts"]["allow_http"] = toml_edit::value(true);
     settings["agent"]["listen"] = toml_edit::value(format!("127.0.0.1:{}", free_port()));
     assert_eq!(settings["host"]["root"].as_str(), Some("/host"));
-    assert_eq!(settings["containerd"]["restart"].as_str(), Some("systemd"));
+    assert_eq!(
+        settings["containerd"]["restart"].as_str(),
+        Some(mode.restart())
+    );
     let etc = n.sb.path().join("etc-kwasm-agent");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(etc.join("config.toml"), settings.to_string()).unwrap();
@@ -619,64 +804,93 @@ fn daemonset_config(n: &SystemdNode, api: &KubeApi) -> std::path::PathBuf {
     etc
 }
 
-/// As the kubelet starts the DaemonSet's pod: privileged, host PID namespace, the host's `/` at
-/// /host (HostToContainer), the settings at /etc/kwasm-agent, NODE_NAME. Returns the pod and the
-/// agent container's ID.
+/// The agent's image as imported into the node's CRI namespace.
+fn agent_image(n: &SystemdNode) -> String {
+    let listed = String::from_utf8_lossy(&n.ctr(&["-n", "k8s.io", "images", "ls", "-q"]).stdout)
+        .into_owned();
+    listed
+        .lines()
+        .find(|l| l.starts_with("ghcr.io/kwasm/kwasm-agent"))
+        .unwrap_or_else(|| panic!("no agent image after import: {listed}"))
+        .to_owned()
+}
+
+struct AgentPod {
+    pod: kwasm_tests::cri::Pod,
+    /// The agent container's ID.
+    agent: String,
+}
+
+impl AgentPod {
+    /// Polls `done` for up to 90 s; on time-out, fails with the agent's log and containerd's journal.
+    /// Holds no connection to containerd (one left idle across a restart can hold up its stop).
+    fn wait_for(&self, n: &SystemdNode, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while !done() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; agent log:\n{}\njournal:\n{}",
+                self.pod.log("agent"),
+                n.journal("containerd", 20)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// As the kubelet starts the DaemonSet's pod: the rendered security context, host PID namespace or
+/// not, hostPath mounts, the settings where the ConfigMap goes, NODE_NAME.
 fn start_daemonset_pod(
     n: &SystemdNode,
     cri: &mut Cri,
     image: &str,
     etc: &std::path::Path,
-) -> (kwasm_tests::cri::Pod, String) {
-    let pod = cri
-        .run_pod_as(
+    rendered: &RenderedAgent,
+    rro: bool,
+) -> AgentPod {
+    let logs = n.sb.path().join("agent-logs");
+    let pod = if rendered.host_pid {
+        cri.run_pod_as(
             "kwasm-agent-n1",
             "runc",
-            &n.sb.path().join("agent-logs"),
-            true,
+            &logs,
+            rendered.security.privileged,
         )
-        .expect("a privileged host-PID pod sandbox");
+    } else {
+        assert!(!rendered.security.privileged);
+        cri.run_pod_unprivileged("kwasm-agent-n1", "runc", &logs)
+    }
+    .expect("the agent's pod sandbox");
     let mut agent = Container::new("agent", image);
     agent.args = vec!["run", "--config", "/etc/kwasm-agent/config.toml"];
-    agent.privileged = true;
-    agent.host_propagation = true;
-    agent.mounts = vec![("/host", "/".into()), ("/etc/kwasm-agent", etc.to_owned())];
+    agent.security = Some(rendered.security.clone());
+    agent.spec_mounts = rendered.cri_mounts(|p| n.path(p), etc, rro);
     agent.env = vec![
         ("NODE_NAME", "n1".into()),
         ("POD_NAMESPACE", "kube-system".into()),
         ("KUBECONFIG", "/etc/kwasm-agent/kubeconfig".into()),
         ("KWASM_LOG", "info,kube=warn".into()),
     ];
-    let id = cri.start(&pod, &agent).expect("the agent container starts");
-    (pod, id)
-}
-
-/// Polls `done` for up to 90 s; on time-out, fails with the agent's log and containerd's journal.
-fn wait_for(
-    cri: &Cri,
-    pod: &kwasm_tests::cri::Pod,
-    n: &SystemdNode,
-    what: &str,
-    mut done: impl FnMut() -> bool,
-) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while !done() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; agent log:\n{}\njournal:\n{}",
-            cri.log(pod, "agent"),
-            n.journal("containerd", 20)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let agent = cri.start(&pod, &agent).expect("the agent container starts");
+    AgentPod { pod, agent }
 }
 
 #[test]
 fn the_daemonset_pod_provisions_a_containerd_1_7_node() {
-    the_daemonset_pod_on("1.7");
+    the_daemonset_pod_on("1.7", Mode::Privileged);
 }
 
 #[test]
 fn the_daemonset_pod_provisions_a_containerd_2_1_node() {
-    the_daemonset_pod_on("2.1");
+    the_daemonset_pod_on("2.1", Mode::Privileged);
+}
+
+#[test]
+fn the_restricted_daemonset_pod_provisions_a_containerd_1_7_node() {
+    the_daemonset_pod_on("1.7", Mode::Restricted);
+}
+
+#[test]
+fn the_restricted_daemonset_pod_provisions_a_containerd_2_1_node() {
+    the_daemonset_pod_on("2.1", Mode::Restricted);
 }

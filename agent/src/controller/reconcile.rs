@@ -13,6 +13,7 @@ use super::node::{self, Report, ShimLabel, PROVISIONED_LABEL, STATUS_ANNOTATION}
 use super::report::{Phase, StatusDoc};
 use crate::artifact::ArtifactStep;
 use crate::clock::mark;
+use crate::containerd::Restart;
 use crate::engine::{ApplyReport, Engine, HostFacts, HostPlan, State};
 use crate::host::lock::HostLock;
 use crate::settings::RestartMethod;
@@ -204,6 +205,9 @@ async fn act(
 ) -> anyhow::Result<(ApplyReport, Vec<ShimLabel>)> {
     let report = engine.carry_out(lock, plan, facts).await?;
     ctx.metrics.count_apply(&report);
+    if let Some(Restart::Restarted(how)) = report.config.as_ref().map(|c| &c.restart) {
+        tracing::info!(how = %how, "restarted containerd");
+    }
     let failures = report.failures();
     anyhow::ensure!(failures.is_empty(), "{}", failures.join("; "));
     let mut state = report.state.clone();

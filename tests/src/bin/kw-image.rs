@@ -8,6 +8,17 @@ use std::path::Path;
 
 use kwasm_tests::oci::Image;
 
+/// /host in the restricted security mode holds only the host paths the chart mounts, /usr among
+/// them; the host's own programs run chrooted there (the shim's start probe, containerd validating a
+/// config) and find their loader and libraries through a merged-/usr layout, as the host has it.
+/// In privileged mode the host's / is mounted over /host and these are not seen.
+const HOST_ROOT_LINKS: [(&str, &str); 4] = [
+    ("/host/bin", "usr/bin"),
+    ("/host/sbin", "usr/sbin"),
+    ("/host/lib", "usr/lib"),
+    ("/host/lib64", "usr/lib64"),
+];
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let [binary, ca, name, out] = args.as_slice() else {
@@ -31,6 +42,7 @@ fn main() {
             ),
         ],
         compress: true,
+        symlinks: HOST_ROOT_LINKS.to_vec(),
         ..Image::new(
             name,
             vec![

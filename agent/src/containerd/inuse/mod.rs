@@ -88,12 +88,14 @@ impl InUse {
     }
 }
 
-/// The agent sees the host's processes when the host root is `/`, or when PID 1 is not of its own
-/// container (a pod with hostPID: PID 1 is the host's init, in another mount namespace).
+/// The agent sees the host's processes when the host root is `/`, or when PID 1's root directory is
+/// the host root (a pod with hostPID: PID 1 is the host's init). Not when PID 1 is the pod's own
+/// (no hostPID), a pod's pause process (a shared process namespace), or hidden from the agent.
 fn sees_host_processes(host: &HostRoot) -> bool {
+    use std::os::unix::fs::MetadataExt;
     if host.root() == Path::new("/") {
         return true;
     }
-    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-    matches!((ns("1"), ns("self")), (Some(init), Some(me)) if init != me)
+    let id = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    matches!((id(Path::new("/proc/1/root")), id(host.root())), (Some(init), Some(root)) if init == root)
 }

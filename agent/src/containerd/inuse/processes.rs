@@ -34,6 +34,10 @@ pub fn shims_running(binaries: &[PathBuf]) -> Vec<ShimUser> {
         })
         .collect();
     found.sort_by_key(|p| p.pid);
+    // One shim serves a pod with several processes (its daemon, a container's init re-executing the
+    // binary): name each shim once, by its first process.
+    let mut seen = std::collections::HashSet::new();
+    found.retain(|u| u.id.is_none() || seen.insert(u.id.clone()));
     found
 }
 
