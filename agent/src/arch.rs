@@ -17,6 +17,14 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// The architecture a release asset's file name names (`-x86_64-`, `-aarch64.`, `_amd64`…).
+    pub fn in_url(url: &str) -> Option<Arch> {
+        let file = url.rsplit('/').next().unwrap_or(url).to_ascii_lowercase();
+        file.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
+            .flat_map(|t| t.split('_').chain(std::iter::once(t)))
+            .find_map(|t| t.parse::<Arch>().ok())
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Arch::Amd64 => "amd64",

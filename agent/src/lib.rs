@@ -6,6 +6,9 @@
 //! - `engine`: the host engine — facts → one plan → carry out → prove — built on
 //! - `artifact` (verified binaries) and `containerd` (config, restart, CRI proof), built on
 //! - `host` (host root, atomic writes, lock, host commands), `settings`, `arch`, `backoff`, `clock`.
+//!
+//! Beside the node controller, `catalog` (the Shim objects' controller, `kwasm-agent catalog`); both
+//! read Shim objects through `crd`, which sits on `settings`.
 
 pub mod arch;
 pub mod artifact;
@@ -14,6 +17,7 @@ pub mod cli;
 pub mod clock;
 pub mod containerd;
 pub mod controller;
+pub mod crd;
 pub mod engine;
 pub mod host;
 pub mod settings;

@@ -4,7 +4,8 @@ discovery, Nodes (get, list, watch with fieldSelector / resourceVersion / bookma
 strategic-merge and JSON patches with resourceVersion preconditions; metadata-only lists), Events both
 ways a real API server serves them: events.k8s.io/v1 (what kube's Recorder writes, series patched in
 place) and core/v1 (what kubectl reads), one store seen through both; and coordination.k8s.io/v1
-Leases (list with label selectors, get, create, update with resourceVersion conflicts, delete).
+Leases (list with label selectors, get, create, update with resourceVersion conflicts, delete);
+CustomResourceDefinitions and the resources they define, and RuntimeClasses (custom_resources.py).
 
 No API server can be installed on the test machines; this is the one stand-in the tests use.
 Test-only controls live under /_test/. Prints "PORT <n>" on stdout once listening.
@@ -15,8 +16,12 @@ import sys
 import threading
 import time
 import uuid
+import os
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import custom_resources as cr  # noqa: E402
 
 LOCK = threading.Condition()
 STATE = {
@@ -26,6 +31,8 @@ STATE = {
     "events": [],  # core/v1 Events posted as such
     "events_v1": {},  # (namespace, name) -> events.k8s.io/v1 Event
     "leases": {},  # (namespace, name) -> Lease
+    "objects": {},  # (group, plural) -> {(namespace, name): object}: CRDs, custom resources, RuntimeClasses
+    "object_history": [],  # (rv, group, plural, type, object) for their watches
     "open_watches": 0,
     "conflicts": 0,  # next N node patches answer 409
     "fail_requests": 0,  # next N requests (any) answer 503
@@ -276,8 +283,17 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/api":
                 return self.send_json(200, {"kind": "APIVersions", "versions": ["v1"],
                                             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": self.headers.get("Host", "")}]})
+            if path == "/openapi/v3" or path.startswith("/openapi/v3/"):
+                with LOCK:
+                    defs = cr.definitions(STATE["objects"])
+                doc = cr.openapi_root(defs) if path == "/openapi/v3" else cr.openapi_gv(defs, path[len("/openapi/v3/"):])
+                if doc is None:
+                    return self.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
+                return self.send_json(200, doc)
             if path == "/apis":
-                return self.send_json(200, GROUPS)
+                with LOCK:
+                    served = cr.discovery_groups(cr.definitions(STATE["objects"]))
+                return self.send_json(200, dict(GROUPS, groups=GROUPS["groups"] + served))
             if path == "/apis/events.k8s.io/v1":
                 return self.send_json(200, EVENTS_V1)
             if path == "/apis/coordination.k8s.io/v1":
@@ -317,6 +333,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.events_v1(method, parts[5], parts[7] if len(parts) > 7 else None)
         if path.startswith("/apis/coordination.k8s.io/v1/namespaces/") and len(parts) >= 7 and parts[6] == "leases":
             return self.leases(method, parts[5], parts[7] if len(parts) > 7 else None, q)
+        if path.startswith("/apis/") and len(parts) >= 4:
+            return self.custom(method, parts, q)
         if method == "POST" and path.startswith("/api/v1/namespaces/") and path.endswith("/events"):
             ev = json.loads(self.body() or b"{}")
             with LOCK:
@@ -417,6 +435,251 @@ class Handler(BaseHTTPRequestHandler):
                 STATE["leases"][(ns, name)] = lease
                 return self.send_json(200, lease)
         return self.send_json(405, status(405, "MethodNotAllowed", "method not allowed"))
+
+    # --- resources served from definitions (custom_resources.py) ---------------------------------
+
+    def custom(self, method, parts, q):
+        group, version, rest = parts[2], parts[3], parts[4:]
+        namespace = None
+        if len(rest) >= 2 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        with LOCK:
+            defs = cr.definitions(STATE["objects"])
+        if not rest:
+            listing = cr.resource_list(defs, group, version) if method == "GET" else None
+            if listing is None:
+                return self.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
+            return self.send_json(200, listing)
+        plural, name = rest[0], (rest[1] if len(rest) > 1 else None)
+        sub = rest[2] if len(rest) > 2 else None
+        d = defs.get((group, version, plural))
+        if d is None or (namespace is not None) != d["namespaced"] or (sub not in (None, "status")) \
+                or (sub == "status" and not d["status"]):
+            return self.send_json(404, status(404, "NotFound", "the server could not find the requested resource"))
+        ns = namespace or ""
+        try:
+            if name is None:
+                if method == "GET":
+                    if q.get("watch") in ("true", "1"):
+                        return self.watch_custom(d, version, namespace, q)
+                    return self.list_custom(d, version, namespace, q)
+                if method == "POST":
+                    return self.create_custom(d, version, ns, q)
+            else:
+                if method == "GET":
+                    with LOCK:
+                        cur = STATE["objects"].get((group, plural), {}).get((ns, name))
+                    if cur is None:
+                        return self.not_found(d, name)
+                    return self.send_json(200, self.as_version(cur, d, version))
+                if method in ("PUT", "PATCH"):
+                    return self.change_custom(method, d, version, ns, name, sub, q)
+                if method == "DELETE":
+                    return self.delete_custom(d, version, ns, name)
+        except cr.Invalid as e:
+            return self.send_json(422, status(422, "Invalid", str(e)))
+        except cr.BadRequest as e:
+            return self.send_json(400, status(400, "BadRequest", str(e)))
+        return self.send_json(405, status(405, "MethodNotAllowed", "method not allowed"))
+
+    def not_found(self, d, name):
+        return self.send_json(404, status(404, "NotFound", '%s.%s "%s" not found' % (d["plural"], d["group"], name)))
+
+    @staticmethod
+    def as_version(obj, d, version):
+        out = copy.deepcopy(obj)
+        out["apiVersion"] = "%s/%s" % (d["group"], version) if d["group"] else version
+        out["kind"] = d["kind"]
+        return out
+
+    def list_custom(self, d, version, namespace, q):
+        with LOCK:
+            objs = STATE["objects"].get((d["group"], d["plural"]), {})
+            items = [self.as_version(o, d, version) for (ns, _), o in sorted(objs.items())
+                     if (namespace is None or ns == namespace)
+                     and field_match(o, q.get("fieldSelector")) and label_match(o, q.get("labelSelector"))]
+            rv = str(STATE["rv"])
+        accept = self.headers.get("Accept") or ""
+        if "as=Table" in accept:
+            return self.send_json(200, cr.table(d, items, rv))
+        if "as=PartialObjectMetadataList" in accept:
+            return self.send_json(200, {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                                        "metadata": {"resourceVersion": rv},
+                                        "items": [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                                   "metadata": o["metadata"]} for o in items]})
+        return self.send_json(200, {"kind": d["list_kind"], "apiVersion": "%s/%s" % (d["group"], version),
+                                    "metadata": {"resourceVersion": rv}, "items": items})
+
+    def record_object(self, d, kind, obj):
+        rv = next_rv()
+        obj["metadata"]["resourceVersion"] = rv
+        STATE["object_history"].append((int(rv), d["group"], d["plural"], kind, copy.deepcopy(obj)))
+        LOCK.notify_all()
+
+    def create_custom(self, d, version, ns, q):
+        obj = json.loads(self.body() or b"{}")
+        strict = q.get("fieldValidation") == "Strict"
+        with LOCK:
+            store = STATE["objects"].setdefault((d["group"], d["plural"]), {})
+            meta = cr.new_meta(obj, ns if d["namespaced"] else None)
+            name = meta.get("name")
+            if not name:
+                raise cr.Invalid('%s.%s "" is invalid: metadata.name: Required value: name or generateName is required' % (d["plural"], d["group"]))
+            if (ns, name) in store:
+                return self.send_json(409, status(409, "AlreadyExists", '%s.%s "%s" already exists' % (d["plural"], d["group"], name)))
+            stored, warnings = cr.admit(d, obj, strict)
+            if d["status"] and d["kind"] != "CustomResourceDefinition":
+                stored.pop("status", None)
+            if d["kind"] == "CustomResourceDefinition":
+                cr.established(stored)
+            stored = self.as_version(stored, d, version)
+            store[(ns, name)] = stored
+            self.record_object(d, "ADDED", stored)
+            out = copy.deepcopy(stored)
+        return self.send_json_warned(201, out, warnings)
+
+    def send_json_warned(self, code, body, warnings):
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        for w in warnings:
+            self.send_header("Warning", '299 - "%s"' % w.replace('"', "'"))
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def change_custom(self, method, d, version, ns, name, sub, q):
+        ctype = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+        strict = q.get("fieldValidation") == "Strict"
+        with LOCK:
+            store = STATE["objects"].setdefault((d["group"], d["plural"]), {})
+            cur = store.get((ns, name))
+            if cur is None:
+                return self.not_found(d, name)
+            body = json.loads(self.body() or b"null")
+            if method == "PUT":
+                want = body
+            elif ctype == "application/json-patch+json":
+                try:
+                    want = json_patch(cur, body)
+                except (ValueError, KeyError, IndexError, TypeError) as e:
+                    raise cr.Invalid(str(e))
+            elif ctype == "application/merge-patch+json" or (
+                    ctype == "application/strategic-merge-patch+json" and d["schema"] is None):
+                want = merge_patch(cur, body)
+            elif ctype == "application/strategic-merge-patch+json":
+                return self.send_json(415, status(415, "UnsupportedMediaType",
+                                                  "the body of the request was in an unknown format - accepted media types include: "
+                                                  "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml"))
+            else:
+                return self.send_json(415, status(415, "UnsupportedMediaType", "unsupported patch type " + ctype))
+            want_rv = (((body or {}).get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None)
+            if want_rv and want_rv != cur["metadata"]["resourceVersion"]:
+                return self.send_json(409, status(409, "Conflict",
+                                                  'Operation cannot be fulfilled on %s.%s "%s": the object has been modified; '
+                                                  "please apply your changes to the latest version and try again" % (d["plural"], d["group"], name)))
+            want = copy.deepcopy(want)
+            meta = want.setdefault("metadata", {})
+            # What only the server sets stays as it was.
+            for k in ("uid", "creationTimestamp", "generation", "resourceVersion", "namespace", "name"):
+                if k in cur["metadata"]:
+                    meta[k] = cur["metadata"][k]
+                else:
+                    meta.pop(k, None)
+            stored, warnings = cr.admit(d, want, strict)
+            if sub == "status":
+                updated = copy.deepcopy(cur)
+                updated["status"] = stored.get("status")
+                if updated["status"] is None:
+                    del updated["status"]
+            else:
+                updated = stored
+                if d["status"]:
+                    if "status" in cur:
+                        updated["status"] = copy.deepcopy(cur["status"])
+                    else:
+                        updated.pop("status", None)
+                if cr.spec_of(updated) != cr.spec_of(cur):
+                    updated["metadata"]["generation"] = cur["metadata"].get("generation", 1) + 1
+            if d["kind"] == "CustomResourceDefinition" and sub is None:
+                cr.established(updated)
+            updated = self.as_version(updated, d, version)
+            if updated != cur:
+                store[(ns, name)] = updated
+                self.record_object(d, "MODIFIED", updated)
+            out = copy.deepcopy(store[(ns, name)])
+        return self.send_json_warned(200, out, warnings)
+
+    def delete_custom(self, d, version, ns, name):
+        with LOCK:
+            store = STATE["objects"].setdefault((d["group"], d["plural"]), {})
+            cur = store.pop((ns, name), None)
+            if cur is None:
+                return self.not_found(d, name)
+            self.record_object(d, "DELETED", cur)
+            self.collect_garbage(cur)
+            out = copy.deepcopy(cur)
+        return self.send_json(200, out)
+
+    def collect_garbage(self, deleted):
+        """What the API server's garbage collector and CRD finalizer do (at once here): dependents
+        of a deleted owner go, and so do a deleted CRD's objects."""
+        defs = cr.definitions(STATE["objects"])
+        by_plural = {(g, p): d for (g, _, p), d in defs.items()}
+        if deleted.get("kind") == "CustomResourceDefinition":
+            spec = deleted["spec"]
+            gone = STATE["objects"].pop((spec["group"], spec["names"]["plural"]), {})
+            d = {"group": spec["group"], "plural": spec["names"]["plural"]}
+            for o in gone.values():
+                self.record_object(d, "DELETED", o)
+                self.collect_garbage(o)
+        for g, plural, key in cr.dependents(STATE["objects"], deleted["metadata"]["uid"]):
+            o = STATE["objects"][(g, plural)].pop(key)
+            self.record_object(by_plural.get((g, plural), {"group": g, "plural": plural}), "DELETED", o)
+            self.collect_garbage(o)
+
+    def watch_custom(self, d, version, namespace, q):
+        since = int(q.get("resourceVersion") or 0)
+        selector, labels = q.get("fieldSelector"), q.get("labelSelector")
+        bookmarks = q.get("allowWatchBookmarks") == "true"
+        deadline = time.time() + min(int(q.get("timeoutSeconds") or 1800), STATE["watch_cap"])
+        with LOCK:
+            generation = STATE["watch_generation"]
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        sent = since
+        with LOCK:
+            STATE["open_watches"] += 1
+        mine = lambda e: e[1] == d["group"] and e[2] == d["plural"] and e[0] > sent  # noqa: E731
+        try:
+            while time.time() < deadline:
+                with LOCK:
+                    pending = [e for e in STATE["object_history"] if mine(e)]
+                    if not pending:
+                        LOCK.wait(timeout=0.5)
+                        pending = [e for e in STATE["object_history"] if mine(e)]
+                    dropped = STATE["watch_generation"] != generation
+                    current = STATE["rv"]
+                if dropped:
+                    break
+                for rv, _, _, t, o in pending:
+                    sent = rv
+                    if (namespace is None or o["metadata"].get("namespace") == namespace) \
+                            and field_match(o, selector) and label_match(o, labels):
+                        self.chunk({"type": t, "object": self.as_version(o, d, version)})
+                if not pending and bookmarks:
+                    sent = max(sent, current)
+                    self.chunk({"type": "BOOKMARK", "object": {"kind": d["kind"], "apiVersion": "%s/%s" % (d["group"], version),
+                                                                "metadata": {"resourceVersion": str(sent)}}})
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        finally:
+            with LOCK:
+                STATE["open_watches"] -= 1
+        self.close_connection = True
 
     def watch_nodes(self, q):
         since = int(q.get("resourceVersion") or 0)

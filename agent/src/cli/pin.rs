@@ -29,7 +29,7 @@ struct Pinned {
 pub async fn pin(a: PinArgs) -> anyhow::Result<()> {
     let arch = match a.arch {
         Some(arch) => arch,
-        None => arch_in_url(&a.url).ok_or_else(|| {
+        None => Arch::in_url(&a.url).ok_or_else(|| {
             anyhow!(
                 "cannot tell the architecture from the URL {}; pass --arch",
                 a.url
@@ -126,14 +126,6 @@ pub async fn pin(a: PinArgs) -> anyhow::Result<()> {
     println!();
     print!("{}", pinned.helm());
     Ok(())
-}
-
-/// Release assets name their architecture (`-x86_64-`, `-aarch64.`, `_amd64`…).
-fn arch_in_url(url: &str) -> Option<Arch> {
-    let file = url.rsplit('/').next().unwrap_or(url).to_ascii_lowercase();
-    file.split(|c: char| !c.is_ascii_alphanumeric() && c != '_')
-        .flat_map(|t| t.split('_').chain(std::iter::once(t)))
-        .find_map(|t| t.parse::<Arch>().ok())
 }
 
 impl Pinned {
@@ -247,7 +239,7 @@ mod tests {
             ("https://x/shim-arm64.tar.gz", Some(Arch::Arm64)),
             ("https://x/shim.tar.gz", None),
         ] {
-            assert_eq!(arch_in_url(url), want, "{url}");
+            assert_eq!(Arch::in_url(url), want, "{url}");
         }
     }
 }

@@ -307,7 +307,7 @@ impl<'de> Deserialize<'de> for Concurrency {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Shim {
     pub name: String,
@@ -394,7 +394,7 @@ impl Verify {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Platform {
     pub arch: Arch,
@@ -430,6 +430,19 @@ impl Settings {
             message,
         })?;
         Ok(settings)
+    }
+
+    /// The checks a settings file's `[[shims]]` entry gets, for one from elsewhere (a Shim object):
+    /// the offending key below the entry, and why.
+    pub fn check_shim(&self, shim: &Shim) -> Result<(), (String, String)> {
+        let alone = Settings {
+            shims: vec![shim.clone()],
+            ..self.clone()
+        };
+        validate::check(&alone).map_err(|(k, m)| {
+            let k = k.strip_prefix("shims[0].").unwrap_or(&k).to_owned();
+            (k, m)
+        })
     }
 
     pub fn shim(&self, name: &str) -> Option<&Shim> {
