@@ -200,9 +200,9 @@ def admit(d, obj, strict):
                          % (d["kind"], obj.get("apiVersion", "").split("/")[-1], d["kind"],
                             ", ".join('unknown field "%s"' % u for u in unknown)))
     if errors:
-        raise Invalid('%s.%s "%s" is invalid: %s' % (d["plural"], d["group"], name, ", ".join(
-            "%s" % e if e.startswith("[") else e for e in errors)) if len(errors) == 1 else
-            '%s.%s "%s" is invalid: [%s]' % (d["plural"], d["group"], name, ", ".join(errors)))
+        # One error stands alone; several are bracketed, as the API server words them.
+        listed = errors[0] if len(errors) == 1 else "[%s]" % ", ".join(errors)
+        raise Invalid('%s.%s "%s" is invalid: %s' % (d["plural"], d["group"], name, listed))
     stored = dict(pruned)
     for k in ("apiVersion", "kind", "metadata"):
         if k in obj:

@@ -639,49 +639,28 @@ class Handler(BaseHTTPRequestHandler):
             self.collect_garbage(o)
 
     def watch_custom(self, d, version, namespace, q):
-        since = int(q.get("resourceVersion") or 0)
-        selector, labels = q.get("fieldSelector"), q.get("labelSelector")
-        bookmarks = q.get("allowWatchBookmarks") == "true"
-        deadline = time.time() + min(int(q.get("timeoutSeconds") or 1800), STATE["watch_cap"])
-        with LOCK:
-            generation = STATE["watch_generation"]
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-        sent = since
-        with LOCK:
-            STATE["open_watches"] += 1
-        mine = lambda e: e[1] == d["group"] and e[2] == d["plural"] and e[0] > sent  # noqa: E731
-        try:
-            while time.time() < deadline:
-                with LOCK:
-                    pending = [e for e in STATE["object_history"] if mine(e)]
-                    if not pending:
-                        LOCK.wait(timeout=0.5)
-                        pending = [e for e in STATE["object_history"] if mine(e)]
-                    dropped = STATE["watch_generation"] != generation
-                    current = STATE["rv"]
-                if dropped:
-                    break
-                for rv, _, _, t, o in pending:
-                    sent = rv
-                    if (namespace is None or o["metadata"].get("namespace") == namespace) \
-                            and field_match(o, selector) and label_match(o, labels):
-                        self.chunk({"type": t, "object": self.as_version(o, d, version)})
-                if not pending and bookmarks:
-                    sent = max(sent, current)
-                    self.chunk({"type": "BOOKMARK", "object": {"kind": d["kind"], "apiVersion": "%s/%s" % (d["group"], version),
-                                                                "metadata": {"resourceVersion": str(sent)}}})
-            self.wfile.write(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass
-        finally:
-            with LOCK:
-                STATE["open_watches"] -= 1
-        self.close_connection = True
+        def events():
+            return [(rv, t, o) for (rv, g, p, t, o) in STATE["object_history"] if (g, p) == (d["group"], d["plural"])]
+
+        def keep(o):
+            return namespace is None or o["metadata"].get("namespace") == namespace
+
+        api_version = "%s/%s" % (d["group"], version)
+        return self.serve_watch(q, events, keep, lambda o: self.as_version(o, d, version),
+                                {"kind": d["kind"], "apiVersion": api_version})
 
     def watch_nodes(self, q):
+        since = int(q.get("resourceVersion") or 0)
+        with LOCK:
+            if since and STATE["history"] and since < STATE["history"][0][0] - 1:
+                return self.send_json(410, status(410, "Expired", "too old resource version"))
+        return self.serve_watch(q, lambda: STATE["history"], lambda o: True, lambda o: o,
+                                {"kind": "Node", "apiVersion": "v1"})
+
+    def serve_watch(self, q, events, keep, render, bookmark):
+        """One watch, as the API server streams it: every event after the asked resourceVersion that
+        `keep` and the selectors let through, `render`ed; bookmarks while idle when asked; ended at
+        the timeout or when the test drops every watch. `events()` runs under the lock."""
         since = int(q.get("resourceVersion") or 0)
         selector, labels = q.get("fieldSelector"), q.get("labelSelector")
         bookmarks = q.get("allowWatchBookmarks") == "true"
@@ -689,8 +668,6 @@ class Handler(BaseHTTPRequestHandler):
         deadline = time.time() + min(int(q.get("timeoutSeconds") or 1800), STATE["watch_cap"])
         with LOCK:
             generation = STATE["watch_generation"]
-            if since and STATE["history"] and since < STATE["history"][0][0] - 1:
-                return self.send_json(410, status(410, "Expired", "too old resource version"))
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -701,21 +678,20 @@ class Handler(BaseHTTPRequestHandler):
         try:
             while time.time() < deadline:
                 with LOCK:
-                    pending = [(rv, t, o) for (rv, t, o) in STATE["history"] if rv > sent]
+                    pending = [(rv, t, o) for (rv, t, o) in events() if rv > sent]
                     if not pending:
                         LOCK.wait(timeout=0.5)
-                        pending = [(rv, t, o) for (rv, t, o) in STATE["history"] if rv > sent]
+                        pending = [(rv, t, o) for (rv, t, o) in events() if rv > sent]
                     dropped = STATE["watch_generation"] != generation
                     current = STATE["rv"]
                 if dropped:
                     break
                 for rv, t, o in pending:
                     sent = rv
-                    if field_match(o, selector) and label_match(o, labels):
-                        self.chunk({"type": t, "object": o})
+                    if keep(o) and field_match(o, selector) and label_match(o, labels):
+                        self.chunk({"type": t, "object": render(o)})
                 if not pending and bookmarks:
-                    self.chunk({"type": "BOOKMARK", "object": {"kind": "Node", "apiVersion": "v1",
-                                                                "metadata": {"resourceVersion": str(max(sent, current))}}})
+                    self.chunk({"type": "BOOKMARK", "object": dict(bookmark, metadata={"resourceVersion": str(max(sent, current))})})
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
