@@ -13,6 +13,7 @@
 pub mod arch;
 pub mod artifact;
 pub mod backoff;
+pub mod catalog;
 pub mod cli;
 pub mod clock;
 pub mod containerd;
@@ -20,5 +21,6 @@ pub mod controller;
 pub mod crd;
 pub mod engine;
 pub mod host;
+pub mod lease;
 pub mod settings;
 pub mod telemetry;

@@ -61,6 +61,34 @@ def by_kind(docs, kind):
     return [d for d in docs if d["kind"] == kind]
 
 
+CRD = yaml.safe_load((CHART / "crds" / "shims.kwasm.sh.yaml").read_text())
+
+
+def validate_against_crd(doc):
+    """A Shim as the API server checks it with fieldValidation=Strict: the CRD's structural schema
+    (types, required, enums, patterns) and no field the schema does not name."""
+    import jsonschema
+    schema = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+    jsonschema.validate(body, {k: v for k, v in schema.items() if k != "x-kubernetes-preserve-unknown-fields"})
+
+    def unknown(value, node, at):
+        if not isinstance(value, dict) or node.get("x-kubernetes-preserve-unknown-fields"):
+            if isinstance(value, list):
+                for i, item in enumerate(value):
+                    unknown(item, node.get("items", {}), f"{at}[{i}]")
+            return
+        props = node.get("properties")
+        for key, inner in value.items():
+            if props is None:
+                unknown(inner, node.get("additionalProperties") or {}, f"{at}.{key}")
+            elif key not in props:
+                raise AssertionError(f"unknown field {at}.{key}")
+            else:
+                unknown(inner, props[key], f"{at}.{key}")
+    unknown(body, schema, "")
+
+
 class ChartRenders(unittest.TestCase):
     def cases(self):
         yield "defaults", {}
@@ -80,6 +108,10 @@ class ChartRenders(unittest.TestCase):
             docs = render(values)
             self.assertTrue(docs)
             for doc in docs:
+                if doc["apiVersion"] == "kwasm.sh/v1alpha1":
+                    with self.subTest(values=name, object=f"{doc['kind']}/{doc['metadata']['name']}"):
+                        validate_against_crd(doc)
+                    continue
                 for v in KUBE_VERSIONS:
                     with self.subTest(values=name, kube=v, object=f"{doc['kind']}/{doc['metadata']['name']}"):
                         kubernetes_validate.validate(doc, v, strict=True)
@@ -128,6 +160,58 @@ class ChartRenders(unittest.TestCase):
         self.assertEqual(image, f"ghcr.io/kwasm/kwasm-agent:{chart['appVersion']}")
         (ds,) = by_kind(render(load_values(HERE / "values" / "private-registry.yaml")), "DaemonSet")
         self.assertTrue(ds["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@sha256:" + "0123456789abcdef" * 4))
+
+
+class ShimObjects(unittest.TestCase):
+    """catalog.shimObjects: the values' shims as Shim objects, the catalog controller, and RBAC for each."""
+
+    def test_the_values_shims_render_as_shim_objects_instead_of_settings(self):
+        values = load_values(HERE / "values" / "several-shims.yaml")
+        values["catalog"] = {"shimObjects": True}
+        docs = render(values)
+        shims = {d["metadata"]["name"]: d for d in by_kind(docs, "Shim")}
+        self.assertEqual(sorted(shims), ["spin", "wasmedge-arm", "wasmtime"])
+        self.assertEqual(by_kind(docs, "RuntimeClass"), [], "the catalog controller keeps them")
+        self.assertEqual(shims["spin"]["spec"]["runtimeClass"], {"name": "wasmtime-spin-v2", "create": True})
+        text = by_kind(docs, "ConfigMap")[0]["data"]["config.toml"]
+        self.assertIn("shim_objects = true", text)
+        self.assertNotIn("[[shims]]", text)
+        # Every rendered Shim is one the agents accept (import-shim checks ours as the agents do).
+        agent = os.environ.get("KWASM_AGENT", str(ROOT / "target" / "debug" / "kwasm-agent"))
+        out = subprocess.run([agent, "import-shim", "-"], input=yaml.safe_dump_all(shims.values()),
+                             capture_output=True, text=True)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(len([d for d in yaml.safe_load_all(out.stdout) if d]), 3)
+
+    def test_the_defaults_render_no_shim_object_and_no_controller(self):
+        docs = render({})
+        self.assertEqual(by_kind(docs, "Shim") + by_kind(docs, "Deployment"), [])
+        self.assertTrue(by_kind(docs, "RuntimeClass"))
+        (role,) = [r for r in by_kind(docs, "ClusterRole") if r["metadata"]["name"] == RELEASE]
+        self.assertNotIn("kwasm.sh", [g for rule in role["rules"] for g in rule["apiGroups"]])
+
+    def test_each_component_gets_only_what_it_uses(self):
+        docs = render(load_values(HERE / "values" / "shim-objects.yaml"))
+        roles = {r["metadata"]["name"]: r["rules"] for r in by_kind(docs, "ClusterRole") + by_kind(docs, "Role")}
+        def grants(role, group, resource):
+            return sorted({v for r in roles[role] if group in r["apiGroups"] and resource in r["resources"]
+                           for v in r["verbs"]})
+        self.assertEqual(grants(RELEASE, "kwasm.sh", "shims"), ["get", "list", "watch"])
+        self.assertEqual(grants(RELEASE, "kwasm.sh", "shims/status"), [])
+        catalog = f"{RELEASE}-catalog"
+        self.assertEqual(grants(catalog, "kwasm.sh", "shims/status"), ["patch"])
+        self.assertEqual(grants(catalog, "", "nodes"), ["list", "watch"], "reads Nodes, never writes them")
+        self.assertEqual(grants(catalog, "node.k8s.io", "runtimeclasses"),
+                         ["create", "delete", "get", "list", "update", "watch"])
+        self.assertEqual(grants(f"{catalog}-events", "events.k8s.io", "events"), ["create", "patch"])
+        leader = [r for r in roles[f"{catalog}-leader"] if "update" in r["verbs"]]
+        self.assertEqual(leader[0]["resourceNames"], ["kwasm-catalog"])
+        (deploy,) = by_kind(docs, "Deployment")
+        pod = deploy["spec"]["template"]["spec"]
+        self.assertEqual(pod["serviceAccountName"], catalog)
+        self.assertEqual(pod["containers"][0]["args"][:1], ["catalog"])
+        self.assertFalse(pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"])
+        self.assertEqual(deploy["spec"]["replicas"], 2)
 
 
 class InvalidValuesAreRefused(unittest.TestCase):

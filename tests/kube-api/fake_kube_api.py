@@ -765,6 +765,10 @@ class Handler(BaseHTTPRequestHandler):
             if path == "/_test/watch-cap":
                 STATE["watch_cap"] = int(q.get("seconds", "3600"))
                 return self.send_json(200, {})
+            if path == "/_test/history":
+                # Every version a custom resource went through, as its watchers saw them.
+                return self.send_json(200, [{"type": t, "object": o} for (_, g, p, t, o) in STATE["object_history"]
+                                            if g == q.get("group") and p == q.get("plural")])
             if path == "/_test/watches":
                 return self.send_json(200, {"open": STATE["open_watches"]})
         return self.send_json(404, {})

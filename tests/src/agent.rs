@@ -249,3 +249,36 @@ impl Drop for RunningAgent {
         let _ = self.child.wait();
     }
 }
+
+/// `kwasm-agent catalog` (the catalog controller) against the API stand-in; killed on drop.
+pub struct RunningCatalog {
+    pub child: Child,
+    log: PathBuf,
+}
+
+impl RunningCatalog {
+    pub fn start(settings: &Path, kubeconfig: &Path, pod: &str, log: PathBuf) -> Self {
+        let mut c = agent(&["catalog", "--config", settings.to_str().unwrap()]);
+        c.env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", pod)
+            .env("POD_NAMESPACE", "kwasm")
+            .env("KWASM_LOG", "info,kube=warn");
+        c.stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        Self {
+            child: c.spawn().unwrap(),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RunningCatalog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

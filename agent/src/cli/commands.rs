@@ -19,6 +19,8 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
         Command::Check(c) => check(c),
         Command::Uninstall(u) => crate::controller::uninstall(&u.config, u.timeout).await,
         Command::Pin(p) => super::pin::pin(p).await,
+        Command::Catalog(c) => crate::catalog::run(&c.config).await,
+        Command::ImportShim(a) => super::import::import_shim(a),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The command line contract (see the README): `run`, `apply`, `remove`, `plan`, `status`, `check`,
-//! `uninstall`, `pin`. What each command does is in `commands` (`pin` in its own module); how its
+//! `uninstall`, `pin`, `catalog`, `import-shim`. What each command does is in `commands` (`pin` in its own module); how its
 //! result is printed, in `output`.
 
 pub mod commands;
+mod import;
 mod output;
 mod pin;
 
@@ -47,6 +48,25 @@ pub enum Command {
     /// Download a shim release, check its signature when asked, and print its catalog entry with the
     /// digest (settings TOML and Helm values).
     Pin(PinArgs),
+    /// Cluster-wide, one active replica: keep a RuntimeClass per Shim object and write each Shim's
+    /// status from the nodes (the chart's catalog Deployment).
+    Catalog(CheckArgs),
+    /// Print runtime-class-manager's Shim manifests (runtime.spinkube.dev/v1alpha1) as kwasm.sh Shim
+    /// objects, for `kubectl apply -f -`; refuses what cannot be honoured, and prints nothing then.
+    ImportShim(ImportShimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportShimArgs {
+    /// Manifest files (YAML, several documents each); - reads standard input.
+    #[arg(required = true)]
+    pub files: Vec<String>,
+    /// Accept platforms without a sha256 (the agents must allow unverified downloads too).
+    #[arg(long)]
+    pub allow_unverified: bool,
+    /// The shim's version, when the release URLs do not name one (…/download/<version>/…).
+    #[arg(long)]
+    pub version: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -48,6 +48,15 @@ impl EngineSlot {
         }
     }
 
+    /// The catalog this node follows (the file's shims and the Shim objects for it); a different
+    /// one builds a new engine at the next `get`.
+    pub fn set_shims(&mut self, shims: Vec<crate::settings::Shim>) {
+        if self.settings.shims != shims {
+            self.settings.shims = shims;
+            self.engine = None;
+        }
+    }
+
     /// The engine for a node of `node_arch` (the Node's `status.nodeInfo.architecture`; the command
     /// line's `--arch` wins, then this machine's).
     pub fn get(&mut self, node_arch: Option<Arch>) -> anyhow::Result<&Engine> {

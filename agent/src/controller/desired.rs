@@ -2,6 +2,7 @@
 //! node's architecture, and whether an uninstall of the chart asked every agent to undo.
 
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::arch::Arch;
 use crate::settings::TriggerSettings;
@@ -58,7 +59,15 @@ pub fn desired(node: &Node, t: &TriggerSettings, started: std::time::SystemTime)
 
 /// The trigger: the annotation or the label set to "true".
 pub fn asks_for_shims(node: &Node, t: &TriggerSettings) -> bool {
-    annotation(node, &t.annotation) == Some("true") || label(node, &t.label) == Some("true")
+    meta_asks_for_shims(&node.metadata, t)
+}
+
+/// The same, from a Node's metadata alone (what the catalog controller watches).
+pub fn meta_asks_for_shims(meta: &ObjectMeta, t: &TriggerSettings) -> bool {
+    let get = |m: &Option<std::collections::BTreeMap<String, String>>, k: &str| {
+        m.as_ref().and_then(|m| m.get(k)).map(String::as_str) == Some("true")
+    };
+    get(&meta.annotations, &t.annotation) || get(&meta.labels, &t.label)
 }
 
 pub fn label<'a>(node: &'a Node, key: &str) -> Option<&'a str> {

@@ -99,7 +99,7 @@ fn reference(node: &Node) -> ObjectReference {
 }
 
 /// At most `max` bytes, cut on a character boundary (the Events API refuses longer notes).
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_owned();
     }

@@ -10,16 +10,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::future::BoxFuture;
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{ListParams, PostParams};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::ListParams;
 use kube::Api;
 use rand::Rng;
 
 use super::node::PROVISIONED_LABEL;
 use crate::containerd::gate::{Permit, RestartGate};
+use crate::lease::{live_holder, LeaseHolder};
 use crate::settings::{Concurrency, FleetSettings};
 
 const SLOT_PREFIX: &str = "kwasm-agent-restart-";
@@ -34,11 +33,9 @@ pub enum GateEvent {
 pub type GateObserver = Arc<dyn Fn(GateEvent) -> BoxFuture<'static, ()> + Send + Sync>;
 
 pub struct LeaseGate {
-    leases: Api<Lease>,
+    lease: LeaseHolder,
     nodes: Api<Node>,
-    holder: String,
     concurrency: Concurrency,
-    duration: Duration,
     /// (when counted, slots): a percentage is of the nodes asking for shims, counted at most once
     /// per lease duration.
     slots: Mutex<Option<(Instant, u32)>>,
@@ -54,11 +51,13 @@ impl LeaseGate {
         observer: GateObserver,
     ) -> Self {
         Self {
-            leases: Api::namespaced(client.clone(), namespace),
+            lease: LeaseHolder {
+                leases: Api::namespaced(client.clone(), namespace),
+                holder: holder.to_owned(),
+                duration: fleet.lease_duration,
+            },
             nodes: Api::all(client),
-            holder: holder.to_owned(),
             concurrency: fleet.max_concurrent_restarts,
-            duration: fleet.lease_duration,
             slots: Mutex::new(None),
             observer,
         }
@@ -72,7 +71,7 @@ impl LeaseGate {
             if let Some((at, n)) = *cached {
                 // The fleet's size changes slowly; each agent counts it at most every few minutes
                 // (a list of every asking node's metadata is the costliest request here).
-                if at.elapsed() < self.duration.max(Duration::from_secs(300)) {
+                if at.elapsed() < self.lease.duration.max(Duration::from_secs(300)) {
                     return Ok(n);
                 }
             }
@@ -95,6 +94,7 @@ impl LeaseGate {
     /// One look at the slots: take a free, expired, or already-held one; None when all are busy.
     async fn try_take(&self, slots: u32) -> anyhow::Result<Result<LeasePermit, Vec<String>>> {
         let existing = self
+            .lease
             .leases
             .list(&ListParams::default().labels(SLOT_LABEL))
             .await
@@ -109,13 +109,16 @@ impl LeaseGate {
                 .find(|l| l.metadata.name.as_deref() == Some(name.as_str()));
             let taken = match current {
                 Some(l) => match live_holder(l, now) {
-                    Some(h) if h != self.holder => {
+                    Some(h) if h != self.lease.holder => {
                         holders.push(h.to_owned());
                         continue;
                     }
-                    _ => self.take_over(l, now).await,
+                    _ => self.lease.take_over(l).await,
                 },
-                None => self.create(&name, now).await,
+                None => {
+                    let labels = [(SLOT_LABEL.to_owned(), "true".to_owned())].into();
+                    self.lease.create(&name, labels).await
+                }
             };
             match taken {
                 Ok(true) => return Ok(Ok(self.permit(name))),
@@ -126,69 +129,21 @@ impl LeaseGate {
         Ok(Err(holders))
     }
 
-    /// Create the slot's Lease as its holder; false when another agent created it first.
-    async fn create(&self, name: &str, now: Timestamp) -> anyhow::Result<bool> {
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                labels: Some([(SLOT_LABEL.to_owned(), "true".to_owned())].into()),
-                ..Default::default()
-            },
-            spec: Some(self.held_spec(now, 0)),
-        };
-        match self.leases.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("creating Lease {name}")),
-        }
-    }
-
-    /// Hold an existing (free, expired or own) slot; false when another agent changed it first.
-    async fn take_over(&self, current: &Lease, now: Timestamp) -> anyhow::Result<bool> {
-        let name = current.metadata.name.clone().unwrap_or_default();
-        let spec = current.spec.clone().unwrap_or_default();
-        let transitions = spec.lease_transitions.unwrap_or(0)
-            + i32::from(spec.holder_identity.as_deref() != Some(self.holder.as_str()));
-        let mut lease = current.clone();
-        lease.spec = Some(self.held_spec(now, transitions));
-        match self
-            .leases
-            .replace(&name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("taking Lease {name}")),
-        }
-    }
-
-    fn held_spec(&self, now: Timestamp, transitions: i32) -> LeaseSpec {
-        LeaseSpec {
-            holder_identity: Some(self.holder.clone()),
-            lease_duration_seconds: Some(self.duration.as_secs().clamp(1, i32::MAX as u64) as i32),
-            acquire_time: Some(MicroTime(now)),
-            renew_time: Some(MicroTime(now)),
-            lease_transitions: Some(transitions),
-            ..Default::default()
-        }
-    }
-
     fn permit(&self, name: String) -> LeasePermit {
-        let (leases, holder, every) = (self.leases.clone(), self.holder.clone(), self.duration / 3);
+        let (lease, every) = (self.lease.clone(), self.lease.duration / 3);
         let renew_name = name.clone();
         let renew = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = renew_once(&leases, &renew_name, &holder).await {
+                if let Err(e) = lease.renew(&renew_name).await {
                     tracing::warn!(lease = %renew_name, error = %format!("{e:#}"), "could not renew the restart Lease; it expires unless a renewal gets through");
                 }
             }
         });
         tracing::info!(lease = %name, "holding a restart slot");
         LeasePermit {
-            leases: self.leases.clone(),
+            lease: self.lease.clone(),
             name,
-            holder: self.holder.clone(),
             renew,
         }
     }
@@ -233,39 +188,16 @@ impl RestartGate for LeaseGate {
                     }
                     Err(_) => {}
                 }
-                tokio::time::sleep(poll_after(self.duration, looked)).await;
+                tokio::time::sleep(poll_after(self.lease.duration, looked)).await;
                 looked += 1;
             }
         })
     }
 }
 
-/// The holder of a Lease that has not expired.
-fn live_holder(lease: &Lease, now: Timestamp) -> Option<&str> {
-    let spec = lease.spec.as_ref()?;
-    let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
-    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
-    let lasts = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
-    (renewed.checked_add(lasts).ok()? > now).then_some(holder)
-}
-
-async fn renew_once(leases: &Api<Lease>, name: &str, holder: &str) -> anyhow::Result<()> {
-    let mut lease = leases.get(name).await?;
-    let spec = lease.spec.get_or_insert_with(Default::default);
-    anyhow::ensure!(
-        spec.holder_identity.as_deref() == Some(holder),
-        "the Lease is held by {:?} now",
-        spec.holder_identity
-    );
-    spec.renew_time = Some(MicroTime(Timestamp::now()));
-    leases.replace(name, &PostParams::default(), &lease).await?;
-    Ok(())
-}
-
 struct LeasePermit {
-    leases: Api<Lease>,
+    lease: LeaseHolder,
     name: String,
-    holder: String,
     renew: tokio::task::JoinHandle<()>,
 }
 
@@ -273,19 +205,7 @@ impl Permit for LeasePermit {
     fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.renew.abort();
-            let cleared = async {
-                let mut lease = self.leases.get(&self.name).await?;
-                let spec = lease.spec.get_or_insert_with(Default::default);
-                if spec.holder_identity.as_deref() != Some(self.holder.as_str()) {
-                    return Ok(());
-                }
-                spec.holder_identity = None;
-                spec.renew_time = Some(MicroTime(Timestamp::now()));
-                self.leases
-                    .replace(&self.name, &PostParams::default(), &lease)
-                    .await?;
-                anyhow::Ok(())
-            };
+            let cleared = self.lease.release(&self.name);
             match cleared.await {
                 Ok(()) => tracing::info!(lease = %self.name, "restart slot released"),
                 Err(e) => {
@@ -300,22 +220,6 @@ impl Permit for LeasePermit {
 mod tests {
     use super::*;
 
-    fn lease(holder: Option<&str>, renewed_secs_ago: i64, duration: i32) -> Lease {
-        let now = Timestamp::now();
-        Lease {
-            metadata: ObjectMeta::default(),
-            spec: Some(LeaseSpec {
-                holder_identity: holder.map(Into::into),
-                renew_time: Some(MicroTime(
-                    now.checked_sub(SignedDuration::from_secs(renewed_secs_ago))
-                        .unwrap(),
-                )),
-                lease_duration_seconds: Some(duration),
-                ..Default::default()
-            }),
-        }
-    }
-
     #[test]
     fn waiting_polls_start_quick_and_slow_down_to_the_lease_duration() {
         let d = Duration::from_secs(60);
@@ -327,21 +231,5 @@ mod tests {
         }
         // Short leases keep a one-second floor.
         assert!(poll_after(Duration::from_secs(5), 0) >= Duration::from_millis(500));
-    }
-
-    #[test]
-    fn a_lease_is_held_until_it_expires_or_is_cleared() {
-        let now = Timestamp::now();
-        assert_eq!(live_holder(&lease(Some("n1"), 10, 60), now), Some("n1"));
-        assert_eq!(
-            live_holder(&lease(Some("n1"), 61, 60), now),
-            None,
-            "expired"
-        );
-        assert_eq!(live_holder(&lease(None, 1, 60), now), None, "released");
-        assert_eq!(live_holder(&lease(Some(""), 1, 60), now), None, "released");
-        let mut odd = lease(Some("n1"), 1, 60);
-        odd.spec.as_mut().unwrap().renew_time = None;
-        assert_eq!(live_holder(&odd, now), None, "never renewed nor acquired");
     }
 }

@@ -3,14 +3,15 @@
 //! timer, a retry after a failure); `reconcile` holds the steps; `context` what they share.
 
 mod context;
-mod desired;
-mod events;
+pub(crate) mod desired;
+pub(crate) mod events;
 mod lease;
 mod metrics;
-mod node;
+pub(crate) mod node;
 mod reconcile;
-mod report;
+pub(crate) mod report;
 mod server;
+mod shim_objects;
 mod uninstall;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -51,17 +52,24 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         metrics,
         settings: settings.clone(),
     });
+    let client_for_shims = client.clone();
     let gate = match &settings.fleet {
         Some(fleet) => Some(restart_gate(&ctx, client, &node_name, fleet)?),
         None => None,
     };
     let mut engines = EngineSlot::new(settings, common.host_root.clone(), common.arch, gate);
     let mut nodes = watch_node(&ctx, &node_name);
+    let mut objects = ctx
+        .settings
+        .catalog
+        .shim_objects
+        .then(|| shim_objects::watch_shims(client_for_shims.clone()));
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut backoff = Backoff::new(Duration::from_secs(1), ctx.settings.agent.max_backoff);
     let mut wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
-    let mut handled: Option<Desired> = None;
+    let mut handled: Option<(Desired, Vec<crate::settings::Shim>)> = None;
+    let mut skipped_before = Vec::new();
     let started_at = std::time::SystemTime::now();
     // Once this agent obeyed an uninstall it stays uninstalled for the rest of its life: the command
     // that asked clears its annotation when the node is clean, and that must not read as "provision
@@ -73,6 +81,7 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         release_freed_memory();
         tokio::select! {
             changed = nodes.changed() => changed.map_err(|_| anyhow!("the node watch ended"))?,
+            changed = shims_changed(&mut objects) => changed.map_err(|_| anyhow!("the Shim watch ended"))?,
             _ = tokio::time::sleep_until(wake) => periodic = true,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
@@ -86,16 +95,23 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
             want.triggered = false;
             want.uninstall = desired::Uninstall::Requested;
         }
-        // Status heartbeats and the agent's own patches change the Node too: only a new request or
-        // the timer (resync, or the retry after a failure) is a reason to look at the host again.
-        if !periodic && handled.as_ref() == Some(&want) {
+        let Some(catalog) = catalog_for(&ctx.settings, &objects, &node, &mut skipped_before) else {
+            continue;
+        };
+        engines.set_shims(catalog.clone());
+        // Status heartbeats and the agent's own patches change the Node too: only a new request, a
+        // changed catalog or the timer (resync, or the retry after a failure) is a reason to look at
+        // the host again.
+        let now_wanted = (want, catalog);
+        if !periodic && handled.as_ref() == Some(&now_wanted) {
             continue;
         }
+        let want = &now_wanted.0;
         let started = Instant::now();
         ctx.metrics.reconciles.fetch_add(1, Relaxed);
         let (result, timeline) = crate::clock::timed(async {
             match engines.get(want.arch) {
-                Ok(engine) => reconcile::reconcile(&ctx, engine, &node, &want, periodic).await,
+                Ok(engine) => reconcile::reconcile(&ctx, engine, &node, want, periodic).await,
                 Err(e) => Err(e),
             }
         })
@@ -110,7 +126,7 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         ctx.metrics
             .duration_micros
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
-        handled = Some(want);
+        handled = Some(now_wanted);
         match result {
             Ok(()) => {
                 ctx.metrics.last_success_unix.store(unix_now(), Relaxed);
@@ -129,6 +145,42 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
     // running on the shims. The host is cleaned only when the node stops asking (trigger removed).
     tracing::info!("terminating; the host is left as it is");
     Ok(())
+}
+
+/// Resolves when the Shim objects changed; never without `[catalog] shim_objects`.
+async fn shims_changed(
+    objects: &mut Option<shim_objects::ShimObjects>,
+) -> Result<(), tokio::sync::watch::error::RecvError> {
+    match objects {
+        Some(rx) => rx.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// This node's catalog: the file's shims, and the Shim objects selecting the node when the agent
+/// follows them. None while those are not listed yet. Objects left out are logged when that changes.
+fn catalog_for(
+    settings: &Settings,
+    objects: &Option<shim_objects::ShimObjects>,
+    node: &Node,
+    skipped_before: &mut Vec<(String, String)>,
+) -> Option<Vec<crate::settings::Shim>> {
+    let Some(rx) = objects else {
+        return Some(settings.shims.clone());
+    };
+    let Some(list) = rx.borrow().clone() else {
+        tracing::info!("waiting for the first list of Shim objects before reconciling");
+        return None;
+    };
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let merged = crate::crd::catalog::merge(settings, &list, &labels);
+    if merged.skipped != *skipped_before {
+        for (name, why) in &merged.skipped {
+            tracing::warn!(shim = %name, reason = %why, "Shim object left out of this node's catalog");
+        }
+        *skipped_before = merged.skipped;
+    }
+    Some(merged.shims)
 }
 
 /// The Lease semaphore pacing containerd restarts across the cluster ([fleet]); while an agent waits,

@@ -46,6 +46,10 @@ pub fn shim_ready_label(name: &str) -> String {
     format!("{SHIM_READY_PREFIX}{name}")
 }
 
+pub fn shim_version_label(name: &str) -> String {
+    format!("{SHIM_VERSION_PREFIX}{name}")
+}
+
 /// The labels `report` manages, as they should be (None: absent).
 fn wanted_labels(node: &Node, r: &Report<'_>) -> BTreeMap<String, Option<String>> {
     let mut want: BTreeMap<String, Option<String>> = node
@@ -63,10 +67,7 @@ fn wanted_labels(node: &Node, r: &Report<'_>) -> BTreeMap<String, Option<String>
     );
     for s in r.shims {
         want.insert(shim_ready_label(&s.name), Some(s.ready.to_string()));
-        want.insert(
-            format!("{SHIM_VERSION_PREFIX}{}", s.name),
-            Some(s.version.clone()),
-        );
+        want.insert(shim_version_label(&s.name), Some(s.version.clone()));
     }
     want
 }

@@ -87,9 +87,32 @@ async fn provision(
         Err(e) => {
             let state = State::load(&engine.layout.state_path()).unwrap_or_default();
             let shims = readiness(engine, &state, &names).await;
-            fail(ctx, &node, &state, &shims, Failure::provisioning(e)).await
+            let failure = match e.downcast_ref::<StillInUse>() {
+                Some(_) => Failure::remove_blocked(e),
+                None => Failure::provisioning(e),
+            };
+            fail(ctx, &node, &state, &shims, failure).await
         }
     }
+}
+
+/// Shims the node no longer asks for (narrowed annotation, a deleted or re-scoped Shim object) that
+/// running containers still use: they stay until those containers are gone.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "not removing shims no longer requested while running containers use them: {0}; will retry"
+)]
+struct StillInUse(String);
+
+fn busy_list(in_use: &[(String, Vec<crate::containerd::inuse::ShimUser>)]) -> String {
+    let busy: Vec<String> = in_use
+        .iter()
+        .map(|(n, users)| {
+            let list: Vec<String> = users.iter().map(|u| u.to_string()).collect();
+            format!("{n} ({})", list.join(", "))
+        })
+        .collect();
+    busy.join(", ")
 }
 
 /// Shims the agent installed that the Node no longer asks for (the shims annotation narrowed).
@@ -157,7 +180,10 @@ async fn claim(
     mut shims: Vec<ShimLabel>,
 ) -> anyhow::Result<Node> {
     let failed_before = label(node, PROVISIONED_LABEL) == Some("false")
-        && StatusDoc::phase_in(annotation(node, STATUS_ANNOTATION)) == Some(Phase::Failed);
+        && matches!(
+            StatusDoc::phase_in(annotation(node, STATUS_ANNOTATION)),
+            Some(Phase::Failed | Phase::RemoveBlocked)
+        );
     if failed_before {
         return Ok(node.clone());
     }
@@ -214,10 +240,7 @@ async fn act(
     if !extra.is_empty() {
         let removed = engine.remove_locked(lock, extra).await?;
         if !removed.in_use.is_empty() {
-            let busy: Vec<&String> = removed.in_use.iter().map(|(n, _)| n).collect();
-            return Err(anyhow!(
-                "shims no longer requested are still in use: {busy:?}"
-            ));
+            return Err(StillInUse(busy_list(&removed.in_use)).into());
         }
         state = removed.state;
     }
@@ -313,6 +336,14 @@ impl Failure {
             error,
         }
     }
+
+    fn remove_blocked(error: anyhow::Error) -> Self {
+        Self {
+            phase: Phase::RemoveBlocked,
+            reason: Reason::RemoveBlocked,
+            error,
+        }
+    }
 }
 
 /// A failure stays visible on the Node: label false, the status annotation with the error, a Warning
@@ -390,22 +421,10 @@ async fn unprovision(
             Ok(())
         }
         Ok(r) => {
-            let busy: Vec<String> = r
-                .in_use
-                .iter()
-                .map(|(n, users)| {
-                    let list: Vec<String> = users.iter().map(|u| u.to_string()).collect();
-                    format!("{n} ({})", list.join(", "))
-                })
-                .collect();
-            let failure = Failure {
-                phase: Phase::RemoveBlocked,
-                reason: Reason::RemoveBlocked,
-                error: anyhow!(
-                    "not removing shims still used by running containers: {}; will retry",
-                    busy.join(", ")
-                ),
-            };
+            let failure = Failure::remove_blocked(anyhow!(
+                "not removing shims still used by running containers: {}; will retry",
+                busy_list(&r.in_use)
+            ));
             fail(ctx, &node, &r.state, &[], failure).await
         }
         Err(e) => {

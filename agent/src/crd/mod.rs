@@ -2,6 +2,7 @@
 //! the chart's `crds/`) and what it means as a settings catalog entry (`shim`), and
 //! runtime-class-manager's `Shim` (`runtime.spinkube.dev/v1alpha1`) turned into ours (`rcm`).
 
+pub mod catalog;
 pub mod rcm;
 pub mod shim;
 

@@ -4,9 +4,11 @@
 //! Carried: `nodeSelector`; `fetchStrategy.platforms[]` (or `anonHttp.location`, its architecture
 //! read from the file name); `runtimeClass.{name, handler}`; `containerdRuntimeOptions` (strings that
 //! read as booleans or integers become those, as containerd's options are typed);
-//! `rolloutStrategy.type: rolling` (every restart is paced by the agents' `[fleet]` setting).
-//! Derived as that project does: binary `containerd-shim-<handler>-v2`, runtime type
-//! `io.containerd.<handler>.v2`; the version from the release URL (`/download/<tag>/`).
+//! `rolloutStrategy.type` `rolling` or `recreate` (every node installs as soon as it can either way;
+//! the agents' `[fleet]` setting still paces containerd restarts, the one step no setting skips).
+//! Derived as that project does: the handler is the binary's name without `containerd-shim-`
+//! (`spin-v2` ↔ `containerd-shim-spin-v2`), so the runtime type is `io.containerd.spin.v2`; the
+//! version from the release URL (`/download/<tag>/`).
 
 use std::collections::BTreeMap;
 
@@ -79,8 +81,8 @@ pub fn import(doc: &Value, opts: &ImportOptions) -> Result<Shim, String> {
         name,
         ShimSpec {
             handler: (handler != name).then(|| handler.to_owned()),
-            runtime_type: format!("io.containerd.{handler}.v2"),
-            binary: format!("containerd-shim-{handler}-v2"),
+            runtime_type: runtime_type(handler)?,
+            binary: format!("containerd-shim-{handler}"),
             version,
             options: options(&doc["spec"]["containerdRuntimeOptions"])?,
             platforms,
@@ -98,6 +100,21 @@ pub fn import(doc: &Value, opts: &ImportOptions) -> Result<Shim, String> {
     Ok(shim)
 }
 
+/// runtime-class-manager names the containerd runtime after the binary (`containerd-shim-spin-v2` →
+/// handler `spin-v2`) and points runtime_type at the binary's path; containerd's own naming of that
+/// binary is `io.containerd.spin.v2`.
+fn runtime_type(handler: &str) -> Result<String, String> {
+    let split = handler.rsplit_once("-v").filter(|(name, version)| {
+        !name.is_empty() && !version.is_empty() && version.chars().all(|c| c.is_ascii_digit())
+    });
+    match split {
+        Some((name, version)) => Ok(format!("io.containerd.{name}.v{version}")),
+        None => Err(format!(
+            "spec.runtimeClass.handler {handler:?}: the shim binary is containerd-shim-{handler}, which containerd cannot name as a runtime type; a shim binary ends in its API version (e.g. handler spin-v2 for containerd-shim-spin-v2)"
+        )),
+    }
+}
+
 fn refuse_unknown(obj: &Map<String, Value>, at: &str, known: &[&str]) -> Result<(), String> {
     match obj.keys().find(|k| !known.contains(&k.as_str())) {
         Some(k) => Err(format!("{at}.{k}: not a field kwasm-agent can honour")),
@@ -107,10 +124,7 @@ fn refuse_unknown(obj: &Map<String, Value>, at: &str, known: &[&str]) -> Result<
 
 fn rollout(r: &Value) -> Result<(), String> {
     match r["type"].as_str() {
-        None | Some("rolling") => {}
-        Some("recreate") => {
-            return Err("spec.rolloutStrategy.type recreate: kwasm-agent never restarts containerd on every node at once; every restart is paced cluster-wide (the chart's fleet.maxConcurrentRestarts). Write `rolling`".to_owned())
-        }
+        None | Some("rolling") | Some("recreate") => {}
         Some(other) => return Err(format!("spec.rolloutStrategy.type {other:?}: unknown")),
     }
     match r["rolling"]["maxUpdate"].as_i64() {
@@ -234,7 +248,7 @@ mod tests {
                 "nodeSelector": {"spin": "true"},
                 "fetchStrategy": {"type": "anonymousHttp", "anonHttp": {"location":
                     "https://github.com/spinframework/containerd-shim-spin/releases/download/v0.19.0/containerd-shim-spin-v2-linux-aarch64.tar.gz"}},
-                "runtimeClass": {"name": "wasmtime-spin-v2", "handler": "spin"},
+                "runtimeClass": {"name": "wasmtime-spin-v2", "handler": "spin-v2"},
                 "rolloutStrategy": {"type": "rolling", "rolling": {"maxUpdate": 0}},
                 "containerdRuntimeOptions": {"SystemdCgroup": "true", "Level": "3", "Root": "/x"}
             }
@@ -252,7 +266,7 @@ mod tests {
     fn the_documented_manifest_becomes_our_shim() {
         let s = import(&documented(), &allow()).unwrap();
         assert_eq!(s.metadata.name.as_deref(), Some("spin-v2"));
-        assert_eq!(s.handler(), "spin");
+        assert_eq!(s.handler(), "spin-v2");
         assert_eq!(s.spec.binary, "containerd-shim-spin-v2");
         assert_eq!(s.spec.runtime_type, "io.containerd.spin.v2");
         assert_eq!(s.spec.version, "v0.19.0");
@@ -291,10 +305,11 @@ mod tests {
     #[test]
     fn what_cannot_be_honoured_is_refused_with_the_reason() {
         let cases: Vec<(&str, Value, &str)> = vec![
+            ("/spec/rolloutStrategy/type", json!("blue-green"), "unknown"),
             (
-                "/spec/rolloutStrategy/type",
-                json!("recreate"),
-                "never restarts containerd on every node at once",
+                "/spec/runtimeClass/handler",
+                json!("spin"),
+                "containerd-shim-spin, which containerd cannot name",
             ),
             (
                 "/spec/rolloutStrategy/rolling/maxUpdate",

@@ -43,6 +43,7 @@ pub struct Settings {
     pub containerd: ContainerdSettings,
     /// `run` only; absent: containerd restarts are not paced across the cluster.
     pub fleet: Option<FleetSettings>,
+    pub catalog: CatalogSettings,
     pub shims: Vec<Shim>,
 }
 
@@ -255,6 +256,33 @@ impl Default for FleetSettings {
             max_concurrent_restarts: Concurrency::Count(2),
             lease_namespace: None,
             lease_duration: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The cluster's catalog as `Shim` objects (`shims.kwasm.sh`): whether agents follow them, and how the
+/// catalog controller (`kwasm-agent catalog`) elects its leader and paces its status writes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CatalogSettings {
+    /// `run`: add the cluster's Shim objects to this file's `[[shims]]` (the file wins on a name).
+    pub shim_objects: bool,
+    /// `catalog`: where its leader Lease lives; None: its own namespace (`POD_NAMESPACE`).
+    pub lease_namespace: Option<String>,
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// `catalog`: node changes within this long are folded into one status write per Shim.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+}
+
+impl Default for CatalogSettings {
+    fn default() -> Self {
+        Self {
+            shim_objects: false,
+            lease_namespace: None,
+            lease_duration: Duration::from_secs(15),
+            status_interval: Duration::from_secs(1),
         }
     }
 }

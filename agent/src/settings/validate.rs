@@ -115,6 +115,26 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
             }
         }
     }
+    within(
+        "catalog.lease_duration",
+        s.catalog.lease_duration,
+        secs(3),
+        mins(10),
+    )?;
+    within(
+        "catalog.status_interval",
+        s.catalog.status_interval,
+        Duration::ZERO,
+        mins(5),
+    )?;
+    if let Some(ns) = &s.catalog.lease_namespace {
+        if !is_dns_label(ns) {
+            return Err(invalid(
+                "catalog.lease_namespace",
+                format!("expected a namespace name, found {ns:?}"),
+            ));
+        }
+    }
     if !s.trigger.startup_taint.is_empty() {
         qualified_name("trigger.startup_taint", &s.trigger.startup_taint)?;
     }

@@ -93,3 +93,7 @@ imagePullSecrets:
 - { name: NO_PROXY, value: {{ . | quote }} }
 {{- end }}
 {{- end -}}
+
+{{- define "kwasm-agent.catalogName" -}}
+{{- printf "%s-catalog" (include "kwasm-agent.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

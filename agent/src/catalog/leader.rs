@@ -1,0 +1,66 @@
+//! One active catalog controller among its replicas: the holder of one Lease. A standby replica
+//! looks at a third of the lease duration; the leader renews as often and gives up — exits, to be
+//! restarted as a standby — when it cannot renew before its Lease would expire, so two never write
+//! the same statuses at once for longer than a renewal.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::lease::{live_holder, LeaseHolder};
+
+pub const LEASE_NAME: &str = "kwasm-catalog";
+
+/// Wait until this replica holds the Lease.
+pub async fn acquire(lease: &LeaseHolder) -> anyhow::Result<()> {
+    let mut announced = None;
+    loop {
+        let taken = match lease.leases.get_opt(LEASE_NAME).await? {
+            None => lease.create(LEASE_NAME, Default::default()).await?,
+            Some(current) => match live_holder(&current, Timestamp::now()) {
+                Some(other) if other != lease.holder => {
+                    if announced.as_deref() != Some(other) {
+                        tracing::info!(leader = %other, "standing by: another replica leads");
+                        announced = Some(other.to_owned());
+                    }
+                    false
+                }
+                _ => lease.take_over(&current).await?,
+            },
+        };
+        if taken {
+            tracing::info!(lease = LEASE_NAME, holder = %lease.holder, "leading the catalog");
+            return Ok(());
+        }
+        tokio::time::sleep(lease.duration / 3).await;
+    }
+}
+
+/// Renew until a renewal cannot get through in time; then say why leadership was lost.
+pub async fn keep(lease: LeaseHolder) -> anyhow::Error {
+    let mut renewed = Instant::now();
+    // Give up with a margin: a standby takes over only once the Lease expired.
+    let deadline = lease.duration.mul_f64(2.0 / 3.0);
+    loop {
+        tokio::time::sleep(lease.duration / 3).await;
+        match lease.renew(LEASE_NAME).await {
+            Ok(()) => renewed = Instant::now(),
+            Err(e) if renewed.elapsed() + lease.duration / 3 > deadline => {
+                return e.context("lost the catalog Lease");
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not renew the catalog Lease; retrying")
+            }
+        }
+    }
+}
+
+/// Step down at shutdown so a standby need not wait for the Lease to expire.
+pub async fn release(lease: &LeaseHolder) {
+    if let Err(e) = tokio::time::timeout(Duration::from_secs(5), lease.release(LEASE_NAME))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+    {
+        tracing::warn!(error = %format!("{e:#}"), "could not release the catalog Lease; it expires on its own");
+    }
+}

@@ -1,0 +1,152 @@
+//! Holding a `coordination.k8s.io/v1` Lease with plain requests guarded by resourceVersion (create,
+//! replace), as client-go's leader election does: whoever writes first wins, a conflict means another
+//! holder got there. Used for the restart slots (`controller`) and the catalog controller's leader.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::PostParams;
+use kube::Api;
+
+#[derive(Clone)]
+pub struct LeaseHolder {
+    pub leases: Api<Lease>,
+    /// Who holds: a node or pod name.
+    pub holder: String,
+    pub duration: Duration,
+}
+
+impl LeaseHolder {
+    /// Create the Lease as its holder; false when somebody created it first.
+    pub async fn create(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> anyhow::Result<bool> {
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(labels),
+                ..Default::default()
+            },
+            spec: Some(self.held_spec(Timestamp::now(), 0)),
+        };
+        match self.leases.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("creating Lease {name}")),
+        }
+    }
+
+    /// Hold an existing (free, expired or own) Lease; false when somebody changed it first.
+    pub async fn take_over(&self, current: &Lease) -> anyhow::Result<bool> {
+        let name = current.metadata.name.clone().unwrap_or_default();
+        let spec = current.spec.clone().unwrap_or_default();
+        let transitions = spec.lease_transitions.unwrap_or(0)
+            + i32::from(spec.holder_identity.as_deref() != Some(self.holder.as_str()));
+        let mut lease = current.clone();
+        lease.spec = Some(self.held_spec(Timestamp::now(), transitions));
+        match self
+            .leases
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("taking Lease {name}")),
+        }
+    }
+
+    fn held_spec(&self, now: Timestamp, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.holder.clone()),
+            lease_duration_seconds: Some(self.duration.as_secs().clamp(1, i32::MAX as u64) as i32),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// Renew a Lease this holder holds; an error when it does not (any more).
+    pub async fn renew(&self, name: &str) -> anyhow::Result<()> {
+        let mut lease = self.leases.get(name).await?;
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        anyhow::ensure!(
+            spec.holder_identity.as_deref() == Some(self.holder.as_str()),
+            "the Lease is held by {:?} now",
+            spec.holder_identity
+        );
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        self.leases
+            .replace(name, &PostParams::default(), &lease)
+            .await?;
+        Ok(())
+    }
+
+    /// Clear the holder so the next one need not wait for the Lease to expire; a no-op when
+    /// somebody else holds it.
+    pub async fn release(&self, name: &str) -> anyhow::Result<()> {
+        let mut lease = self.leases.get(name).await?;
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        if spec.holder_identity.as_deref() != Some(self.holder.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
+        self.leases
+            .replace(name, &PostParams::default(), &lease)
+            .await?;
+        Ok(())
+    }
+}
+
+/// The holder of a Lease that has not expired.
+pub fn live_holder(lease: &Lease, now: Timestamp) -> Option<&str> {
+    let spec = lease.spec.as_ref()?;
+    let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
+    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
+    let lasts = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
+    (renewed.checked_add(lasts).ok()? > now).then_some(holder)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, renewed_secs_ago: i64, duration: i32) -> Lease {
+        let now = Timestamp::now();
+        Lease {
+            metadata: ObjectMeta::default(),
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(Into::into),
+                renew_time: Some(MicroTime(
+                    now.checked_sub(SignedDuration::from_secs(renewed_secs_ago))
+                        .unwrap(),
+                )),
+                lease_duration_seconds: Some(duration),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_lease_is_held_until_it_expires_or_is_cleared() {
+        let now = Timestamp::now();
+        assert_eq!(live_holder(&lease(Some("n1"), 10, 60), now), Some("n1"));
+        assert_eq!(
+            live_holder(&lease(Some("n1"), 61, 60), now),
+            None,
+            "expired"
+        );
+        assert_eq!(live_holder(&lease(None, 1, 60), now), None, "released");
+        assert_eq!(live_holder(&lease(Some(""), 1, 60), now), None, "released");
+        let mut odd = lease(Some("n1"), 1, 60);
+        odd.spec.as_mut().unwrap().renew_time = None;
+        assert_eq!(live_holder(&odd, now), None, "never renewed nor acquired");
+    }
+}
