@@ -21,6 +21,7 @@ pub mod controller;
 pub mod crd;
 pub mod engine;
 pub mod host;
+pub mod kube_client;
 pub mod lease;
 pub mod settings;
 pub mod telemetry;

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 
 use kwasm_tests::agent::{agent, eventually, output, RunningAgent, RunningCatalog};
 use kwasm_tests::archive::{release, sha256};
-use kwasm_tests::artifact_server::Behavior;
+use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
 use kwasm_tests::kube_api::{free_port, KubeApi};
 use kwasm_tests::node_host::{NodeHost, SHIM_BIN};
 
@@ -138,9 +138,9 @@ fn logs(nodes: &[CatalogNode], catalog: &RunningCatalog) -> String {
 #[test]
 fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_cleanly() {
     let dir = tempfile::tempdir().unwrap();
-    let api = KubeApi::start(dir.path());
+    let api = &KubeApi::start(dir.path());
     api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
-    let nodes = nodes(&api);
+    let nodes = nodes(api);
     for n in &nodes {
         n.agent.wait_ready();
     }
@@ -152,24 +152,37 @@ fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_clean
     );
     api.kubectl_ok(&["annotate", "node", "--all", "kwasm.sh/kwasm-node=true"]);
 
-    // Applied: every node installs it and the Shim reads 3/3, with its RuntimeClass owned by it.
     let server = &nodes[0].host.server;
+    applied_shim_converges(api, &nodes, server);
+    // A container on the shim, on n0: it must survive the upgrade, and hold back the removal.
+    let on_shim = nodes[0]
+        .host
+        .cd
+        .run_container("on-kwtest", Some(&nodes[0].host.binary()));
+
+    wrong_digest_reads_degraded(api, server);
+    new_version_rolls_in_place(api, &nodes, &catalog, server, on_shim);
+    deleted_shim_leaves_its_nodes(api, &nodes, on_shim);
+}
+
+/// Applied: every node installs it and the Shim reads 3/3, with its RuntimeClass owned by it.
+fn applied_shim_converges(api: &KubeApi, nodes: &[CatalogNode], server: &ArtifactServer) {
     let v1 = &nodes[0].host.archive;
     kubectl_apply(
-        &api,
+        api,
         &shim_yaml("v1.0.0", &server.url("/kwtest.tar.gz"), &sha256(v1)),
     );
     eventually("kubectl get shims to read 3/3", || {
-        (ready_column(&api, "kwtest").as_deref() == Some("3/3")).then_some(())
+        (ready_column(api, "kwtest").as_deref() == Some("3/3")).then_some(())
     });
-    let table = shims_table(&api);
+    let table = shims_table(api);
     assert_eq!(
         table[0],
         ["NAME", "RUNTIMECLASS", "VERSION", "READY", "AGE"],
         "{table:?}"
     );
     assert_eq!(&table[1][..4], ["kwtest", "kwtest-class", "v1.0.0", "3/3"]);
-    let s = shim(&api, "kwtest");
+    let s = shim(api, "kwtest");
     assert_eq!(condition(&s, "Ready").0, "True", "{s}");
     assert_eq!(condition(&s, "Degraded").0, "False", "{s}");
     assert_eq!(s["status"]["versions"], serde_json::json!({"v1.0.0": 3}));
@@ -190,7 +203,7 @@ fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_clean
         rc["metadata"]["ownerReferences"][0]["uid"],
         s["metadata"]["uid"]
     );
-    for n in &nodes {
+    for n in nodes {
         assert!(n.host.config().contains("runtimes.kwtest]"), "{}", n.name);
         assert_eq!(
             n.host.cd.task_pid(&format!("live-{}", n.name)),
@@ -206,14 +219,10 @@ fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_clean
         describe.contains("Normal") && describe.contains("Ready"),
         "{describe}"
     );
+}
 
-    // A container on the shim, on n0: it must survive the upgrade, and hold back the removal.
-    let on_shim = nodes[0]
-        .host
-        .cd
-        .run_container("on-kwtest", Some(&nodes[0].host.binary()));
-
-    // A second Shim with a wrong digest: Degraded, the nodes and the reason named, as an Event too.
+/// A second Shim with a wrong digest: Degraded, the nodes and the reason named, as an Event too.
+fn wrong_digest_reads_degraded(api: &KubeApi, server: &ArtifactServer) {
     let wrong = "0".repeat(64);
     let broken = shim_yaml("v1.0.0", &server.url("/kwtest.tar.gz"), &wrong)
         .replace("name: kwtest\n", "name: kwbroken\n")
@@ -226,9 +235,9 @@ fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_clean
             "binary: containerd-shim-kwbroken-v2",
         )
         .replace("name: kwtest-class", "name: kwbroken");
-    kubectl_apply(&api, &broken);
+    kubectl_apply(api, &broken);
     let degraded = eventually("kwbroken to read Degraded", || {
-        let (status, reason, message) = condition(&shim(&api, "kwbroken"), "Degraded");
+        let (status, reason, message) = condition(&shim(api, "kwbroken"), "Degraded");
         (status == "True" && reason == "NodesFailed" && message.starts_with("3 nodes failed"))
             .then_some(message)
     });
@@ -241,7 +250,7 @@ fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_clean
         describe.contains("Warning") && describe.contains("nodes failed: n0: "),
         "{describe}"
     );
-    assert_eq!(ready_column(&api, "kwbroken").as_deref(), Some("0/3"));
+    assert_eq!(ready_column(api, "kwbroken").as_deref(), Some("0/3"));
     api.kubectl_ok(&["delete", "shim", "kwbroken"]);
     eventually("kwbroken's RuntimeClass to go with it", || {
         (!api
@@ -250,18 +259,26 @@ fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_clean
             .success())
         .then_some(())
     });
+}
 
-    // A new version: Progressing while it rolls, then Ready on v2 everywhere; nothing disturbed.
+/// A new version: Progressing while it rolls, then Ready on v2 everywhere; nothing disturbed.
+fn new_version_rolls_in_place(
+    api: &KubeApi,
+    nodes: &[CatalogNode],
+    catalog: &RunningCatalog,
+    server: &ArtifactServer,
+    on_shim: i32,
+) {
     let mut bytes = std::fs::read("/usr/bin/containerd-shim-runc-v2").unwrap();
     bytes.extend_from_slice(b"\0kwasm test: version 2\0");
     let v2 = release(SHIM_BIN, &bytes);
     server.route("/kwtest-v2.tar.gz", vec![Behavior::Serve(v2.clone())]);
     kubectl_apply(
-        &api,
+        api,
         &shim_yaml("v2.0.0", &server.url("/kwtest-v2.tar.gz"), &sha256(&v2)),
     );
     eventually("every node on v2", || {
-        let s = shim(&api, "kwtest");
+        let s = shim(api, "kwtest");
         (s["status"]["versions"] == serde_json::json!({"v2.0.0": 3})
             && s["status"]["observedGeneration"] == 2
             && condition(&s, "Ready").0 == "True")
@@ -277,14 +294,14 @@ fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_clean
     assert!(
         progressed,
         "the rollout never read Progressing:\n{}",
-        logs(&nodes, &catalog)
+        logs(nodes, catalog)
     );
     assert_eq!(
         nodes[0].host.cd.task_pid("on-kwtest"),
         Some(on_shim),
         "the shim's container was disturbed"
     );
-    for n in &nodes {
+    for n in nodes {
         assert_eq!(
             n.host.cd.task_pid(&format!("live-{}", n.name)),
             Some(n.live),
@@ -296,8 +313,10 @@ fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_clean
             bytes
         );
     }
+}
 
-    // Deleted: n1 and n2 are clean; n0 waits for its container (RemoveBlocked), then is clean too.
+/// Deleted: n1 and n2 are clean; n0 waits for its container (RemoveBlocked), then is clean too.
+fn deleted_shim_leaves_its_nodes(api: &KubeApi, nodes: &[CatalogNode], on_shim: i32) {
     api.kubectl_ok(&["delete", "shim", "kwtest"]);
     eventually("the RuntimeClass to go with the Shim", || {
         (!api
@@ -326,7 +345,7 @@ fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_clean
         (nodes[0].host.config() == nodes[0].host.original && !nodes[0].host.binary().exists())
             .then_some(())
     });
-    for n in &nodes {
+    for n in nodes {
         assert_eq!(
             n.host.cd.task_pid(&format!("live-{}", n.name)),
             Some(n.live),
@@ -405,7 +424,7 @@ fn import(dir: &Path, docs: &str, extra: &[&str]) -> kwasm_tests::agent::Run {
 #[test]
 fn runtime_class_managers_manifests_become_shims_kubectl_applies() {
     let dir = tempfile::tempdir().unwrap();
-    let api = KubeApi::start(dir.path());
+    let api = &KubeApi::start(dir.path());
     api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
 
     // The sample has no digest: refused unless unverified downloads are allowed; nothing printed.
@@ -434,16 +453,16 @@ fn runtime_class_managers_manifests_become_shims_kubectl_applies() {
 
     let r = import(dir.path(), &both, &["--allow-unverified"]);
     r.ok();
-    kubectl_apply(&api, &r.stdout);
+    kubectl_apply(api, &r.stdout);
     assert_eq!(
-        column(&api, "spin-v2", "VERSION").as_deref(),
+        column(api, "spin-v2", "VERSION").as_deref(),
         Some("v0.19.0")
     );
     assert_eq!(
-        column(&api, "spin-v2-pinned", "VERSION").as_deref(),
+        column(api, "spin-v2-pinned", "VERSION").as_deref(),
         Some("v0.23.0")
     );
-    let sample = shim(&api, "spin-v2");
+    let sample = shim(api, "spin-v2");
     assert_eq!(sample["spec"]["binary"], "containerd-shim-spin-v2");
     assert_eq!(sample["spec"]["runtimeType"], "io.containerd.spin.v2");
     assert_eq!(sample["spec"]["version"], "v0.19.0");
@@ -451,7 +470,100 @@ fn runtime_class_managers_manifests_become_shims_kubectl_applies() {
     assert_eq!(sample["spec"]["options"]["SystemdCgroup"], true);
     assert_eq!(sample["spec"]["nodeSelector"]["spin"], "true");
     assert_eq!(sample["spec"]["runtimeClass"]["name"], "wasmtime-spin-v2");
-    let pinned = shim(&api, "spin-v2-pinned");
+    let pinned = shim(api, "spin-v2-pinned");
     assert_eq!(pinned["spec"]["handler"], "spin-v2");
     assert_eq!(pinned["spec"]["platforms"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn the_readmes_shim_example_is_one_the_api_server_and_the_agents_accept() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .unwrap();
+    let start = readme
+        .find("apiVersion: kwasm.sh/v1alpha1\nkind: Shim\n")
+        .expect("the README's Shim example");
+    let example = &readme[start..start + readme[start..].find("```").unwrap()];
+    let dir = tempfile::tempdir().unwrap();
+    let api = &KubeApi::start(dir.path());
+    api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
+    import(dir.path(), example, &[]).ok();
+    kubectl_apply(api, example);
+    assert_eq!(column(api, "spin", "VERSION").as_deref(), Some("v0.23.0"));
+}
+
+#[test]
+fn one_catalog_replica_leads_and_a_standby_takes_over_when_it_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = &KubeApi::start(dir.path());
+    api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
+    kubectl_apply(
+        api,
+        &shim_yaml(
+            "v1.0.0",
+            "https://example.com/kwtest.tar.gz",
+            &"a".repeat(64),
+        ),
+    );
+    api.add_node("n0", "amd64");
+    api.kubectl_ok(&["annotate", "node", "n0", "kwasm.sh/kwasm-node=true"]);
+    let settings = dir.path().join("catalog.toml");
+    std::fs::write(
+        &settings,
+        "[catalog]\nlease_namespace = \"kwasm\"\nlease_duration = \"3s\"\nstatus_interval = \"100ms\"\n",
+    )
+    .unwrap();
+    let mut replicas: Vec<Option<RunningCatalog>> = (0..2)
+        .map(|i| {
+            let log = dir.path().join(format!("catalog-{i}.log"));
+            Some(RunningCatalog::start(
+                &settings,
+                &api.kubeconfig,
+                &format!("catalog-{i}"),
+                log,
+            ))
+        })
+        .collect();
+    eventually("the status written", || {
+        (ready_column(api, "kwtest").as_deref() == Some("0/1")).then_some(())
+    });
+    let holder = || -> Option<String> {
+        let out = api.kubectl(&[
+            "get",
+            "lease",
+            "-n",
+            "kwasm",
+            "kwasm-catalog",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        Some(String::from_utf8_lossy(&out.stdout).into_owned()).filter(|h| !h.is_empty())
+    };
+    let leader = eventually("a leader", holder);
+    let index: usize = leader.trim_start_matches("catalog-").parse().unwrap();
+    let standby = replicas[1 - index].as_ref().unwrap();
+    assert!(standby.log().contains("standing by"), "{}", standby.log());
+    assert!(
+        !standby.log().contains("Shim status"),
+        "the standby wrote: {}",
+        standby.log()
+    );
+
+    // The leader dies without a word (SIGKILL): the standby takes over once the Lease expires and
+    // writes what changed meanwhile.
+    replicas[index].take().unwrap();
+    api.kubectl_ok(&[
+        "label",
+        "node",
+        "n0",
+        "kwasm.sh/shim.kwtest=true",
+        "kwasm.sh/version.kwtest=v1.0.0",
+    ]);
+    eventually("the standby to write the status", || {
+        (ready_column(api, "kwtest").as_deref() == Some("1/1")).then_some(())
+    });
+    assert_eq!(
+        holder().as_deref(),
+        Some(format!("catalog-{}", 1 - index).as_str())
+    );
 }

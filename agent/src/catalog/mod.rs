@@ -34,9 +34,7 @@ use status::Problem;
 
 pub async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
-    let client = Client::try_default()
-        .await
-        .context("no Kubernetes client config (in-cluster or KUBECONFIG)")?;
+    let client = crate::kube_client::client("catalog").await?;
     let namespace = match &settings.catalog.lease_namespace {
         Some(ns) => ns.clone(),
         None => std::env::var("POD_NAMESPACE").context(
@@ -117,11 +115,23 @@ impl Catalog {
             ready.map_err(|_| anyhow::anyhow!("the {what} watch ended"))?;
         }
         tracing::info!("listed Shims, Nodes and RuntimeClasses; keeping them in step");
+        let mut backoff = crate::backoff::Backoff::new(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(60),
+        );
         loop {
-            if let Err(e) = self.sync().await {
-                tracing::warn!(error = %format!("{e:#}"), "catalog sync failed; retrying at the next change");
+            match self.sync().await {
+                Ok(()) => {
+                    backoff.reset();
+                    self.changed.notified().await;
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "catalog sync failed");
+                    // Retried after the delay even if nothing changes meanwhile.
+                    let _ = tokio::time::timeout(delay, self.changed.notified()).await;
+                }
             }
-            self.changed.notified().await;
             // A burst of node changes (a rollout) becomes one pass.
             tokio::time::sleep(self.settings.catalog.status_interval).await;
         }
@@ -133,8 +143,9 @@ impl Catalog {
         let rcs = self.runtime_classes.state();
         let rcs: Vec<&RuntimeClass> = rcs.iter().map(|r| r.as_ref()).collect();
         let (actions, mut problems) = runtime_class::plan(&shims, &rcs);
+        let mut failed = 0;
         for action in actions {
-            self.carry_out(action).await;
+            failed += usize::from(!self.carry_out(action).await);
         }
         for (name, why) in crate::crd::catalog::refused(&self.settings, &shims) {
             problems.insert(name, Problem::NotFollowed(why));
@@ -154,17 +165,25 @@ impl Catalog {
             };
             let previous = shim.status.as_ref();
             let now = status::status(shim, &tally, problem, previous);
-            if previous != Some(&now) {
-                self.write_status(shim, previous, &now).await?;
-                for (warning, reason, note) in status::news(previous, &now) {
-                    self.publish(shim, warning, reason, note).await;
-                }
+            if previous == Some(&now) {
+                continue;
+            }
+            // One Shim's refused write does not hold back the others'.
+            if let Err(e) = self.write_status(shim, previous, &now).await {
+                tracing::warn!(error = %format!("{e:#}"), "status write failed");
+                failed += 1;
+                continue;
+            }
+            for (warning, reason, note) in status::news(previous, &now) {
+                self.publish(shim, warning, reason, note).await;
             }
         }
+        anyhow::ensure!(failed == 0, "{failed} write(s) failed");
         Ok(())
     }
 
-    async fn carry_out(&self, action: Action) {
+    /// False when the API server refused it (logged; the sync is retried).
+    async fn carry_out(&self, action: Action) -> bool {
         let api: Api<RuntimeClass> = Api::all(self.client.clone());
         let (what, result) = match &action {
             Action::Create(rc) => (
@@ -191,12 +210,13 @@ impl Catalog {
             }
             Action::Delete(name) => name.clone(),
         };
-        match result {
+        match &result {
             Ok(()) => tracing::info!(runtime_class = %name, "{what} RuntimeClass"),
             Err(e) => {
-                tracing::warn!(runtime_class = %name, error = %e, "{what} RuntimeClass failed; retrying at the next change")
+                tracing::warn!(runtime_class = %name, error = %e, "{what} RuntimeClass failed")
             }
         }
+        result.is_ok()
     }
 
     /// A merge patch of the status subresource; versions no node runs any more are removed

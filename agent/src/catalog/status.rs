@@ -97,7 +97,28 @@ pub fn status(
     problem: Option<&Problem>,
     previous: Option<&ShimStatus>,
 ) -> ShimStatus {
-    let version = &shim.spec.version;
+    let generation = shim.metadata.generation;
+    let conditions = conditions(&shim.spec.version, tally, problem)
+        .into_iter()
+        .map(|mut c| {
+            c.observed_generation = generation;
+            keep_transition_time(c, previous)
+        })
+        .collect();
+    ShimStatus {
+        observed_generation: generation,
+        runtime_class: shim.runtime_class_name(),
+        nodes: tally.nodes,
+        ready: tally.ready,
+        failed: tally.failed,
+        ready_summary: format!("{}/{}", tally.ready, tally.nodes),
+        versions: tally.versions.clone(),
+        conditions,
+    }
+}
+
+/// Ready, Progressing, Degraded.
+fn conditions(version: &str, tally: &Tally, problem: Option<&Problem>) -> [Condition; 3] {
     let (n, r, f) = (tally.nodes, tally.ready, tally.failed);
     let ready = match problem {
         Some(Problem::NotFollowed(why)) => cond("Ready", false, "NotFollowed", why.clone()),
@@ -119,7 +140,7 @@ pub fn status(
         let others: Vec<String> = tally
             .versions
             .iter()
-            .filter(|(v, _)| *v != version)
+            .filter(|(v, _)| v.as_str() != version)
             .map(|(v, c)| format!("{c} on {v}"))
             .collect();
         let rest = if others.is_empty() {
@@ -149,24 +170,7 @@ pub fn status(
         }
         None => cond("Degraded", false, "NoFailures", "no node failed".into()),
     };
-    let generation = shim.metadata.generation;
-    let conditions = [ready, progressing, degraded]
-        .into_iter()
-        .map(|mut c| {
-            c.observed_generation = generation;
-            keep_transition_time(c, previous)
-        })
-        .collect();
-    ShimStatus {
-        observed_generation: generation,
-        runtime_class: shim.runtime_class_name(),
-        nodes: n,
-        ready: r,
-        failed: f,
-        ready_summary: format!("{r}/{n}"),
-        versions: tally.versions.clone(),
-        conditions,
-    }
+    [ready, progressing, degraded]
 }
 
 /// "2 nodes failed: n1: …; n2: …" (the first few).

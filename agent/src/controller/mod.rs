@@ -40,9 +40,7 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
     let node_name = std::env::var("NODE_NAME").context(
         "NODE_NAME is not set (the DaemonSet sets it from the downward API, spec.nodeName)",
     )?;
-    let client = kube::Client::try_default()
-        .await
-        .context("no Kubernetes client config (in-cluster or KUBECONFIG)")?;
+    let client = crate::kube_client::client("node").await?;
     let metrics = Arc::new(Metrics::default());
     server::serve(&settings.agent.listen, metrics.clone()).await?;
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kwasm-agent-{node_name}"));
@@ -52,66 +50,118 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         metrics,
         settings: settings.clone(),
     });
-    let client_for_shims = client.clone();
     let gate = match &settings.fleet {
-        Some(fleet) => Some(restart_gate(&ctx, client, &node_name, fleet)?),
+        Some(fleet) => Some(restart_gate(&ctx, client.clone(), &node_name, fleet)?),
         None => None,
     };
-    let mut engines = EngineSlot::new(settings, common.host_root.clone(), common.arch, gate);
     let mut nodes = watch_node(&ctx, &node_name);
-    let mut objects = ctx
-        .settings
-        .catalog
-        .shim_objects
-        .then(|| shim_objects::watch_shims(client_for_shims.clone()));
+    let mut agent = NodeLoop {
+        engines: EngineSlot::new(settings, common.host_root.clone(), common.arch, gate),
+        objects: (ctx.settings.catalog.shim_objects).then(|| shim_objects::watch_shims(client)),
+        backoff: Backoff::new(Duration::from_secs(1), ctx.settings.agent.max_backoff),
+        wake: tokio::time::Instant::now() + ctx.settings.agent.resync,
+        handled: None,
+        skipped_before: Vec::new(),
+        started_at: std::time::SystemTime::now(),
+        uninstalled: false,
+        ctx,
+    };
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut backoff = Backoff::new(Duration::from_secs(1), ctx.settings.agent.max_backoff);
-    let mut wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
-    let mut handled: Option<(Desired, Vec<crate::settings::Shim>)> = None;
-    let mut skipped_before = Vec::new();
-    let started_at = std::time::SystemTime::now();
-    // Once this agent obeyed an uninstall it stays uninstalled for the rest of its life: the command
-    // that asked clears its annotation when the node is clean, and that must not read as "provision
-    // again" in the moment before the DaemonSet goes.
-    let mut uninstalled = false;
     tracing::info!(node = %node_name, "watching the node");
     loop {
         let mut periodic = false;
         release_freed_memory();
         tokio::select! {
             changed = nodes.changed() => changed.map_err(|_| anyhow!("the node watch ended"))?,
-            changed = shims_changed(&mut objects) => changed.map_err(|_| anyhow!("the Shim watch ended"))?,
-            _ = tokio::time::sleep_until(wake) => periodic = true,
+            changed = shims_changed(&mut agent.objects) => changed.map_err(|_| anyhow!("the Shim watch ended"))?,
+            _ = tokio::time::sleep_until(agent.wake) => periodic = true,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
         let Some(node) = nodes.borrow_and_update().clone() else {
             continue;
         };
-        let mut want = desired(&node, &ctx.settings.trigger, started_at);
-        uninstalled |= want.uninstall == desired::Uninstall::Requested;
-        if uninstalled {
+        agent.look(&node, periodic).await;
+    }
+    // Shutting down is not a request to uninstall: a rolling update replaces this pod while pods keep
+    // running on the shims. The host is cleaned only when the node stops asking (trigger removed).
+    tracing::info!("terminating; the host is left as it is");
+    Ok(())
+}
+
+/// What the node controller keeps between looks at its Node.
+struct NodeLoop {
+    ctx: Arc<Context>,
+    engines: EngineSlot,
+    objects: Option<shim_objects::ShimObjects>,
+    backoff: Backoff,
+    /// When to look again without a change: the resync, or the retry after a failure.
+    wake: tokio::time::Instant,
+    /// What the last reconcile was for: the Node's request and the catalog.
+    handled: Option<(Desired, Vec<crate::settings::Shim>)>,
+    skipped_before: Vec<(String, String)>,
+    started_at: std::time::SystemTime,
+    /// Once this agent obeyed an uninstall it stays uninstalled for the rest of its life: the command
+    /// that asked clears its annotation when the node is clean, and that must not read as "provision
+    /// again" in the moment before the DaemonSet goes.
+    uninstalled: bool,
+}
+
+impl NodeLoop {
+    /// Reconcile when there is a reason to: a new request, a changed catalog, or the timer.
+    async fn look(&mut self, node: &Node, periodic: bool) {
+        let mut want = desired(node, &self.ctx.settings.trigger, self.started_at);
+        self.uninstalled |= want.uninstall == desired::Uninstall::Requested;
+        if self.uninstalled {
             want.triggered = false;
             want.uninstall = desired::Uninstall::Requested;
         }
-        let Some(catalog) = catalog_for(&ctx.settings, &objects, &node, &mut skipped_before) else {
-            continue;
+        let objects = &self.objects;
+        let Some(catalog) =
+            catalog_for(&self.ctx.settings, objects, node, &mut self.skipped_before)
+        else {
+            return;
         };
-        engines.set_shims(catalog.clone());
-        // Status heartbeats and the agent's own patches change the Node too: only a new request, a
-        // changed catalog or the timer (resync, or the retry after a failure) is a reason to look at
-        // the host again.
+        self.engines.set_shims(catalog.clone());
+        // Status heartbeats and the agent's own patches change the Node too: they are no reason to
+        // look at the host again.
         let now_wanted = (want, catalog);
-        if !periodic && handled.as_ref() == Some(&now_wanted) {
-            continue;
+        if !periodic && self.handled.as_ref() == Some(&now_wanted) {
+            return;
         }
-        let want = &now_wanted.0;
+        let result = self.reconcile_timed(node, &now_wanted.0, periodic).await;
+        self.handled = Some(now_wanted);
+        let ctx = &self.ctx;
+        match result {
+            Ok(()) => {
+                ctx.metrics.last_success_unix.store(unix_now(), Relaxed);
+                self.backoff.reset();
+                self.wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
+            }
+            Err(e) => {
+                ctx.metrics.failures.fetch_add(1, Relaxed);
+                let delay = self.backoff.next_delay();
+                tracing::error!(error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "reconcile failed");
+                self.wake = tokio::time::Instant::now() + delay;
+            }
+        }
+    }
+
+    /// One reconcile, counted and timed in the metrics and the timeline log line.
+    async fn reconcile_timed(
+        &mut self,
+        node: &Node,
+        want: &Desired,
+        periodic: bool,
+    ) -> anyhow::Result<()> {
         let started = Instant::now();
+        let ctx = &self.ctx;
         ctx.metrics.reconciles.fetch_add(1, Relaxed);
+        let engines = &mut self.engines;
         let (result, timeline) = crate::clock::timed(async {
             match engines.get(want.arch) {
-                Ok(engine) => reconcile::reconcile(&ctx, engine, &node, want, periodic).await,
+                Ok(engine) => reconcile::reconcile(ctx, engine, node, want, periodic).await,
                 Err(e) => Err(e),
             }
         })
@@ -126,25 +176,8 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         ctx.metrics
             .duration_micros
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
-        handled = Some(now_wanted);
-        match result {
-            Ok(()) => {
-                ctx.metrics.last_success_unix.store(unix_now(), Relaxed);
-                backoff.reset();
-                wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
-            }
-            Err(e) => {
-                ctx.metrics.failures.fetch_add(1, Relaxed);
-                let delay = backoff.next_delay();
-                tracing::error!(error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "reconcile failed");
-                wake = tokio::time::Instant::now() + delay;
-            }
-        }
+        result
     }
-    // Shutting down is not a request to uninstall: a rolling update replaces this pod while pods keep
-    // running on the shims. The host is cleaned only when the node stops asking (trigger removed).
-    tracing::info!("terminating; the host is left as it is");
-    Ok(())
 }
 
 /// Resolves when the Shim objects changed; never without `[catalog] shim_objects`.

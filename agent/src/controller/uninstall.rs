@@ -25,9 +25,7 @@ const SETTLE: Duration = Duration::from_secs(6);
 
 pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
-    let client = kube::Client::try_default()
-        .await
-        .context("no Kubernetes client config (in-cluster or KUBECONFIG)")?;
+    let client = crate::kube_client::client("uninstall").await?;
     let api: Api<Node> = Api::all(client);
     let asked_at = now_rfc3339();
     let started = Instant::now();

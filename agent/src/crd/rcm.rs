@@ -36,6 +36,10 @@ pub fn import(doc: &Value, opts: &ImportOptions) -> Result<Shim, String> {
             "expected apiVersion {API_VERSION} kind Shim, found {api:?} {kind:?}"
         ));
     }
+    let node_selector: BTreeMap<String, String> = match &doc["spec"]["nodeSelector"] {
+        Value::Null => BTreeMap::new(),
+        v => serde_json::from_value(v.clone()).map_err(|e| format!("spec.nodeSelector: {e}"))?,
+    };
     let name = doc["metadata"]["name"]
         .as_str()
         .filter(|n| !n.is_empty())
@@ -64,19 +68,7 @@ pub fn import(doc: &Value, opts: &ImportOptions) -> Result<Shim, String> {
         .filter(|h| !h.is_empty())
         .ok_or("spec.runtimeClass.handler is missing")?;
     let platforms = platforms(&doc["spec"]["fetchStrategy"], opts)?;
-    let version = match &opts.version {
-        Some(v) => v.clone(),
-        None => version_in(&platforms).ok_or_else(|| {
-            format!(
-                "spec.fetchStrategy: no release version in {}; give it with --version",
-                platforms[0].url
-            )
-        })?,
-    };
-    let node_selector: BTreeMap<String, String> = match &doc["spec"]["nodeSelector"] {
-        Value::Null => BTreeMap::new(),
-        v => serde_json::from_value(v.clone()).map_err(|e| format!("spec.nodeSelector: {e}"))?,
-    };
+    let version = version(&platforms, opts)?;
     let mut shim = Shim::new(
         name,
         ShimSpec {
@@ -98,6 +90,19 @@ pub fn import(doc: &Value, opts: &ImportOptions) -> Result<Shim, String> {
         .as_object()
         .map(|l| serde_json::from_value(Value::Object(l.clone())).unwrap_or_default());
     Ok(shim)
+}
+
+/// `--version`, else the release tag in the URLs.
+fn version(platforms: &[PlatformSpec], opts: &ImportOptions) -> Result<String, String> {
+    match &opts.version {
+        Some(v) => Ok(v.clone()),
+        None => version_in(platforms).ok_or_else(|| {
+            format!(
+                "spec.fetchStrategy: no release version in {}; give it with --version",
+                platforms[0].url
+            )
+        }),
+    }
 }
 
 /// runtime-class-manager names the containerd runtime after the binary (`containerd-shim-spin-v2` →

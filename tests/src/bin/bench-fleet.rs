@@ -3,7 +3,12 @@
 //! requests per node to provision (annotating every node at once), the peak request rate, requests per
 //! idle node per watch, and the watches held open — then extrapolates to 5,000 nodes.
 //!
-//! Usage: bench-fleet [AGENTS]   (default 200); prints `key value` lines.
+//! With `--catalog` the shim is a Shim object the agents follow (`[catalog] shim_objects`), and the
+//! catalog controller (`kwasm-agent catalog`) runs beside them: its own requests are counted apart (by
+//! its User-Agent) — to provision the fleet, and per node change: a change that moves the Shim's
+//! counts (a readiness label flipped), and one that does not (an unrelated label).
+//!
+//! Usage: bench-fleet [AGENTS] [--catalog]   (default 200); prints `key value` lines.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -31,11 +36,13 @@ impl Drop for Agent {
     }
 }
 
+/// Node changes measured in `--catalog` mode, of each kind.
+const CHANGES: usize = 10;
+
 fn main() {
-    let n: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(200);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200);
+    let with_catalog = args.iter().any(|a| a == "--catalog");
     let dir = tempfile::tempdir().unwrap();
     let api = KubeApi::start(dir.path());
     api.control(&format!("/_test/watch-cap?seconds={WATCH_CAP_S}"), "");
@@ -47,15 +54,90 @@ fn main() {
         &server.url("/shim.tar.gz"),
         Some(&sha256(&archive)),
     );
+    let catalog = with_catalog.then(|| start_catalog(&api, dir.path(), &shim));
+    let agents = start_agents(&api, n, &shim, with_catalog);
+    let watches = api.control("/_test/watches", "")["open"]
+        .as_u64()
+        .unwrap_or(0);
+    let rss: u64 = agents.iter().map(|a| rss_kib(a.child.id())).sum::<u64>() / n as u64;
+
+    api.control("/_test/clear-requests", "");
+    let started = Instant::now();
+    api.kubectl_ok(&["annotate", "node", "--all", "kwasm.sh/kwasm-node=true"]);
+    let annotate_s = started.elapsed().as_secs_f64();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while provisioned(&api) < n || (with_catalog && shim_status(&api)["nodes"] != n) {
+        assert!(Instant::now() < deadline, "the fleet never finished");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let took = started.elapsed().as_secs_f64();
+    let all = measured_requests(&api);
+    let reqs: Vec<_> = all
+        .iter()
+        .filter(|r| component(r) == "node")
+        .cloned()
+        .collect();
+    let per_node = reqs.len() as f64 / n as f64;
+    let catalog_provision = all.iter().filter(|r| component(r) == "catalog").count();
+
+    println!("agents {n}");
+    println!("watches_open {watches}");
+    println!("agent_rss_kib_mean {rss}");
+    println!("annotate_s {annotate_s:.2}");
+    println!("provision_s {took:.2}");
+    report_provision(&reqs, n);
+    if let Some(catalog) = &catalog {
+        println!("catalog_provision_requests {catalog_provision}");
+        println!(
+            "catalog_provision_requests_per_node {:.3}",
+            catalog_provision as f64 / n as f64
+        );
+        measure_node_changes(&api, n, catalog);
+    }
+    let per_renewal = measure_idle(&api, n);
+    // 5,000 nodes. Every node makes the same few requests to provision, so the total scales with the
+    // nodes; their rate follows the trigger's (kubectl patches one node after another, a node pool
+    // adds nodes as they boot): `per_node` requests for each node triggered. An idle agent's only
+    // request is its watch renewal, which a real API server forces every 30 to 60 minutes.
+    println!(
+        "extrapolated_5000_provision_requests {:.0}",
+        per_node * 5000.0
+    );
+    println!(
+        "extrapolated_5000_idle_requests_per_hour_at_most {:.0}",
+        per_renewal * 2.0 * 5000.0
+    );
+}
+
+/// The agents' requests to provision the fleet: per node, by kind, and how they spread over time.
+fn report_provision(reqs: &[serde_json::Value], n: usize) {
+    println!(
+        "provision_requests_per_node {:.2}",
+        reqs.len() as f64 / n as f64
+    );
+    for (k, c) in count_kinds(reqs) {
+        println!("provision_requests {k} {:.2}", c as f64 / n as f64);
+    }
+    println!("provision_span_s {:.2}", time_span(reqs));
+    println!("provision_peak_requests_per_s {}", peak_per_second(reqs));
+}
+
+fn start_agents(api: &KubeApi, n: usize, shim: &ShimSpec, shim_objects: bool) -> Vec<Agent> {
+    let catalog = if shim_objects {
+        "\n[catalog]\nshim_objects = true\n"
+    } else {
+        ""
+    };
     let agents: Vec<Agent> = (0..n)
         .map(|i| {
             let name = format!("n{i}");
             api.add_node(&name, "amd64");
             let sb = Sandbox::new();
             let port = free_port();
+            let shims = if shim_objects { &[][..] } else { std::slice::from_ref(shim) };
             sb.write_settings(&artifact_settings(
-                &format!("\n[agent]\nlisten = \"127.0.0.1:{port}\"\n\n[fleet]\nmax_concurrent_restarts = \"10%\"\nlease_namespace = \"kwasm\"\n"),
-                std::slice::from_ref(&shim),
+                &format!("\n[agent]\nlisten = \"127.0.0.1:{port}\"\n\n[fleet]\nmax_concurrent_restarts = \"10%\"\nlease_namespace = \"kwasm\"\n{catalog}"),
+                shims,
             ));
             let child = agent(&[
                 "run",
@@ -85,62 +167,148 @@ fn main() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let watches = api.control("/_test/watches", "")["open"]
-        .as_u64()
-        .unwrap_or(0);
-    let rss: u64 = agents.iter().map(|a| rss_kib(a.child.id())).sum::<u64>() / n as u64;
+    agents
+}
 
-    api.control("/_test/clear-requests", "");
-    let started = Instant::now();
-    api.kubectl_ok(&["annotate", "node", "--all", "kwasm.sh/kwasm-node=true"]);
-    let annotate_s = started.elapsed().as_secs_f64();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while provisioned(&api) < n {
-        assert!(Instant::now() < deadline, "the fleet never finished");
-        std::thread::sleep(Duration::from_millis(200));
+/// The Shim CRD, the shim as a Shim object, and the catalog controller.
+fn start_catalog(api: &KubeApi, dir: &std::path::Path, shim: &ShimSpec) -> Catalog {
+    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/helm/kwasm-agent/crds/shims.kwasm.sh.yaml");
+    api.kubectl_ok(&["apply", "-f", crd.to_str().unwrap()]);
+    let (_, url, digest) = &shim.platforms[0];
+    let object = serde_json::json!({
+        "apiVersion": "kwasm.sh/v1alpha1", "kind": "Shim", "metadata": {"name": shim.name},
+        "spec": {"runtimeType": shim.runtime_type, "binary": shim.binary, "version": shim.version,
+                 "platforms": [{"arch": "amd64", "url": url, "sha256": digest}]}
+    });
+    let file = dir.join("shim.json");
+    std::fs::write(&file, object.to_string()).unwrap();
+    api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    let settings = dir.join("catalog.toml");
+    std::fs::write(
+        &settings,
+        "[catalog]\nlease_namespace = \"kwasm\"\nstatus_interval = \"1s\"\n",
+    )
+    .unwrap();
+    let child = agent(&["catalog", "--config", settings.to_str().unwrap()])
+        .env("KUBECONFIG", &api.kubeconfig)
+        .env("POD_NAME", "catalog-0")
+        .env("KWASM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Catalog {
+        child,
+        handler: shim.name.clone(),
     }
-    let took = started.elapsed().as_secs_f64();
-    let reqs = agent_requests(&api);
-    let per_node = reqs.len() as f64 / n as f64;
-    let peak = peak_per_second(&reqs);
-    let span = time_span(&reqs);
+}
 
-    // Idle: a few watch lifetimes with nothing to do.
+struct Catalog {
+    child: Child,
+    handler: String,
+}
+
+impl Drop for Catalog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The catalog controller's requests per node change: changes that move the Shim's counts (one
+/// node's readiness label flipped, the status waited for), and as many that do not (an unrelated
+/// label), over a window of a few status intervals each.
+fn measure_node_changes(api: &KubeApi, n: usize, catalog: &Catalog) {
+    let label = format!("kwasm.sh/shim.{}", catalog.handler);
+    let ready_before = shim_status(api)["ready"].as_u64().unwrap_or(0);
+    api.control("/_test/clear-requests", "");
+    // Each node in turn shown ready, then not ready again: two changes, each moving the count.
+    for i in 0..CHANGES {
+        let node = format!("n{}", (i / 2) % n);
+        let value = if i % 2 == 0 { "true" } else { "false" };
+        api.kubectl_ok(&[
+            "label",
+            "node",
+            &node,
+            &format!("{label}={value}"),
+            "--overwrite",
+        ]);
+        let want = ready_before + u64::from(i % 2 == 0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while shim_status(api)["ready"].as_u64() != Some(want) {
+            assert!(
+                Instant::now() < deadline,
+                "the Shim's status never followed: {}\n{}",
+                shim_status(api),
+                api.kubectl_ok(&["get", "node", &node, "-o", "json"])
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let counted = catalog_requests(api);
+    api.control("/_test/clear-requests", "");
+    for i in 0..CHANGES {
+        let node = format!("n{}", i % n);
+        api.kubectl_ok(&[
+            "label",
+            "node",
+            &node,
+            &format!("bench/touch={i}"),
+            "--overwrite",
+        ]);
+    }
+    // A measuring window (not a synchronisation): three status intervals after the last change.
+    std::thread::sleep(Duration::from_secs(3));
+    let unrelated = catalog_requests(api);
+    // The leader's Lease renewals and its watches' renewals go by the clock (a third of the lease
+    // duration; the server's watch timeout), not by node changes: listed apart.
+    let by_clock =
+        |r: &&serde_json::Value| kind(r).ends_with("leases") || kind(r).ends_with("-watch");
+    let by_change =
+        |r: &[serde_json::Value]| r.iter().filter(|r| !by_clock(r)).count() as f64 / CHANGES as f64;
+    println!(
+        "catalog_requests_per_counted_node_change {:.2}",
+        by_change(&counted)
+    );
+    for (k, c) in count_kinds(&counted) {
+        println!("catalog_requests {k} {:.2}", c as f64 / CHANGES as f64);
+    }
+    println!(
+        "catalog_requests_per_unrelated_node_change {:.2}",
+        by_change(&unrelated)
+    );
+}
+
+/// Idle: a few watch lifetimes with nothing to do; the agents' requests per watch renewal.
+fn measure_idle(api: &KubeApi, n: usize) -> f64 {
     api.control("/_test/clear-requests", "");
     let idle_window = 3 * WATCH_CAP_S + 2;
     std::thread::sleep(Duration::from_secs(idle_window));
-    let idle = agent_requests(&api);
+    let idle: Vec<_> = measured_requests(api)
+        .into_iter()
+        .filter(|r| component(r) == "node")
+        .collect();
     let renewals = idle.iter().filter(|r| kind(r) == "GET-nodes-watch").count();
     let per_renewal = idle.len() as f64 / renewals.max(1) as f64;
-
-    println!("agents {n}");
-    println!("watches_open {watches}");
-    println!("agent_rss_kib_mean {rss}");
-    println!("annotate_s {annotate_s:.2}");
-    println!("provision_s {took:.2}");
-    println!("provision_requests_per_node {per_node:.2}");
-    for (k, c) in count_kinds(&reqs) {
-        println!("provision_requests {k} {:.2}", c as f64 / n as f64);
-    }
-    println!("provision_span_s {span:.2}");
-    println!("provision_peak_requests_per_s {peak}");
     println!("idle_window_s {idle_window}");
     for (k, c) in count_kinds(&idle) {
         println!("idle_requests {k} {:.2}", c as f64 / n as f64);
     }
     println!("idle_requests_per_watch_renewal {per_renewal:.2}");
-    // 5,000 nodes. Every node makes the same few requests to provision, so the total scales with the
-    // nodes; their rate follows the trigger's (kubectl patches one node after another, a node pool
-    // adds nodes as they boot): `per_node` requests for each node triggered. An idle agent's only
-    // request is its watch renewal, which a real API server forces every 30 to 60 minutes.
-    println!(
-        "extrapolated_5000_provision_requests {:.0}",
-        per_node * 5000.0
-    );
-    println!(
-        "extrapolated_5000_idle_requests_per_hour_at_most {:.0}",
-        per_renewal * 2.0 * 5000.0
-    );
+    per_renewal
+}
+
+fn shim_status(api: &KubeApi) -> serde_json::Value {
+    let out = api.kubectl(&["get", "shim", "kwfleet", "-o", "json"]);
+    serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()["status"].clone()
+}
+
+fn catalog_requests(api: &KubeApi) -> Vec<serde_json::Value> {
+    measured_requests(api)
+        .into_iter()
+        .filter(|r| component(r) == "catalog")
+        .collect()
 }
 
 fn count_kinds(reqs: &[serde_json::Value]) -> std::collections::BTreeMap<String, usize> {
@@ -207,8 +375,17 @@ fn provisioned(api: &KubeApi) -> usize {
         .unwrap_or(0)
 }
 
-/// Requests made by the agents (not by kubectl or this benchmark).
-fn agent_requests(api: &KubeApi) -> Vec<serde_json::Value> {
+/// Which kwasm-agent component made a request: "node", "catalog" (from the User-Agent).
+fn component(r: &serde_json::Value) -> &str {
+    let ua = r["user_agent"].as_str().unwrap_or("");
+    match ua.rsplit_once('(') {
+        Some((_, rest)) => rest.trim_end_matches(')'),
+        None => "node",
+    }
+}
+
+/// Requests made by kwasm-agent (not by kubectl or this benchmark).
+fn measured_requests(api: &KubeApi) -> Vec<serde_json::Value> {
     api.requests()
         .into_iter()
         .filter(|r| {
@@ -220,18 +397,16 @@ fn agent_requests(api: &KubeApi) -> Vec<serde_json::Value> {
 
 fn kind(r: &serde_json::Value) -> String {
     let path = r["path"].as_str().unwrap_or("");
-    let what = if path.contains("/events") {
-        "events"
-    } else if path.contains("/leases") {
-        "leases"
-    } else if path.contains("/nodes") {
-        if r["query"]["watch"].as_str().is_some() {
-            "nodes-watch"
-        } else {
-            "nodes"
-        }
+    let resource = ["events", "leases", "shims", "runtimeclasses", "nodes"]
+        .into_iter()
+        .find(|k| path.contains(&format!("/{k}")))
+        .unwrap_or("discovery");
+    let what = if path.ends_with("/status") {
+        format!("{resource}-status")
+    } else if r["query"]["watch"].as_str().is_some() {
+        format!("{resource}-watch")
     } else {
-        "discovery"
+        resource.to_owned()
     };
     format!("{}-{what}", r["method"].as_str().unwrap_or("?"))
 }
