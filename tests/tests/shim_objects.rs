@@ -127,6 +127,16 @@ fn shim(api: &KubeApi, name: &str) -> serde_json::Value {
     serde_json::from_str(&api.kubectl_ok(&["get", "shim", name, "-o", "json"])).unwrap()
 }
 
+/// The container started before anything: same PID as at the start.
+fn live_undisturbed(n: &CatalogNode) {
+    assert_eq!(
+        n.host.cd.task_pid(&format!("live-{}", n.name)),
+        Some(n.live),
+        "{}'s live container was disturbed",
+        n.name
+    );
+}
+
 fn logs(nodes: &[CatalogNode], catalog: &RunningCatalog) -> String {
     let mut out = format!("catalog:\n{}\n", catalog.log());
     for n in nodes {
@@ -205,10 +215,7 @@ fn applied_shim_converges(api: &KubeApi, nodes: &[CatalogNode], server: &Artifac
     );
     for n in nodes {
         assert!(n.host.config().contains("runtimes.kwtest]"), "{}", n.name);
-        assert_eq!(
-            n.host.cd.task_pid(&format!("live-{}", n.name)),
-            Some(n.live)
-        );
+        live_undisturbed(n);
     }
     let describe = api.kubectl_ok(&["describe", "shim", "kwtest"]);
     assert!(
@@ -302,12 +309,7 @@ fn new_version_rolls_in_place(
         "the shim's container was disturbed"
     );
     for n in nodes {
-        assert_eq!(
-            n.host.cd.task_pid(&format!("live-{}", n.name)),
-            Some(n.live),
-            "{}",
-            n.name
-        );
+        live_undisturbed(n);
         assert_eq!(
             std::fs::read(std::fs::canonicalize(n.host.binary()).unwrap()).unwrap(),
             bytes
@@ -346,12 +348,7 @@ fn deleted_shim_leaves_its_nodes(api: &KubeApi, nodes: &[CatalogNode], on_shim: 
             .then_some(())
     });
     for n in nodes {
-        assert_eq!(
-            n.host.cd.task_pid(&format!("live-{}", n.name)),
-            Some(n.live),
-            "{}",
-            n.name
-        );
+        live_undisturbed(n);
         assert_eq!(
             api.node(&n.name)["metadata"]["labels"]["kwasm.sh/kwasm-provisioned"],
             "true"
@@ -542,7 +539,9 @@ fn one_catalog_replica_leads_and_a_standby_takes_over_when_it_dies() {
     let leader = eventually("a leader", holder);
     let index: usize = leader.trim_start_matches("catalog-").parse().unwrap();
     let standby = replicas[1 - index].as_ref().unwrap();
-    assert!(standby.log().contains("standing by"), "{}", standby.log());
+    eventually("the other replica to stand by", || {
+        standby.log().contains("standing by").then_some(())
+    });
     assert!(
         !standby.log().contains("Shim status"),
         "the standby wrote: {}",

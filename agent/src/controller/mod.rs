@@ -202,7 +202,7 @@ fn catalog_for(
         return Some(settings.shims.clone());
     };
     let Some(list) = rx.borrow().clone() else {
-        tracing::info!("waiting for the first list of Shim objects before reconciling");
+        tracing::debug!("waiting for the first list of Shim objects before reconciling");
         return None;
     };
     let labels = node.metadata.labels.clone().unwrap_or_default();
