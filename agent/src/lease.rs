@@ -105,6 +105,16 @@ impl LeaseHolder {
     }
 }
 
+/// Where a component's Leases live: the setting `key` names, else the pod's own namespace.
+pub fn namespace(configured: Option<&str>, key: &str) -> anyhow::Result<String> {
+    match configured {
+        Some(ns) => Ok(ns.to_owned()),
+        None => std::env::var("POD_NAMESPACE").with_context(|| {
+            format!("{key} is not set and neither is POD_NAMESPACE (the chart sets it from the downward API)")
+        }),
+    }
+}
+
 /// The holder of a Lease that has not expired.
 pub fn live_holder(lease: &Lease, now: Timestamp) -> Option<&str> {
     let spec = lease.spec.as_ref()?;

@@ -127,6 +127,21 @@ fn shim(api: &KubeApi, name: &str) -> serde_json::Value {
     serde_json::from_str(&api.kubectl_ok(&["get", "shim", name, "-o", "json"])).unwrap()
 }
 
+/// `kubectl delete shim`, and its RuntimeClass goes with it (owner garbage collection).
+fn delete_and_see_its_runtime_class_go(api: &KubeApi, shim: &str, runtime_class: &str) {
+    api.kubectl_ok(&["delete", "shim", shim]);
+    eventually(
+        &format!("RuntimeClass {runtime_class} to go with Shim {shim}"),
+        || {
+            let gone = !api
+                .kubectl(&["get", "runtimeclass", runtime_class])
+                .status
+                .success();
+            gone.then_some(())
+        },
+    );
+}
+
 /// The container started before anything: same PID as at the start.
 fn live_undisturbed(n: &CatalogNode) {
     assert_eq!(
@@ -258,14 +273,7 @@ fn wrong_digest_reads_degraded(api: &KubeApi, server: &ArtifactServer) {
         "{describe}"
     );
     assert_eq!(ready_column(api, "kwbroken").as_deref(), Some("0/3"));
-    api.kubectl_ok(&["delete", "shim", "kwbroken"]);
-    eventually("kwbroken's RuntimeClass to go with it", || {
-        (!api
-            .kubectl(&["get", "runtimeclass", "kwbroken"])
-            .status
-            .success())
-        .then_some(())
-    });
+    delete_and_see_its_runtime_class_go(api, "kwbroken", "kwbroken");
 }
 
 /// A new version: Progressing while it rolls, then Ready on v2 everywhere; nothing disturbed.
@@ -319,14 +327,7 @@ fn new_version_rolls_in_place(
 
 /// Deleted: n1 and n2 are clean; n0 waits for its container (RemoveBlocked), then is clean too.
 fn deleted_shim_leaves_its_nodes(api: &KubeApi, nodes: &[CatalogNode], on_shim: i32) {
-    api.kubectl_ok(&["delete", "shim", "kwtest"]);
-    eventually("the RuntimeClass to go with the Shim", || {
-        (!api
-            .kubectl(&["get", "runtimeclass", "kwtest-class"])
-            .status
-            .success())
-        .then_some(())
-    });
+    delete_and_see_its_runtime_class_go(api, "kwtest", "kwtest-class");
     for n in &nodes[1..] {
         eventually(&format!("{} clean", n.name), || {
             (n.host.config() == n.host.original && !n.host.binary().exists()).then_some(())

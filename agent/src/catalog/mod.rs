@@ -26,6 +26,7 @@ use kube::{Api, Client, Resource};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::Notify;
 
+use crate::crd::catalog::Checked;
 use crate::crd::{Shim, ShimStatus};
 use crate::lease::LeaseHolder;
 use crate::settings::Settings;
@@ -35,12 +36,10 @@ use status::Problem;
 pub async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     let client = crate::kube_client::client("catalog").await?;
-    let namespace = match &settings.catalog.lease_namespace {
-        Some(ns) => ns.clone(),
-        None => std::env::var("POD_NAMESPACE").context(
-            "catalog.lease_namespace is not set and neither is POD_NAMESPACE (the Deployment sets it from the downward API)",
-        )?,
-    };
+    let namespace = crate::lease::namespace(
+        settings.catalog.lease_namespace.as_deref(),
+        "catalog.lease_namespace",
+    )?;
     let holder = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("kwasm-catalog-{}", std::process::id()));
     let lease = LeaseHolder {
@@ -147,17 +146,22 @@ impl Catalog {
         for action in actions {
             failed += usize::from(!self.carry_out(action).await);
         }
-        for (name, why) in crate::crd::catalog::refused(&self.settings, &shims) {
+        let checked = crate::crd::catalog::check(&self.settings, shims);
+        for (name, why) in crate::crd::catalog::refused(&self.settings, &checked) {
             problems.insert(name, Problem::NotFollowed(why));
         }
         let nodes = self.nodes.state();
-        for shim in shims {
+        for Checked {
+            object: shim,
+            entry,
+        } in &checked
+        {
             let name = shim.metadata.name.clone().unwrap_or_default();
             let problem = problems.get(&name);
-            let tally = match shim.to_catalog_entry(&self.settings) {
+            let tally = match entry {
                 Ok(entry) => status::tally(
                     shim,
-                    &entry,
+                    entry,
                     nodes.iter().map(|n| &n.metadata),
                     &self.settings.trigger,
                 ),

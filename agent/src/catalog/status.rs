@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time
 use k8s_openapi::jiff::Timestamp;
 
 use crate::arch::Arch;
-use crate::controller::desired::{meta_asks_for_shims, UNINSTALL_ANNOTATION};
+use crate::controller::desired::{meta_asks_for_shims, named_shims, UNINSTALL_ANNOTATION};
 use crate::controller::node::{shim_ready_label, shim_version_label, STATUS_ANNOTATION};
 use crate::controller::report::{Phase, StatusDoc};
 use crate::crd::{Shim, ShimStatus};
@@ -40,15 +40,16 @@ pub fn tally<'a>(
         shim_version_label(&entry.name),
     );
     let mut out = Tally::default();
+    let no_keys = BTreeMap::new();
     for meta in nodes {
-        let labels = meta.labels.clone().unwrap_or_default();
-        let annotations = meta.annotations.clone().unwrap_or_default();
+        let labels = meta.labels.as_ref().unwrap_or(&no_keys);
+        let annotations = meta.annotations.as_ref().unwrap_or(&no_keys);
         let wanted = meta_asks_for_shims(meta, t)
             && !annotations.contains_key(UNINSTALL_ANNOTATION)
-            && shim.selects(&labels)
+            && shim.selects(labels)
             && annotations
                 .get(&t.shims_annotation)
-                .is_none_or(|list| list.split(',').any(|n| n.trim() == entry.name))
+                .is_none_or(|list| named_shims(list).any(|n| n == entry.name))
             && labels
                 .get("kubernetes.io/arch")
                 .and_then(|a| a.parse::<Arch>().ok())

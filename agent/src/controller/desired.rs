@@ -31,12 +31,8 @@ pub enum Uninstall {
 /// `started`: when this agent started; an uninstall asked before that was for an earlier install.
 pub fn desired(node: &Node, t: &TriggerSettings, started: std::time::SystemTime) -> Desired {
     let triggered = asks_for_shims(node, t);
-    let shims = annotation(node, &t.shims_annotation).map(|v| {
-        v.split(',')
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
-            .collect()
-    });
+    let shims =
+        annotation(node, &t.shims_annotation).map(|v| named_shims(v).map(str::to_owned).collect());
     let arch = node
         .status
         .as_ref()
@@ -55,6 +51,11 @@ pub fn desired(node: &Node, t: &TriggerSettings, started: std::time::SystemTime)
         arch,
         uninstall,
     }
+}
+
+/// The shim names in a shims annotation (`spin, wasmtime`).
+pub fn named_shims(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// The trigger: the annotation or the label set to "true".

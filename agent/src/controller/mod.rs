@@ -57,7 +57,8 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
     let mut nodes = watch_node(&ctx, &node_name);
     let mut agent = NodeLoop {
         engines: EngineSlot::new(settings, common.host_root.clone(), common.arch, gate),
-        objects: (ctx.settings.catalog.shim_objects).then(|| shim_objects::watch_shims(client)),
+        objects: (ctx.settings.catalog.shim_objects)
+            .then(|| shim_objects::watch_shims(client, ctx.settings.clone())),
         backoff: Backoff::new(Duration::from_secs(1), ctx.settings.agent.max_backoff),
         wake: tokio::time::Instant::now() + ctx.settings.agent.resync,
         handled: None,
@@ -206,7 +207,7 @@ fn catalog_for(
         return None;
     };
     let labels = node.metadata.labels.clone().unwrap_or_default();
-    let merged = crate::crd::catalog::merge(settings, &list, &labels);
+    let merged = crate::crd::catalog::merge(settings, &list, Some(&labels));
     if merged.skipped != *skipped_before {
         for (name, why) in &merged.skipped {
             tracing::warn!(shim = %name, reason = %why, "Shim object left out of this node's catalog");
@@ -224,12 +225,8 @@ fn restart_gate(
     node_name: &str,
     fleet: &crate::settings::FleetSettings,
 ) -> anyhow::Result<Arc<dyn crate::containerd::gate::RestartGate>> {
-    let namespace = match &fleet.lease_namespace {
-        Some(ns) => ns.clone(),
-        None => std::env::var("POD_NAMESPACE").context(
-            "fleet.lease_namespace is not set and neither is POD_NAMESPACE (the DaemonSet sets it from the downward API)",
-        )?,
-    };
+    let namespace =
+        crate::lease::namespace(fleet.lease_namespace.as_deref(), "fleet.lease_namespace")?;
     let observer_ctx = ctx.clone();
     let observer: lease::GateObserver = Arc::new(move |event| {
         let ctx = observer_ctx.clone();

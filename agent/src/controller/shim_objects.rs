@@ -11,15 +11,21 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tokio::sync::watch;
 
+use crate::crd::catalog::{check, Checked};
 use crate::crd::Shim;
+use crate::settings::Settings;
 
-/// None until the first complete list; then every Shim object in the cluster.
-pub type ShimObjects = watch::Receiver<Option<Arc<Vec<Shim>>>>;
+/// None until the first complete list; then every Shim object in the cluster, each checked once
+/// when it arrives (a look at the Node only selects among them).
+pub type ShimObjects = watch::Receiver<Option<Arc<Vec<Checked>>>>;
 
-pub fn watch_shims(client: Client) -> ShimObjects {
+pub fn watch_shims(client: Client, settings: Settings) -> ShimObjects {
     let (tx, rx) = watch::channel(None);
     let api: Api<Shim> = Api::all(client);
     tokio::spawn(async move {
+        let publish = |known: &[Shim]| {
+            tx.send_replace(Some(Arc::new(check(&settings, known))));
+        };
         let stream = watcher(api, watcher::Config::default().timeout(3600)).default_backoff();
         futures_util::pin_mut!(stream);
         // The watcher restarts with a full list after a gap; the new list replaces the old one at
@@ -35,16 +41,16 @@ pub fn watch_shims(client: Client) -> ShimObjects {
                     known = std::mem::take(&mut listing);
                     missing_logged = false;
                     tracing::info!(shims = known.len(), "listed the cluster's Shim objects");
-                    tx.send_replace(Some(Arc::new(known.clone())));
+                    publish(&known);
                 }
                 Ok(Event::Apply(s)) => {
                     known.retain(|k| k.metadata.name != s.metadata.name);
                     known.push(s);
-                    tx.send_replace(Some(Arc::new(known.clone())));
+                    publish(&known);
                 }
                 Ok(Event::Delete(s)) => {
                     known.retain(|k| k.metadata.name != s.metadata.name);
-                    tx.send_replace(Some(Arc::new(known.clone())));
+                    publish(&known);
                 }
                 Err(e) if crd_absent(&e) => {
                     // No CRD, no objects: the file's shims alone (and object shims go, as their
@@ -55,7 +61,7 @@ pub fn watch_shims(client: Client) -> ShimObjects {
                     }
                     known.clear();
                     if tx.borrow().as_ref().is_none_or(|k| !k.is_empty()) {
-                        tx.send_replace(Some(Arc::new(Vec::new())));
+                        publish(&known);
                     }
                 }
                 Err(e) => {

@@ -7,6 +7,27 @@ use std::collections::BTreeMap;
 use super::shim::Shim;
 use crate::settings::{self, Settings};
 
+/// A Shim object with its catalog entry, checked once as a settings file's `[[shims]]` entry is (or
+/// why it cannot be one): every node's merge, and every status pass, reuse the verdict.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub object: Shim,
+    pub entry: Result<settings::Shim, String>,
+}
+
+/// `objects` checked, in name order (the order clashes are settled in).
+pub fn check<'a>(settings: &Settings, objects: impl IntoIterator<Item = &'a Shim>) -> Vec<Checked> {
+    let mut checked: Vec<Checked> = objects
+        .into_iter()
+        .map(|o| Checked {
+            entry: o.to_catalog_entry(settings),
+            object: o.clone(),
+        })
+        .collect();
+    checked.sort_by_key(|c| c.object.metadata.name.clone());
+    checked
+}
+
 #[derive(Debug, Default, PartialEq)]
 pub struct Merged {
     pub shims: Vec<settings::Shim>,
@@ -15,19 +36,25 @@ pub struct Merged {
 }
 
 /// `labels`: the node's; objects whose nodeSelector does not match are not this node's catalog.
-pub fn merge(settings: &Settings, objects: &[Shim], labels: &BTreeMap<String, String>) -> Merged {
+/// None: every object, whatever its nodeSelector.
+pub fn merge(
+    settings: &Settings,
+    checked: &[Checked],
+    labels: Option<&BTreeMap<String, String>>,
+) -> Merged {
     let mut merged = Merged {
         shims: settings.shims.clone(),
         skipped: Vec::new(),
     };
-    let mut objects: Vec<&Shim> = objects.iter().filter(|o| o.selects(labels)).collect();
-    objects.sort_by_key(|o| o.metadata.name.clone());
-    for object in objects {
+    let selected = checked
+        .iter()
+        .filter(|c| labels.is_none_or(|l| c.object.selects(l)));
+    for Checked { object, entry } in selected {
         let name = object.metadata.name.clone().unwrap_or_default();
-        let entry = match object.to_catalog_entry(settings) {
+        let entry = match entry {
             Ok(e) => e,
             Err(why) => {
-                merged.skipped.push((name, why));
+                merged.skipped.push((name, why.clone()));
                 continue;
             }
         };
@@ -50,26 +77,15 @@ pub fn merge(settings: &Settings, objects: &[Shim], labels: &BTreeMap<String, St
             merged.skipped.push((name, why));
             continue;
         }
-        merged.shims.push(entry);
+        merged.shims.push(entry.clone());
     }
     merged
 }
 
 /// Objects no agent follows, with why (an invalid spec, a clash with the file or another object),
 /// whatever their nodeSelector: what the catalog controller shows on them.
-pub fn refused(settings: &Settings, objects: &[&Shim]) -> BTreeMap<String, String> {
-    let everywhere: Vec<Shim> = objects
-        .iter()
-        .map(|o| {
-            let mut o = (*o).clone();
-            o.spec.node_selector.clear();
-            o
-        })
-        .collect();
-    merge(settings, &everywhere, &BTreeMap::new())
-        .skipped
-        .into_iter()
-        .collect()
+pub fn refused(settings: &Settings, checked: &[Checked]) -> BTreeMap<String, String> {
+    merge(settings, checked, None).skipped.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -114,7 +130,8 @@ platforms = [{ arch = "amd64", url = "https://example.com/spin.tar.gz", sha256 =
             object("other", "containerd-shim-spin-v2", &[]),
             object("pooled", "containerd-shim-pooled-v1", &[("pool", "wasm")]),
         ];
-        let m = merge(&file(), &objects, &BTreeMap::new());
+        let checked = check(&file(), &objects);
+        let m = merge(&file(), &checked, Some(&BTreeMap::new()));
         let names: Vec<&str> = m.shims.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["spin", "wasmtime"]);
         assert_eq!(
@@ -125,7 +142,7 @@ platforms = [{ arch = "amd64", url = "https://example.com/spin.tar.gz", sha256 =
         assert_eq!(skipped, ["other", "spin"]);
         assert!(m.skipped[1].1.contains("the file wins"), "{:?}", m.skipped);
         let labels = [("pool".to_owned(), "wasm".to_owned())].into();
-        let m = merge(&file(), &objects, &labels);
+        let m = merge(&file(), &checked, Some(&labels));
         assert!(m.shims.iter().any(|s| s.name == "pooled"));
     }
 
@@ -133,7 +150,7 @@ platforms = [{ arch = "amd64", url = "https://example.com/spin.tar.gz", sha256 =
     fn an_invalid_object_is_left_out_with_its_reason() {
         let mut bad = object("wasmtime", "containerd-shim-wasmtime-v1", &[]);
         bad.spec.platforms[0].sha256 = Some("nope".into());
-        let m = merge(&file(), &[bad], &BTreeMap::new());
+        let m = merge(&file(), &check(&file(), [&bad]), Some(&BTreeMap::new()));
         assert_eq!(m.shims.len(), 1);
         assert!(
             m.skipped[0].1.starts_with("spec.platforms[0].sha256"),

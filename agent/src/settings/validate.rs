@@ -106,14 +106,7 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
     if let Some(f) = &s.fleet {
         // A holder renews at a third of the duration; shorter would flap on a busy API server.
         within("fleet.lease_duration", f.lease_duration, secs(5), mins(60))?;
-        if let Some(ns) = &f.lease_namespace {
-            if !is_dns_label(ns) {
-                return Err(invalid(
-                    "fleet.lease_namespace",
-                    format!("expected a namespace name, found {ns:?}"),
-                ));
-            }
-        }
+        namespace("fleet.lease_namespace", f.lease_namespace.as_deref())?;
     }
     within(
         "catalog.lease_duration",
@@ -127,14 +120,10 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
         Duration::ZERO,
         mins(5),
     )?;
-    if let Some(ns) = &s.catalog.lease_namespace {
-        if !is_dns_label(ns) {
-            return Err(invalid(
-                "catalog.lease_namespace",
-                format!("expected a namespace name, found {ns:?}"),
-            ));
-        }
-    }
+    namespace(
+        "catalog.lease_namespace",
+        s.catalog.lease_namespace.as_deref(),
+    )?;
     if !s.trigger.startup_taint.is_empty() {
         qualified_name("trigger.startup_taint", &s.trigger.startup_taint)?;
     }
@@ -312,6 +301,17 @@ fn absolute(key: &str, p: &Path) -> Result<(), Invalid> {
                 p.display().to_string()
             ),
         ))
+    }
+}
+
+/// An optional namespace name (where Leases live).
+fn namespace(key: &str, ns: Option<&str>) -> Result<(), Invalid> {
+    match ns {
+        Some(ns) if !is_dns_label(ns) => Err(invalid(
+            key,
+            format!("expected a namespace name, found {ns:?}"),
+        )),
+        _ => Ok(()),
     }
 }
 
