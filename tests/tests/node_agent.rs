@@ -400,6 +400,89 @@ fn uninstalling_the_chart_first_cleans_every_node_and_says_which_one_blocks() {
     }
 }
 
+/// The node's kwasm.sh marks, once they are exactly `want` and the host is as it was.
+fn wait_clean_host_with_marks(
+    api: &KubeApi,
+    host: &NodeHost,
+    node: &str,
+    want: &[&str],
+    a: &Agent,
+) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let marks = kwasm_marks(&api.node(node));
+        if marks == want && host.config() == host.original && !host.binary().exists() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node} never became clean with marks {want:?} (marks {marks:?}); agent log:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn an_uninstall_asked_in_an_agents_first_second_is_obeyed() {
+    // The race that made main red: `uninstall` asks moments after the agents (re)started, stamping a
+    // time at second resolution — or on a machine whose clock is behind the node's. Either way the
+    // stamp reads as older than the agent; the agent sees the request arrive, and that is what counts.
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    api.add_node("n1", "amd64");
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    let started = std::time::SystemTime::now();
+    let port = free_port();
+    let host = NodeHost::with(agent_settings(port));
+    let a = Agent::start(&host, &api.kubeconfig, "n1", port);
+    wait_label(&api, "n1", Some("true"), &a);
+    let before_start = humantime::format_rfc3339_seconds(started - Duration::from_secs(1));
+    let request = format!("kwasm.sh/uninstall={before_start}");
+    api.kubectl_ok(&["annotate", "node", "n1", &request]);
+    wait_clean_host_with_marks(&api, &host, "n1", &["kwasm.sh/uninstall"], &a);
+}
+
+#[test]
+fn an_agent_restarted_while_uninstall_waits_obeys_it() {
+    // The agent dies (OOM, node reboot, a rollout) and `uninstall` asks while it is gone: the next
+    // agent finds a request older than itself on its Node, from a command still waiting for it.
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let (host, mut first) = host_and_agent(&api, "n1");
+    api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
+    wait_label(&api, "n1", Some("true"), &first);
+    first.kill();
+
+    let mut c = agent(&[
+        "uninstall",
+        "--config",
+        host.sb.settings.to_str().unwrap(),
+        "--timeout",
+        "60s",
+    ]);
+    c.env("KUBECONFIG", &api.kubeconfig)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let uninstalling = c.spawn().unwrap();
+    eventually("uninstall to ask n1", || {
+        api.node("n1")["metadata"]["annotations"]
+            .get("kwasm.sh/uninstall")
+            .map(|_| ())
+    });
+    // The settings name the first agent's listen port, free again now.
+    let second = Agent::start(&host, &api.kubeconfig, "n1", first.port);
+    let out = uninstalling.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("every node is clean (1 asked)"),
+        "{stdout}{}\nthe restarted agent:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        second.log()
+    );
+    wait_clean_host_with_marks(&api, &host, "n1", &[], &second);
+}
+
 #[test]
 fn a_new_install_ignores_the_uninstall_request_of_the_previous_one() {
     let dir = tempfile::tempdir().unwrap();

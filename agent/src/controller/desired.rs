@@ -7,8 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use crate::arch::Arch;
 use crate::settings::TriggerSettings;
 
-/// Set by `kwasm-agent uninstall` (the chart's pre-delete hook) with the time it asked.
-pub const UNINSTALL_ANNOTATION: &str = "kwasm.sh/uninstall";
+pub use super::uninstall_request::{Uninstall, UNINSTALL_ANNOTATION};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
@@ -19,17 +18,8 @@ pub struct Desired {
     pub uninstall: Uninstall,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Uninstall {
-    None,
-    /// The chart is being uninstalled: undo everything, whatever the trigger says.
-    Requested,
-    /// Left by an earlier uninstall, before this agent started: to be cleared, not obeyed.
-    Stale,
-}
-
-/// `started`: when this agent started; an uninstall asked before that was for an earlier install.
-pub fn desired(node: &Node, t: &TriggerSettings, started: std::time::SystemTime) -> Desired {
+/// `uninstall`: the node's uninstall request as the agent judged it (`UninstallJudge`).
+pub fn desired(node: &Node, t: &TriggerSettings, uninstall: Uninstall) -> Desired {
     let triggered = asks_for_shims(node, t);
     let shims =
         annotation(node, &t.shims_annotation).map(|v| named_shims(v).map(str::to_owned).collect());
@@ -38,13 +28,6 @@ pub fn desired(node: &Node, t: &TriggerSettings, started: std::time::SystemTime)
         .as_ref()
         .and_then(|s| s.node_info.as_ref())
         .and_then(|i| i.architecture.parse().ok());
-    let uninstall = match annotation(node, UNINSTALL_ANNOTATION) {
-        None => Uninstall::None,
-        Some(at) => match humantime::parse_rfc3339_weak(at) {
-            Ok(at) if at < started => Uninstall::Stale,
-            _ => Uninstall::Requested,
-        },
-    };
     Desired {
         triggered: triggered && uninstall != Uninstall::Requested,
         shims,
@@ -91,7 +74,6 @@ pub fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
-    use std::time::UNIX_EPOCH;
 
     pub fn node(labels: &[(&str, &str)], annotations: &[(&str, &str)], arch: &str) -> Node {
         let map = |kv: &[(&str, &str)]| -> Option<BTreeMap<String, String>> {
@@ -111,7 +93,7 @@ mod tests {
     #[test]
     fn annotation_or_label_triggers_and_shims_annotation_narrows() {
         let t = TriggerSettings::default();
-        let desired = |n: &Node, t: &TriggerSettings| super::desired(n, t, UNIX_EPOCH);
+        let desired = |n: &Node, t: &TriggerSettings| super::desired(n, t, Uninstall::None);
         assert!(!desired(&node(&[], &[], "amd64"), &t).triggered);
         assert!(desired(&node(&[], &[("kwasm.sh/kwasm-node", "true")], "amd64"), &t).triggered);
         assert!(desired(&node(&[("kwasm.sh/kwasm-node", "true")], &[], "amd64"), &t).triggered);
@@ -137,7 +119,7 @@ mod tests {
     #[test]
     fn odd_node_objects_ask_for_nothing_strange() {
         let t = TriggerSettings::default();
-        let desired = |n: &Node, t: &TriggerSettings| super::desired(n, t, UNIX_EPOCH);
+        let desired = |n: &Node, t: &TriggerSettings| super::desired(n, t, Uninstall::None);
         // An unknown architecture, a trigger that is not exactly "true", an empty shim list.
         let d = desired(
             &node(
@@ -165,25 +147,12 @@ mod tests {
     }
 
     #[test]
-    fn an_uninstall_wins_over_the_trigger_unless_it_predates_this_agent() {
+    fn an_uninstall_wins_over_the_trigger_unless_it_is_stale() {
         let t = TriggerSettings::default();
-        let n = node(
-            &[("kwasm.sh/kwasm-node", "true")],
-            &[(UNINSTALL_ANNOTATION, "2026-11-24T18:00:00Z")],
-            "amd64",
-        );
-        let before = humantime::parse_rfc3339("2026-11-24T17:00:00Z").unwrap();
-        let after = humantime::parse_rfc3339("2026-11-24T19:00:00Z").unwrap();
-        let d = desired(&n, &t, before);
+        let n = node(&[("kwasm.sh/kwasm-node", "true")], &[], "amd64");
+        let d = desired(&n, &t, Uninstall::Requested);
         assert_eq!((d.triggered, d.uninstall), (false, Uninstall::Requested));
-        let d = desired(&n, &t, after);
+        let d = desired(&n, &t, Uninstall::Stale);
         assert_eq!((d.triggered, d.uninstall), (true, Uninstall::Stale));
-        // Garbage in the annotation is obeyed: an uninstall is never silently ignored.
-        let odd = node(
-            &[("kwasm.sh/kwasm-node", "true")],
-            &[(UNINSTALL_ANNOTATION, "soon")],
-            "amd64",
-        );
-        assert_eq!(desired(&odd, &t, after).uninstall, Uninstall::Requested);
     }
 }

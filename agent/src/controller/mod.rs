@@ -13,6 +13,7 @@ pub(crate) mod report;
 mod server;
 mod shim_objects;
 mod uninstall;
+mod uninstall_request;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -63,7 +64,7 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         wake: tokio::time::Instant::now() + ctx.settings.agent.resync,
         handled: None,
         skipped_before: Vec::new(),
-        started_at: std::time::SystemTime::now(),
+        uninstall_requests: uninstall_request::UninstallJudge::default(),
         uninstalled: false,
         ctx,
     };
@@ -102,7 +103,7 @@ struct NodeLoop {
     /// What the last reconcile was for: the Node's request and the catalog.
     handled: Option<(Desired, Vec<crate::settings::Shim>)>,
     skipped_before: Vec<(String, String)>,
-    started_at: std::time::SystemTime,
+    uninstall_requests: uninstall_request::UninstallJudge,
     /// Once this agent obeyed an uninstall it stays uninstalled for the rest of its life: the command
     /// that asked clears its annotation when the node is clean, and that must not read as "provision
     /// again" in the moment before the DaemonSet goes.
@@ -112,7 +113,9 @@ struct NodeLoop {
 impl NodeLoop {
     /// Reconcile when there is a reason to: a new request, a changed catalog, or the timer.
     async fn look(&mut self, node: &Node, periodic: bool) {
-        let mut want = desired(node, &self.ctx.settings.trigger, self.started_at);
+        let request = desired::annotation(node, desired::UNINSTALL_ANNOTATION);
+        let judged = (self.uninstall_requests).judge(request, std::time::SystemTime::now());
+        let mut want = desired(node, &self.ctx.settings.trigger, judged);
         self.uninstalled |= want.uninstall == desired::Uninstall::Requested;
         if self.uninstalled {
             want.triggered = false;

@@ -194,7 +194,7 @@ impl NodeClient {
     }
 }
 
-/// Clear an uninstall request older than this agent (left by an earlier install of the chart).
+/// Clear an uninstall request left by an earlier install of the chart (`Uninstall::Stale`).
 pub async fn clear_stale_uninstall(nodes: &NodeClient, node: &Node) -> anyhow::Result<()> {
     let patch = serde_json::json!({
         "metadata": {

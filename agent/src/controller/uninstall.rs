@@ -16,7 +16,7 @@ use kube::Api;
 use super::desired::{annotation, asks_for_shims, label, UNINSTALL_ANNOTATION};
 use super::node::{PROVISIONED_LABEL, STATUS_ANNOTATION};
 use super::report::StatusDoc;
-use crate::clock::now_rfc3339;
+use super::uninstall_request::request_value;
 use crate::settings::Settings;
 
 const POLL: Duration = Duration::from_secs(2);
@@ -27,7 +27,7 @@ pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
     let client = crate::kube_client::client("uninstall").await?;
     let api: Api<Node> = Api::all(client);
-    let asked_at = now_rfc3339();
+    let asked_at = request_value(std::time::SystemTime::now(), timeout);
     let started = Instant::now();
     let mut asked: BTreeMap<String, bool> = BTreeMap::new();
     let mut last_reason: BTreeMap<String, String> = BTreeMap::new();

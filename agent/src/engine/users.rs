@@ -10,12 +10,19 @@ use crate::containerd::ownership::ConfigOwnership;
 
 use super::{Engine, State};
 
+/// The coarsest file time a host filesystem keeps (FAT and some network filesystems: 2 s).
+const FILE_TIME_GRANULARITY: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Engine {
     /// When `bin/<binary>` last changed to point at the current version: containers created since
-    /// then run the current one.
-    fn current_since(&self, rec: &InstalledShim) -> Option<SystemTime> {
+    /// then run the current one. A file's time is coarser than containerd's clock (a kernel tick,
+    /// a whole second on some filesystems) and may read earlier than the switch really was: a
+    /// container created just before the switch must not read as created after it, so containers
+    /// created within [`FILE_TIME_GRANULARITY`] after it count as running the earlier version too.
+    fn surely_current_since(&self, rec: &InstalledShim) -> Option<SystemTime> {
         let link = self.host.resolve(&rec.binary_path).ok()?;
-        std::fs::symlink_metadata(link).ok()?.modified().ok()
+        let switched = std::fs::symlink_metadata(link).ok()?.modified().ok()?;
+        Some(switched + FILE_TIME_GRANULARITY)
     }
 
     /// What identifies a shim's users to `Containerd::shim_users`: the runtime type containerd
@@ -49,7 +56,7 @@ impl Engine {
         let owned = state.containerd.clone();
         for rec in state.shims.values_mut() {
             let mut kept = Vec::new();
-            let switched = self.current_since(rec);
+            let switched = self.surely_current_since(rec);
             for old in std::mem::take(&mut rec.retired) {
                 let q = self.shim_query(owned.as_ref(), rec, vec![old.clone()], switched);
                 let running = self.containerd.shim_users(&q).await?;
