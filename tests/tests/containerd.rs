@@ -216,8 +216,8 @@ fn operator_edits_made_after_apply_survive_remove() {
 #[test]
 fn a_config_containerd_rejects_is_never_made_live() {
     // The operator left an edit containerd's loader rejects (containerd still runs on the old one in
-    // memory). The agent's candidate carries it too; the host's containerd refuses the candidate, so
-    // nothing is written and containerd is not touched.
+    // memory). The agent's candidate would carry it too; the host's containerd refuses the current
+    // config before the candidate is even dumped, so nothing is written and containerd is not touched.
     let n = Node::new();
     let broken = n.original.replace("oom_score = 0", "oom_score = \"high\"");
     assert_ne!(broken, n.original);
@@ -226,7 +226,8 @@ fn a_config_containerd_rejects_is_never_made_live() {
     let r = n.agent("apply", &[]);
     r.failed();
     assert!(
-        r.reason().contains("containerd refuses the new config"),
+        r.reason().contains("containerd refuses the current config")
+            && r.reason().contains("fix it first"),
         "{}",
         r.reason()
     );

@@ -17,20 +17,14 @@ pub const MARK: &str = "# Added by kwasm-agent; `kwasm-agent remove` takes it aw
 pub struct ConfigVersion(pub i64);
 
 impl ConfigVersion {
-    /// Where CRI runtime tables live (the `runtimes` table's key path).
-    pub fn runtimes_path(self) -> anyhow::Result<[&'static str; 4]> {
-        Ok(match self.0 {
-            1 => ["plugins", "cri", "containerd", "runtimes"],
-            2 => ["plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes"],
-            3 | 4 => ["plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"],
+    /// Refuse what no containerd release reads.
+    pub fn check(self) -> anyhow::Result<Self> {
+        match self.0 {
+            1..=4 => Ok(self),
             v => bail!(
                 "containerd config version {v} is not supported (known: 1, 2, 3, 4); refusing to edit it"
             ),
-        })
-    }
-
-    fn cri_plugin(self) -> anyhow::Result<&'static str> {
-        Ok(self.runtimes_path()?[1])
+        }
     }
 
     /// containerd 2.x (config version 3 and later) merges imported files per plugin; 1.x replaces whole
@@ -38,6 +32,75 @@ impl ConfigVersion {
     pub fn merges_imports(self) -> bool {
         self.0 >= 3
     }
+}
+
+/// The plugin whose `containerd.runtimes` table holds CRI runtimes in a file, as the containerd that
+/// reads the file looks for it. The `version` key alone does not say: containerd 2.x reads a
+/// `version = 2` file that already uses its own section names (AKS writes exactly that) and then
+/// ignores a `grpc.v1.cri` runtime in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CriSection {
+    /// `plugins.cri` (config version 1).
+    Cri,
+    /// `plugins."io.containerd.grpc.v1.cri"` (version 2, containerd 1.x names).
+    GrpcV1Cri,
+    /// `plugins."io.containerd.cri.v1.runtime"` (containerd 2.x names).
+    CriV1Runtime,
+}
+
+impl CriSection {
+    pub const ALL: [CriSection; 3] = [Self::Cri, Self::GrpcV1Cri, Self::CriV1Runtime];
+
+    pub fn plugin(self) -> &'static str {
+        match self {
+            Self::Cri => "cri",
+            Self::GrpcV1Cri => "io.containerd.grpc.v1.cri",
+            Self::CriV1Runtime => "io.containerd.cri.v1.runtime",
+        }
+    }
+
+    /// The `runtimes` table's key path.
+    pub fn runtimes_path(self) -> [&'static str; 4] {
+        ["plugins", self.plugin(), "containerd", "runtimes"]
+    }
+
+    /// Where the runtimes of `doc` (config `version`) go for the containerd `host` runs:
+    /// - version 1 and ≥3 name one section each;
+    /// - version 2 read by containerd 1.x: the 1.x names (1.x never reads the 2.x ones);
+    /// - version 2 read by 2.x (or an unknown release): where the file already keeps its runtimes —
+    ///   2.x migrates a `grpc.v1.cri` runtimes table, but a 2.x-named one replaces it whole — else
+    ///   the 2.x names if the file uses any of them (it was written for 2.x), else the 1.x names.
+    pub fn for_document(
+        doc: &DocumentMut,
+        version: ConfigVersion,
+        host: Option<ContainerdVersion>,
+    ) -> anyhow::Result<Self> {
+        Ok(match version.check()?.0 {
+            1 => Self::Cri,
+            2 if host.is_some_and(|h| h.major < 2) => Self::GrpcV1Cri,
+            2 => {
+                let holds_runtimes = |s: Self| table_at(doc, &s.runtimes_path()).is_some();
+                if holds_runtimes(Self::CriV1Runtime) {
+                    Self::CriV1Runtime
+                } else if holds_runtimes(Self::GrpcV1Cri) {
+                    Self::GrpcV1Cri
+                } else if uses_v2_plugin_names(doc) {
+                    Self::CriV1Runtime
+                } else {
+                    Self::GrpcV1Cri
+                }
+            }
+            _ => Self::CriV1Runtime,
+        })
+    }
+}
+
+/// Does the file name any of containerd 2.x's CRI plugins (`io.containerd.cri.v1.images`, `…runtime`)?
+fn uses_v2_plugin_names(doc: &DocumentMut) -> bool {
+    doc.get("plugins")
+        .and_then(|p| p.as_table_like())
+        .is_some_and(|p| p.iter().any(|(k, _)| k.starts_with("io.containerd.cri.v1.")))
 }
 
 /// What goes into a runtime table.
@@ -139,26 +202,21 @@ fn table_at<'a>(doc: &'a DocumentMut, path: &[&str]) -> Option<&'a Table> {
     Some(cur)
 }
 
-/// The runtime tables present in the document, by handler.
-pub fn runtimes(
-    doc: &DocumentMut,
-    version: ConfigVersion,
-) -> anyhow::Result<BTreeMap<String, Table>> {
-    let path = version.runtimes_path()?;
-    Ok(table_at(doc, &path)
+/// The runtime tables present in the document's `section`, by handler.
+pub fn runtimes(doc: &DocumentMut, section: CriSection) -> BTreeMap<String, Table> {
+    table_at(doc, &section.runtimes_path())
         .map(|t| {
             t.iter()
                 .filter_map(|(k, v)| v.as_table().map(|t| (k.to_owned(), t.clone())))
                 .collect()
         })
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// The default runtime's `SystemdCgroup`, which new runtimes inherit so pods keep the node's cgroup driver
-/// (metrics and HPA break otherwise).
-pub fn default_systemd_cgroup(doc: &DocumentMut, version: ConfigVersion) -> Option<bool> {
-    let plugin = version.cri_plugin().ok()?;
-    let containerd = table_at(doc, &["plugins", plugin, "containerd"])?;
+/// (metrics and HPA break otherwise). Read from `section`, where containerd reads the runtimes.
+pub fn default_systemd_cgroup(doc: &DocumentMut, section: CriSection) -> Option<bool> {
+    let containerd = table_at(doc, &["plugins", section.plugin(), "containerd"])?;
     let default = containerd
         .get("default_runtime_name")
         .and_then(|v| v.as_str())
@@ -241,30 +299,30 @@ fn to_edit_value(v: &toml::Value) -> Value {
     }
 }
 
+/// A table's values without its formatting.
+pub fn values(t: &Table) -> toml::Table {
+    let mut d = DocumentMut::new();
+    for (k, v) in t.iter() {
+        d.insert(k, v.clone());
+    }
+    d.fmt();
+    toml::from_str::<toml::Table>(&d.to_string()).unwrap_or_default()
+}
+
 /// Same content, ignoring formatting: is this table what the agent would write for `entry`?
 pub fn same_runtime(existing: &Table, wanted: &Table) -> bool {
-    fn norm(t: &Table) -> String {
-        let mut d = DocumentMut::new();
-        for (k, v) in t.iter() {
-            d.insert(k, v.clone());
-        }
-        d.fmt();
-        toml::from_str::<toml::Table>(&d.to_string())
-            .map(|t| t.to_string())
-            .unwrap_or_default()
-    }
-    norm(existing) == norm(wanted)
+    values(existing) == values(wanted)
 }
 
 /// Add the runtime table for `handler`, or replace an existing one (the caller checked it is ours).
 /// Missing parent tables are created implicit, so `remove_runtime` can prune them again.
 pub fn put_runtime(
     doc: &mut DocumentMut,
-    version: ConfigVersion,
+    section: CriSection,
     table: Table,
     handler: &str,
 ) -> anyhow::Result<()> {
-    let path = version.runtimes_path()?;
+    let path = section.runtimes_path();
     let mut cur = doc.as_table_mut();
     for k in path {
         if !cur.contains_key(k) {
@@ -300,10 +358,10 @@ pub fn put_runtime(
 /// (created only to hold ours).
 pub fn remove_runtime(
     doc: &mut DocumentMut,
-    version: ConfigVersion,
+    section: CriSection,
     handler: &str,
 ) -> anyhow::Result<bool> {
-    let path = version.runtimes_path()?;
+    let path = section.runtimes_path();
     let removed = {
         let mut cur = doc.as_table_mut();
         for k in path {
@@ -337,11 +395,8 @@ pub fn remove_runtime(
 }
 
 /// The sibling runtime tables' indentation, so ours reads like the rest of the file.
-pub fn runtime_indent(doc: &DocumentMut, version: ConfigVersion) -> String {
-    let Ok(path) = version.runtimes_path() else {
-        return String::new();
-    };
-    table_at(doc, &path)
+pub fn runtime_indent(doc: &DocumentMut, section: CriSection) -> String {
+    table_at(doc, &section.runtimes_path())
         .and_then(|t| {
             t.iter()
                 .find_map(|(_, v)| v.as_table().map(|t| t.decor().prefix().cloned()))
@@ -400,7 +455,7 @@ pub fn remove_import(doc: &mut DocumentMut, entry: &str, remove_key_if_empty: bo
 
 /// `*` and `?` within one path component, as Go's filepath.Match that containerd uses. Iterative, so
 /// no import line however long or starry can exhaust the stack or take exponential time.
-fn glob_match(pattern: &str, name: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
     let (p, n) = (pattern.as_bytes(), name.as_bytes());
     let (mut pi, mut ni) = (0, 0);
     // Where the last `*` was, and how much of the name it has absorbed so far.
@@ -455,7 +510,7 @@ mod tests {
         );
         assert!(version(&parse("version = \"2\"\n", p).unwrap(), p).is_err());
         assert!(ConfigVersion(5)
-            .runtimes_path()
+            .check()
             .unwrap_err()
             .to_string()
             .contains("version 5"));

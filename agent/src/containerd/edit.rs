@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail};
 use sha2::{Digest, Sha256};
 use toml_edit::DocumentMut;
 
-use super::config::{self, ConfigVersion, ContainerdVersion, OptionsDelivery, RuntimeEntry};
+use super::config::{self, ConfigVersion, ContainerdVersion, CriSection, OptionsDelivery, RuntimeEntry};
 use super::flavor::{Flavor, Kind};
 use super::ownership::{ConfigOwnership, FileRecord, OwnedRuntime};
 use super::template;
@@ -70,6 +70,11 @@ pub struct ConfigEdit {
     /// Things the operator should know about what was (not) written, e.g. options this containerd
     /// cannot pass to a shim.
     pub notes: Vec<String>,
+    /// The runtime table each wanted handler has after the edit (`runtime_type`, `options`): what
+    /// containerd's effective config must then show.
+    pub written: BTreeMap<String, toml::Table>,
+    /// For a drop-in: its host path and its content after the edit (None: deleted).
+    pub drop_in: Option<(PathBuf, Option<String>)>,
 }
 
 impl ConfigEdit {
@@ -121,8 +126,7 @@ pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strateg
         Kind::Containerd => match facts.file(main) {
             Some(text) => {
                 let doc = config::parse(text, main)?;
-                let v = config::version(&doc, main)?;
-                v.runtimes_path()?;
+                let v = config::version(&doc, main)?.check()?;
                 if config::cri_disabled(&doc) {
                     bail!(
                         "{} disables the CRI plugin (Docker's bundled containerd?): Kubernetes does not run pods through it; unsupported",
@@ -163,8 +167,7 @@ pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strateg
                     flavor.kind.name()
                 );
             };
-            let v = config::version(&config::parse(rendered, main)?, main)?;
-            v.runtimes_path()?;
+            let v = config::version(&config::parse(rendered, main)?, main)?.check()?;
             let v3dir = dir.join("config-v3.toml.d");
             let v2dir = dir.join("config.toml.d");
             if v.merges_imports() && facts.dirs.contains(&v3dir) {
@@ -221,8 +224,7 @@ pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strateg
             let Some(text) = facts.file(main) else {
                 bail!("{} not found: is microk8s installed?", main.display());
             };
-            let v = config::version(&config::parse(text, main)?, main)?;
-            v.runtimes_path()?;
+            let v = config::version(&config::parse(text, main)?, main)?.check()?;
             Ok((Strategy::InPlace { file: main.clone() }, v))
         }
     }
@@ -270,6 +272,8 @@ pub fn compute(
         writes: Vec::new(),
         version,
         delivery,
+        written: BTreeMap::new(),
+        drop_in: None,
     };
     let effective = match &strategy {
         Strategy::InPlace { file } => {
@@ -309,6 +313,8 @@ pub fn compute(
         ownership,
         effective_config: effective,
         notes,
+        written: p.written,
+        drop_in: p.drop_in,
     })
 }
 
@@ -319,6 +325,8 @@ struct Planner<'a> {
     writes: Vec<FileWrite>,
     version: ConfigVersion,
     delivery: OptionsDelivery,
+    written: BTreeMap<String, toml::Table>,
+    drop_in: Option<(PathBuf, Option<String>)>,
 }
 
 pub fn sha256(s: &str) -> String {
@@ -380,19 +388,16 @@ impl Planner<'_> {
         doc: &mut DocumentMut,
         file: &Path,
         desired: &[RuntimeEntry],
-        inherit: Option<bool>,
+        section: CriSection,
     ) -> anyhow::Result<()> {
-        let v = self.version;
-        let existing = config::runtimes(doc, v)?;
-        let wanted: BTreeSet<&str> = desired.iter().map(|e| e.handler.as_str()).collect();
-        for h in self.owned_handlers.keys() {
-            if !wanted.contains(h.as_str()) {
-                config::remove_runtime(doc, v, h)?;
-            }
-        }
-        let indent = config::runtime_indent(doc, v);
+        let inherit = config::default_systemd_cgroup(doc, section);
+        self.remove_owned_elsewhere(doc, desired, section)?;
+        let existing = config::runtimes(doc, section);
+        let indent = config::runtime_indent(doc, section);
         for e in desired {
             let table = config::runtime_table(e, self.delivery, inherit, &indent);
+            self.written
+                .insert(e.handler.clone(), config::values(&table));
             match existing.get(&e.handler) {
                 Some(cur) if config::same_runtime(cur, &table) => {}
                 Some(cur)
@@ -406,7 +411,32 @@ impl Planner<'_> {
                         cur.get("runtime_type").and_then(|t| t.as_str()).unwrap_or("?")
                     );
                 }
-                _ => config::put_runtime(doc, v, table, &e.handler)?,
+                _ => config::put_runtime(doc, section, table, &e.handler)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes out the agent's own tables that should not stay: handlers no longer wanted, and any
+    /// copy of a wanted one outside `section` (an earlier release put runtimes where a containerd
+    /// 2.x reading a `version = 2` file with 2.x names never looked; they move to where it looks).
+    fn remove_owned_elsewhere(
+        &self,
+        doc: &mut DocumentMut,
+        desired: &[RuntimeEntry],
+        section: CriSection,
+    ) -> anyhow::Result<()> {
+        for s in CriSection::ALL {
+            for (h, table) in config::runtimes(doc, s) {
+                let owned = self.owned_handlers.get(&h);
+                let wanted = desired.iter().find(|e| e.handler == h);
+                let ours = owned.is_some_and(|o| points_into(&table, &o.runtime_path))
+                    || wanted.is_some_and(|e| points_into(&table, &e.binary));
+                let stays = wanted.is_some() && s == section;
+                let gone = owned.is_some() && wanted.is_none() && s == section;
+                if (ours && !stays) || gone {
+                    config::remove_runtime(doc, s, &h)?;
+                }
             }
         }
         Ok(())
@@ -433,8 +463,8 @@ impl Planner<'_> {
             None => (self.base_for_new_file(), true),
         };
         let mut doc = config::parse(&base, file)?;
-        let inherit = config::default_systemd_cgroup(&doc, self.version);
-        self.edit_runtimes(&mut doc, file, desired, inherit)?;
+        let section = CriSection::for_document(&doc, self.version, self.facts.containerd)?;
+        self.edit_runtimes(&mut doc, file, desired, section)?;
         let after = doc.to_string();
         let touched = self.records.contains_key(file) || current != Some(after.as_str());
         let record = (!desired.is_empty() && touched).then(|| FileRecord {
@@ -471,15 +501,21 @@ impl Planner<'_> {
                 file.display()
             );
         }
+        // The drop-in speaks the root config's version and section names: containerd refuses a
+        // drop-in whose version is higher than the root's (containerd#12891).
         let main_doc = importer
             .and_then(|i| self.facts.file(i))
-            .and_then(|t| t.parse::<DocumentMut>().ok());
-        let inherit = main_doc
-            .as_ref()
-            .and_then(|d| config::default_systemd_cgroup(d, version));
+            .and_then(|t| t.parse::<DocumentMut>().ok())
+            .unwrap_or_default();
+        let section = CriSection::for_document(&main_doc, version, self.facts.containerd)?;
+        let inherit = config::default_systemd_cgroup(&main_doc, section);
         let drop_in = (!desired.is_empty())
-            .then(|| drop_in_text(version, self.delivery, desired, inherit))
+            .then(|| {
+                let block = block_text(section, self.delivery, desired, inherit, &mut self.written);
+                drop_in_text(version, block?)
+            })
             .transpose()?;
+        self.drop_in = Some((file.to_owned(), drop_in.clone()));
         let mut order = Vec::new();
         // The drop-in first, then the import naming it; on the way out, the import goes first.
         let dropin_rec = drop_in.as_ref().map(|_| FileRecord {
@@ -592,8 +628,9 @@ impl Planner<'_> {
         let current = self.facts.file(file);
         let rendered_text = self.facts.file(rendered).unwrap_or_default().to_owned();
         let rendered_doc = config::parse(&rendered_text, rendered)?;
-        let inherit = config::default_systemd_cgroup(&rendered_doc, self.version);
-        let existing = config::runtimes(&rendered_doc, self.version)?;
+        let section = CriSection::for_document(&rendered_doc, self.version, self.facts.containerd)?;
+        let inherit = config::default_systemd_cgroup(&rendered_doc, section);
+        let existing = config::runtimes(&rendered_doc, section);
         for e in desired {
             if existing.contains_key(&e.handler) && !self.owned_handlers.contains_key(&e.handler) {
                 bail!(
@@ -609,7 +646,7 @@ impl Planner<'_> {
             .map(|r| r.created)
             .unwrap_or(current.is_none());
         let block = (!desired.is_empty())
-            .then(|| block_text(self.version, self.delivery, desired, inherit))
+            .then(|| block_text(section, self.delivery, desired, inherit, &mut self.written))
             .transpose()?;
         let after = template::set_block(current, block.as_deref(), created);
         let rec = after
@@ -650,31 +687,24 @@ fn is_ours(text: &str) -> bool {
 }
 
 fn block_text(
-    version: ConfigVersion,
+    section: CriSection,
     delivery: OptionsDelivery,
     desired: &[RuntimeEntry],
     inherit: Option<bool>,
+    written: &mut BTreeMap<String, toml::Table>,
 ) -> anyhow::Result<String> {
     let mut doc = DocumentMut::new();
     for e in desired {
         let mut t = config::runtime_table(e, delivery, inherit, "");
+        written.insert(e.handler.clone(), config::values(&t));
         t.decor_mut().set_prefix("\n");
-        config::put_runtime(&mut doc, version, t, &e.handler)?;
+        config::put_runtime(&mut doc, section, t, &e.handler)?;
     }
     Ok(doc.to_string().trim_start().to_owned())
 }
 
-fn drop_in_text(
-    version: ConfigVersion,
-    delivery: OptionsDelivery,
-    desired: &[RuntimeEntry],
-    inherit: Option<bool>,
-) -> anyhow::Result<String> {
-    Ok(format!(
-        "{DROP_IN_HEADER}version = {}\n\n{}",
-        version.0,
-        block_text(version, delivery, desired, inherit)?
-    ))
+fn drop_in_text(version: ConfigVersion, block: String) -> anyhow::Result<String> {
+    Ok(format!("{DROP_IN_HEADER}version = {}\n\n{block}", version.0))
 }
 
 #[cfg(test)]

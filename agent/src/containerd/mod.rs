@@ -5,6 +5,8 @@
 pub mod config;
 pub mod cri;
 pub mod edit;
+pub mod effective;
+mod candidate;
 mod facts;
 pub mod flavor;
 pub mod gate;

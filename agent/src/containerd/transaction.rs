@@ -189,7 +189,7 @@ impl Containerd {
         previous: Option<&ConfigOwnership>,
         record: &mut dyn FnMut(Option<&ConfigOwnership>) -> anyhow::Result<()>,
     ) -> anyhow::Result<BTreeSet<PathBuf>> {
-        let made = self.write_all(edit).await?;
+        let made = self.write_all(edit, previous).await?;
         let owned = self.settle_dirs(edit, previous, &made);
         if let Err(e) = record(owned.as_ref()) {
             return Err(self.abort(edit, &made, e, previous, record, None).await);

@@ -4,18 +4,26 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use super::edit::{ConfigEdit, FileWrite};
+use super::ownership::ConfigOwnership;
 use super::Containerd;
 use crate::host::atomic;
 
 impl Containerd {
-    /// Back up originals, write the drop-ins, validate the config containerd will read, then write it.
-    /// Returns the directories it had to create (host paths); on failure it removes them again.
-    pub(super) async fn write_all(&self, edit: &ConfigEdit) -> anyhow::Result<BTreeSet<PathBuf>> {
+    /// Prove the edit by containerd's effective config, then back up originals, write the drop-ins,
+    /// then the config containerd reads. Returns the directories it had to create (host paths); on
+    /// failure it removes them again.
+    pub(super) async fn write_all(
+        &self,
+        edit: &ConfigEdit,
+        previous: Option<&ConfigOwnership>,
+    ) -> anyhow::Result<BTreeSet<PathBuf>> {
+        if edit.changes() {
+            self.prove(edit, previous).await?;
+            crate::clock::mark("validate");
+        }
         let mut created = BTreeSet::new();
         let result = self.write_each(edit, &mut created).await;
         if result.is_err() {
@@ -39,28 +47,13 @@ impl Containerd {
                 }
             }
         }
-        let effective = edit.effective_config.as_ref().map(|(p, _)| p.clone());
-        let is_effective = |w: &&FileWrite| Some(&w.path) == effective.as_ref();
         let mut done: Vec<&FileWrite> = Vec::new();
-        for w in edit.writes.iter().filter(|w| !is_effective(w)) {
+        for w in &edit.writes {
             if let Err(e) = self.put(&w.path, w.after.as_deref(), created) {
                 self.undo(&done);
                 return Err(e);
             }
             done.push(w);
-        }
-        if let Some((path, text)) = &edit.effective_config {
-            if let Err(e) = self.validate(path, text).await {
-                self.undo(&done);
-                return Err(e);
-            }
-            crate::clock::mark("validate");
-        }
-        for w in edit.writes.iter().filter(is_effective) {
-            if let Err(e) = self.put(&w.path, w.after.as_deref(), created) {
-                self.undo(&done);
-                return Err(e);
-            }
         }
         Ok(())
     }
@@ -141,43 +134,6 @@ impl Containerd {
             }
         }
         Ok(missing)
-    }
-
-    /// The host's containerd parses the candidate exactly as it would at start (`config dump`), so a
-    /// file it would refuse never becomes the live config.
-    async fn validate(&self, host_path: &Path, text: &str) -> anyhow::Result<()> {
-        let Some(bin) = &self.flavor.binary else {
-            tracing::warn!("no containerd binary found on the host to validate the config with (set containerd.binary); relying on the post-restart check");
-            return Ok(());
-        };
-        let dir = host_path.parent().unwrap_or(Path::new("/"));
-        let name = host_path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let candidate = dir.join(format!(".{name}.kwasm-candidate"));
-        let real = self.host.resolve(&candidate)?;
-        std::fs::create_dir_all(self.host.resolve(dir)?)?;
-        atomic::write(&real, text.as_bytes(), 0o600)?;
-        let argv = vec![
-            bin.to_string_lossy().into_owned(),
-            "--config".into(),
-            candidate.to_string_lossy().into_owned(),
-            "config".into(),
-            "dump".into(),
-        ];
-        let out = self.exec.run_in_root(&argv, Duration::from_secs(30)).await;
-        let _ = std::fs::remove_file(&real);
-        let out = out?;
-        if !out.success {
-            bail!(
-                "containerd refuses the new config for {} ({}): {}",
-                host_path.display(),
-                bin.display(),
-                out.tail(3)
-            );
-        }
-        Ok(())
     }
 
     pub(super) fn drop_backups(&self, edit: &ConfigEdit) {
