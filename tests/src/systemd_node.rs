@@ -74,6 +74,11 @@ impl Release {
         v
     }
 
+    /// The release's `containerd` binary.
+    pub fn binary(&self) -> PathBuf {
+        self.file("/usr/bin/containerd")
+    }
+
     fn file(&self, path: &str) -> PathBuf {
         match &self.root {
             Some(r) => r.join(path.trim_start_matches('/')),

@@ -6,6 +6,7 @@ use anyhow::bail;
 use super::output;
 use super::{CheckArgs, Command, Common, Output, StatusArgs, Target};
 use crate::artifact::{step, ArtifactFacts, ArtifactStep};
+use crate::containerd::candidate;
 use crate::engine::Engine;
 use crate::settings::Settings;
 
@@ -87,8 +88,16 @@ async fn plan(t: Target) -> anyhow::Result<()> {
     let facts = engine.facts(&requested).await?;
     let plan = engine.plan(&facts, &requested);
     output::plan(&engine, &plan);
-    if let Err(e) = &plan.config {
-        bail!("containerd's config cannot be planned: {e:#}");
+    let config = match &plan.config {
+        Ok(c) => c,
+        Err(e) => bail!("containerd's config cannot be planned: {e:#}"),
+    };
+    if config.changes() {
+        let dumps = engine.containerd.effective_dumps(config).await?;
+        let owned = facts.state.containerd.as_ref();
+        output::effective(&dumps, |before, after| {
+            candidate::check(config, owned, before, after)
+        })?;
     }
     let unavailable = plan.unavailable();
     if !unavailable.is_empty() {

@@ -1,5 +1,7 @@
 //! How command results read to a person (stdout; logs go to stderr).
 
+use crate::containerd::candidate::Dumps;
+use crate::containerd::effective;
 use crate::containerd::restart::Action;
 use crate::containerd::Outcome;
 use crate::engine::status::StatusReport;
@@ -119,6 +121,34 @@ pub fn plan(engine: &Engine, plan: &HostPlan) {
         (Ok(_), _) => format!("yes ({} unit {})", flavor.kind.name(), flavor.unit),
     };
     println!("restart containerd: {restart}");
+}
+
+/// containerd's effective config with the edit against without it (`config dump` of both), and
+/// whether that proves the edit; an error when it does not (apply would refuse it).
+pub fn effective(
+    dumps: &Dumps,
+    check: impl FnOnce(&toml::Table, &toml::Table) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let (before, after) = match dumps {
+        Dumps::Unavailable(why) => {
+            println!("containerd effective config: not checked: {why}");
+            return Ok(());
+        }
+        Dumps::Both { before, after } => (before, after),
+    };
+    println!("containerd effective config (config dump), what changes:");
+    for c in effective::changes(before, after) {
+        println!("  {c}");
+    }
+    match check(before, after) {
+        Ok(()) => {
+            println!("containerd effective config: proven (only the agent's runtimes change)");
+            Ok(())
+        }
+        Err(e) => Err(e.context(
+            "containerd's effective config does not prove the edit; apply would refuse it",
+        )),
+    }
 }
 
 pub fn status(r: &StatusReport) {

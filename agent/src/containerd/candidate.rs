@@ -22,7 +22,10 @@ const DUMP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The two dumps of a proven edit (for `plan` to show), or why there are none.
 pub enum Dumps {
-    Both { before: toml::Table, after: toml::Table },
+    Both {
+        before: toml::Table,
+        after: toml::Table,
+    },
     Unavailable(String),
 }
 
@@ -103,22 +106,19 @@ impl Containerd {
                 return Ok(());
             }
         };
-        let owned: BTreeSet<String> = previous
-            .map(|o| o.handlers.keys().cloned().collect())
-            .unwrap_or_default();
-        let gone: Vec<String> = owned
-            .iter()
-            .filter(|h| !edit.written.contains_key(*h))
-            .cloned()
-            .collect();
-        let ours: BTreeSet<String> = owned.into_iter().chain(edit.written.keys().cloned()).collect();
-        effective::prove(&before, &after, &edit.written, &gone, &ours)
+        check(edit, previous, &before, &after)
             .context("containerd's effective config does not prove the edit; nothing was written")
     }
 
     async fn dump(&self, bin: &Path, config: &Path) -> anyhow::Result<String> {
-        let argv = [bin, Path::new("--config"), config, Path::new("config"), Path::new("dump")]
-            .map(|a| a.to_string_lossy().into_owned());
+        let argv = [
+            bin,
+            Path::new("--config"),
+            config,
+            Path::new("config"),
+            Path::new("dump"),
+        ]
+        .map(|a| a.to_string_lossy().into_owned());
         let out = self.exec.run_in_root(&argv, DUMP_TIMEOUT).await?;
         if !out.success {
             bail!("{}", out.tail(3));
@@ -135,7 +135,10 @@ impl Containerd {
         scratch: &mut Scratch,
     ) -> anyhow::Result<PathBuf> {
         let dir = main.parent().unwrap_or(Path::new("/"));
-        let name = main.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = main
+            .file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default();
         let host_path = dir.join(format!(".{name}.kwasm-{what}"));
         let real = self.host.resolve(&host_path)?;
         std::fs::create_dir_all(self.host.resolve(dir)?)?;
@@ -203,7 +206,10 @@ impl Containerd {
         }
         if let Some((live, candidate)) = drop_in {
             matches.remove(live);
-            if let Some(c) = candidate.as_ref().filter(|_| glob_match(&pattern, &live.to_string_lossy())) {
+            if let Some(c) = candidate
+                .as_ref()
+                .filter(|_| glob_match(&pattern, &live.to_string_lossy()))
+            {
                 matches.insert(live.clone(), c.clone());
             }
         }
@@ -214,3 +220,25 @@ impl Containerd {
 /// The scratch files made for one proof (real paths), removed once the dumps are taken.
 #[derive(Default)]
 struct Scratch(Vec<PathBuf>);
+
+/// `effective::prove` for `edit`, given the agent's ownership before it.
+pub fn check(
+    edit: &ConfigEdit,
+    previous: Option<&ConfigOwnership>,
+    before: &toml::Table,
+    after: &toml::Table,
+) -> anyhow::Result<()> {
+    let owned: BTreeSet<String> = previous
+        .map(|o| o.handlers.keys().cloned().collect())
+        .unwrap_or_default();
+    let gone: Vec<String> = owned
+        .iter()
+        .filter(|h| !edit.written.contains_key(*h))
+        .cloned()
+        .collect();
+    let ours: BTreeSet<String> = owned
+        .into_iter()
+        .chain(edit.written.keys().cloned())
+        .collect();
+    effective::prove(before, after, &edit.written, &gone, &ours)
+}

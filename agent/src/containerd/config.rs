@@ -100,7 +100,10 @@ impl CriSection {
 fn uses_v2_plugin_names(doc: &DocumentMut) -> bool {
     doc.get("plugins")
         .and_then(|p| p.as_table_like())
-        .is_some_and(|p| p.iter().any(|(k, _)| k.starts_with("io.containerd.cri.v1.")))
+        .is_some_and(|p| {
+            p.iter()
+                .any(|(k, _)| k.starts_with("io.containerd.cri.v1."))
+        })
 }
 
 /// What goes into a runtime table.

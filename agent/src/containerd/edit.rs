@@ -10,7 +10,9 @@ use anyhow::{anyhow, bail};
 use sha2::{Digest, Sha256};
 use toml_edit::DocumentMut;
 
-use super::config::{self, ConfigVersion, ContainerdVersion, CriSection, OptionsDelivery, RuntimeEntry};
+use super::config::{
+    self, ConfigVersion, ContainerdVersion, CriSection, OptionsDelivery, RuntimeEntry,
+};
 use super::flavor::{Flavor, Kind};
 use super::ownership::{ConfigOwnership, FileRecord, OwnedRuntime};
 use super::template;
@@ -704,7 +706,10 @@ fn block_text(
 }
 
 fn drop_in_text(version: ConfigVersion, block: String) -> anyhow::Result<String> {
-    Ok(format!("{DROP_IN_HEADER}version = {}\n\n{block}", version.0))
+    Ok(format!(
+        "{DROP_IN_HEADER}version = {}\n\n{block}",
+        version.0
+    ))
 }
 
 #[cfg(test)]

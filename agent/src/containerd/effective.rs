@@ -52,13 +52,7 @@ pub fn key_path(path: &[String]) -> String {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     };
     path.iter()
-        .map(|k| {
-            if bare(k) {
-                k.clone()
-            } else {
-                format!("{k:?}")
-            }
-        })
+        .map(|k| if bare(k) { k.clone() } else { format!("{k:?}") })
         .collect::<Vec<_>>()
         .join(".")
 }
@@ -66,13 +60,13 @@ pub fn key_path(path: &[String]) -> String {
 fn inline(v: &Value) -> String {
     match v {
         Value::Table(t) => {
-            let inner: Vec<String> = t.iter().map(|(k, v)| format!("{k} = {}", inline(v))).collect();
+            let inner: Vec<String> = t
+                .iter()
+                .map(|(k, v)| format!("{k} = {}", inline(v)))
+                .collect();
             format!("{{ {} }}", inner.join(", "))
         }
-        Value::Array(a) => format!(
-            "[{}]",
-            a.iter().map(inline).collect::<Vec<_>>().join(", ")
-        ),
+        Value::Array(a) => format!("[{}]", a.iter().map(inline).collect::<Vec<_>>().join(", ")),
         v => v.to_string(),
     }
 }
@@ -179,7 +173,12 @@ pub fn prove(
 }
 
 /// Every value the agent wrote into a runtime table, as the dump shows it.
-fn expect_values(after: &Table, path: &[String], wrote: &Table, handler: &str) -> anyhow::Result<()> {
+fn expect_values(
+    after: &Table,
+    path: &[String],
+    wrote: &Table,
+    handler: &str,
+) -> anyhow::Result<()> {
     let mut leaves = Vec::new();
     leaf_values(&mut Vec::new(), wrote, &mut leaves);
     for (sub, want) in leaves {
@@ -270,7 +269,10 @@ SystemdCgroup = true
         prove(&before, &after, &spin_written(), &[], &ours()).unwrap();
         // And the other way round: removing it.
         prove(&after, &before, &BTreeMap::new(), &["spin".into()], &ours()).unwrap();
-        let shown: Vec<String> = changes(&before, &after).iter().map(|c| c.to_string()).collect();
+        let shown: Vec<String> = changes(&before, &after)
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
         assert_eq!(
             shown,
             [
@@ -283,7 +285,10 @@ SystemdCgroup = true
     fn a_runtime_containerd_does_not_read_is_refused() {
         // The AKS case: written under grpc.v1.cri in a file a 2.x containerd reads with 2.x names.
         let e = prove(&with(""), &with(""), &spin_written(), &[], &ours()).unwrap_err();
-        assert!(e.to_string().contains("does not list runtime \"spin\""), "{e}");
+        assert!(
+            e.to_string().contains("does not list runtime \"spin\""),
+            "{e}"
+        );
     }
 
     #[test]
@@ -302,7 +307,12 @@ SystemdCgroup = true
     fn any_other_change_is_refused_with_the_first_difference() {
         let mut after = with(SPIN);
         after.insert("oom_score".into(), Value::Integer(0));
-        let runc = ["plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes"];
+        let runc = [
+            "plugins",
+            "io.containerd.cri.v1.runtime",
+            "containerd",
+            "runtimes",
+        ];
         let mut t = &mut after;
         for k in runc {
             t = t.get_mut(k).unwrap().as_table_mut().unwrap();
@@ -310,13 +320,26 @@ SystemdCgroup = true
         t.remove("runc");
         let e = prove(&with(""), &after, &spin_written(), &[], &ours()).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("2 differences, the first: ~ oom_score: -999 -> 0"), "{msg}");
+        assert!(
+            msg.contains("2 differences, the first: ~ oom_score: -999 -> 0"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn a_removed_runtime_still_listed_is_refused() {
-        let e = prove(&with(SPIN), &with(SPIN), &BTreeMap::new(), &["spin".into()], &ours())
-            .unwrap_err();
-        assert!(e.to_string().contains("still in containerd's effective config"), "{e}");
+        let e = prove(
+            &with(SPIN),
+            &with(SPIN),
+            &BTreeMap::new(),
+            &["spin".into()],
+            &ours(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("still in containerd's effective config"),
+            "{e}"
+        );
     }
 }

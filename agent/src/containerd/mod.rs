@@ -2,11 +2,11 @@
 //! edit itself (pure), writing it, restarting containerd, proving through CRI that the handlers loaded,
 //! and putting everything back when containerd does not come back healthy.
 
+pub mod candidate;
 pub mod config;
 pub mod cri;
 pub mod edit;
 pub mod effective;
-mod candidate;
 mod facts;
 pub mod flavor;
 pub mod gate;

@@ -2,9 +2,9 @@
 //! by the host's own containerd before it is replaced, every write atomic, and undone in reverse order
 //! if a later one fails.
 
+use anyhow::Context;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use anyhow::Context;
 
 use super::edit::{ConfigEdit, FileWrite};
 use super::ownership::ConfigOwnership;
