@@ -144,6 +144,8 @@ fn version_of(binary: &Path) -> Option<String> {
 pub struct NodeOptions {
     /// runc's `SystemdCgroup` in the node's config.
     pub systemd_cgroup: bool,
+    /// The node's config.toml instead of the release's default (a real platform's).
+    pub config: Option<String>,
 }
 
 /// Units the node does not need, or that would touch what the test shares with it (tmpfiles empties
@@ -182,11 +184,11 @@ impl SystemdNode {
         let seed = dir.join("seed");
         let etc = seed.join("etc");
         std::fs::create_dir_all(etc.join("containerd")).unwrap();
-        std::fs::write(
-            etc.join("containerd/config.toml"),
-            release.default_config(opts.systemd_cgroup),
-        )
-        .unwrap();
+        let config = match opts.config {
+            Some(c) => c,
+            None => release.default_config(opts.systemd_cgroup),
+        };
+        std::fs::write(etc.join("containerd/config.toml"), config).unwrap();
         let units = etc.join("systemd/system");
         std::fs::create_dir_all(units.join("multi-user.target.wants")).unwrap();
         std::fs::copy(release.unit_file(), units.join("containerd.service")).unwrap();

@@ -123,7 +123,11 @@ fn the_node_harness_boots_each_release_under_systemd_and_leaves_nothing_behind()
 
 /// apply with the defaults, a WASI pod through CRI, remove: on one release.
 fn defaults_on(series: &str, systemd_cgroup: bool) {
-    let Some(f) = fixture(series, NodeOptions { systemd_cgroup }, wasm_shim()) else {
+    let opts = NodeOptions {
+        systemd_cgroup,
+        config: None,
+    };
+    let Some(f) = fixture(series, opts, wasm_shim()) else {
         return;
     };
     let n = &f.node;
@@ -265,6 +269,113 @@ fn runc_pod_runs(n: &SystemdNode, cri: &mut Cri, driver: &str) {
     let path = cri.cgroups_path(&id);
     assert_eq!(driver_of(&path), driver, "{path}");
     cri.remove_pod(&pod).unwrap();
+}
+
+/// AKS's config (tests/configs) as the node's config.toml, adapted to this machine only where it
+/// must be: `restrict_oom_score_adj` (no CAP_SYS_RESOURCE here) and the metrics listener on loopback
+/// port 0 (the nodes share this machine's network; AKS's 0.0.0.0:10257 would clash between nodes).
+fn aks_node_config(file: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("configs")
+        .join(file);
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(p).unwrap().parse().unwrap();
+    let plugins = doc["plugins"].as_table_mut().unwrap();
+    let cri = if plugins.contains_key("io.containerd.grpc.v1.cri") {
+        "io.containerd.grpc.v1.cri"
+    } else {
+        "io.containerd.cri.v1.runtime"
+    };
+    plugins[cri]["restrict_oom_score_adj"] = toml_edit::value(true);
+    doc["metrics"]["address"] = toml_edit::value("127.0.0.1:0");
+    doc.to_string()
+}
+
+/// containerd's effective config on the node, without `imports` (plumbing) and with the agent's
+/// runtime taken out and returned.
+fn dump_without(n: &SystemdNode, handler: &str) -> (toml::Table, Option<toml::Value>) {
+    let mut dump: toml::Table = n.sh_ok("containerd config dump").parse().unwrap();
+    dump.remove("imports");
+    let plugins = dump["plugins"].as_table_mut().unwrap();
+    let cri = ["io.containerd.cri.v1.runtime", "io.containerd.grpc.v1.cri"]
+        .into_iter()
+        .find(|p| plugins.contains_key(*p))
+        .unwrap();
+    let ours = plugins[cri]["containerd"]["runtimes"]
+        .as_table_mut()
+        .unwrap()
+        .remove(handler);
+    (dump, ours)
+}
+
+/// An AKS node image's config with the chart's default settings: apply, a WASI pod through CRI under
+/// a systemd slice (AKS's kubelet runs the systemd cgroup driver), every setting AKS made still in
+/// containerd's effective config, a running container undisturbed, remove gives every file back.
+fn aks_config_on(series: &str, file: &str) {
+    let opts = NodeOptions {
+        systemd_cgroup: true,
+        config: Some(aks_node_config(file)),
+    };
+    let Some(f) = fixture(series, opts, wasm_shim()) else {
+        return;
+    };
+    let n = &f.node;
+    // AKS pins its own pause image; the node has the test's, under AKS's name.
+    let tag = n.ctr(&[
+        "-n",
+        "k8s.io",
+        "images",
+        "tag",
+        kwasm_tests::containerd::PAUSE_IMAGE,
+        "mcr.microsoft.com/oss/kubernetes/pause:3.6",
+    ]);
+    assert!(
+        tag.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tag.stderr)
+    );
+    let etc_before = n.snapshot("/etc/containerd");
+    let (effective_before, none) = dump_without(n, HANDLER);
+    assert!(none.is_none());
+    let runc_pid = n.run_container("before");
+
+    apply_restarts_through_systemd(n, runc_pid);
+    let (effective_after, ours) = dump_without(n, HANDLER);
+    let ours = ours.expect("containerd's effective config lists the wasmtime runtime");
+    assert_eq!(
+        ours["options"]["SystemdCgroup"].as_bool(),
+        Some(true),
+        "{ours}"
+    );
+    assert_eq!(
+        effective_after, effective_before,
+        "a setting AKS made changed in containerd's effective config"
+    );
+    let mut cri = Cri::connect(&n.socket());
+    cri.systemd_cgroups = true;
+    let pod = wasi_pods_run(n, &mut cri, "systemd");
+    cri.remove_pod(&pod).unwrap();
+    eventually("the pod's shim to exit", || {
+        !n.sh("ps -eo args").contains(BIN)
+    });
+    n.agent("remove", &[]).ok();
+    assert_eq!(n.snapshot("/etc/containerd"), etc_before);
+    assert_eq!(dump_without(n, HANDLER).0, effective_before);
+    assert_eq!(n.task_pid("before"), Some(runc_pid));
+}
+
+#[test]
+fn aks_ubuntu2204_config_on_containerd_1_7() {
+    aks_config_on("1.7", "aks-ubuntu2204-containerd17.toml");
+}
+
+#[test]
+fn aks_azurelinux3_config_on_containerd_2_1() {
+    aks_config_on("2.1", "aks-azurelinux3-containerd2.toml");
+}
+
+#[test]
+fn aks_gpu_pool_config_on_containerd_2_1() {
+    aks_config_on("2.1", "aks-azurelinux3-containerd2-gpu.toml");
 }
 
 #[test]

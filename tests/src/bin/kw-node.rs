@@ -23,6 +23,7 @@ fn main() {
     };
     let opts = NodeOptions {
         systemd_cgroup: args.iter().any(|a| a == "--systemd-cgroup"),
+        config: None,
     };
     let node = SystemdNode::boot(&release, opts);
     // From here a signal is a request to tear down, not the end of this process (which would leave
