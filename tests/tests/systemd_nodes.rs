@@ -290,6 +290,25 @@ fn aks_node_config(file: &str) -> String {
     doc.to_string()
 }
 
+/// What an AKS node image has that this machine's packages put elsewhere: AKS's pinned pause image
+/// (the test's, under AKS's name) and runc at /usr/bin/runc (Debian's is in /usr/sbin).
+fn as_on_aks(n: &SystemdNode) {
+    let tag = n.ctr(&[
+        "-n",
+        "k8s.io",
+        "images",
+        "tag",
+        kwasm_tests::containerd::PAUSE_IMAGE,
+        "mcr.microsoft.com/oss/kubernetes/pause:3.6",
+    ]);
+    assert!(
+        tag.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tag.stderr)
+    );
+    n.sh_ok("[ -e /usr/bin/runc ] || ln -s /usr/sbin/runc /usr/bin/runc");
+}
+
 /// containerd's effective config on the node, without `imports` (plumbing) and with the agent's
 /// runtime taken out and returned.
 fn dump_without(n: &SystemdNode, handler: &str) -> (toml::Table, Option<toml::Value>) {
@@ -624,14 +643,25 @@ impl Mode {
 /// own keep their PIDs), a WASI pod runs on the handler, removal waits while that pod is there and
 /// then leaves /etc/containerd byte-identical, and a unit whose restart would kill containers is
 /// refused with nothing written.
-fn the_daemonset_pod_on(series: &str, mode: Mode) {
+/// `aks`: the node runs that AKS config (tests/configs) instead of the release's default.
+fn the_daemonset_pod_on(series: &str, mode: Mode, aks: Option<&str>) {
     let Some(archive) = image_archive() else {
         return;
     };
-    let Some(f) = fixture(series, NodeOptions::default(), wasm_shim()) else {
+    let opts = match aks {
+        Some(file) => NodeOptions {
+            systemd_cgroup: true,
+            config: Some(aks_node_config(file)),
+        },
+        None => NodeOptions::default(),
+    };
+    let Some(f) = fixture(series, opts, wasm_shim()) else {
         return;
     };
     let n = &f.node;
+    if aks.is_some() {
+        as_on_aks(n);
+    }
     let rendered = RenderedAgent::load(mode.manifest());
     assert_eq!(rendered.host_pid, mode == Mode::Privileged);
     let api = KubeApi::start(n.sb.path());
@@ -988,20 +1018,29 @@ fn start_daemonset_pod(
 
 #[test]
 fn the_daemonset_pod_provisions_a_containerd_1_7_node() {
-    the_daemonset_pod_on("1.7", Mode::Privileged);
+    the_daemonset_pod_on("1.7", Mode::Privileged, None);
 }
 
 #[test]
 fn the_daemonset_pod_provisions_a_containerd_2_1_node() {
-    the_daemonset_pod_on("2.1", Mode::Privileged);
+    the_daemonset_pod_on("2.1", Mode::Privileged, None);
 }
 
 #[test]
 fn the_restricted_daemonset_pod_provisions_a_containerd_1_7_node() {
-    the_daemonset_pod_on("1.7", Mode::Restricted);
+    the_daemonset_pod_on("1.7", Mode::Restricted, None);
 }
 
 #[test]
 fn the_restricted_daemonset_pod_provisions_a_containerd_2_1_node() {
-    the_daemonset_pod_on("2.1", Mode::Restricted);
+    the_daemonset_pod_on("2.1", Mode::Restricted, None);
+}
+
+#[test]
+fn the_restricted_daemonset_pod_provisions_an_aks_azurelinux3_node() {
+    the_daemonset_pod_on(
+        "2.1",
+        Mode::Restricted,
+        Some("aks-azurelinux3-containerd2.toml"),
+    );
 }
