@@ -398,6 +398,11 @@ fn aks_gpu_pool_config_on_containerd_2_1() {
 }
 
 #[test]
+fn aks_kata_pool_config_on_containerd_2_1() {
+    aks_config_on("2.1", "aks-azurelinux3-containerd2-kata.toml");
+}
+
+#[test]
 fn defaults_on_containerd_1_6_under_systemd() {
     defaults_on("1.6", false);
 }
