@@ -172,6 +172,8 @@ pub struct SystemdNode {
     boot: Child,
     /// The node's PID 1 (systemd) as this machine sees it.
     pub pid: i32,
+    /// runc runs with the systemd cgroup driver: pods need a slice as their cgroup parent.
+    pub systemd_cgroup: bool,
 }
 
 const BOOT_WITHIN: Duration = Duration::from_secs(60);
@@ -184,6 +186,7 @@ impl SystemdNode {
         let seed = dir.join("seed");
         let etc = seed.join("etc");
         std::fs::create_dir_all(etc.join("containerd")).unwrap();
+        let systemd_cgroup = opts.systemd_cgroup;
         let config = match opts.config {
             Some(c) => c,
             None => release.default_config(opts.systemd_cgroup),
@@ -233,6 +236,7 @@ impl SystemdNode {
             id,
             pid: 0,
             boot,
+            systemd_cgroup,
         };
         node.pid = node.wait_pid1();
         node.wait_running();

@@ -290,6 +290,14 @@ fn aks_node_config(file: &str) -> String {
     doc.to_string()
 }
 
+/// A CRI connection to the node that makes pods as its kubelet would (a systemd slice as cgroup
+/// parent where runc runs the systemd driver).
+fn node_cri(n: &SystemdNode) -> Cri {
+    let mut cri = Cri::connect(&n.socket());
+    cri.systemd_cgroups = n.systemd_cgroup;
+    cri
+}
+
 /// What an AKS node image has that this machine's packages put elsewhere: AKS's pinned pause image
 /// (the test's, under AKS's name) and runc at /usr/bin/runc (Debian's is in /usr/sbin).
 fn as_on_aks(n: &SystemdNode) {
@@ -369,8 +377,7 @@ fn aks_config_on(series: &str, file: &str) {
         effective_after, effective_before,
         "a setting AKS made changed in containerd's effective config"
     );
-    let mut cri = Cri::connect(&n.socket());
-    cri.systemd_cgroups = true;
+    let mut cri = node_cri(n);
     let pod = wasi_pods_run(n, &mut cri, "systemd");
     cri.remove_pod(&pod).unwrap();
     eventually("the pod's shim to exit", || {
@@ -677,7 +684,7 @@ fn the_daemonset_pod_on(series: &str, mode: Mode, aks: Option<&str>) {
 
     let etc_before = n.snapshot("/etc/containerd");
     let runc_pid = n.run_container("before");
-    let mut cri = Cri::connect(&n.socket());
+    let mut cri = node_cri(n);
     let rro = cri.recursive_read_only("runc");
     let pod = start_daemonset_pod(n, &mut cri, &image, &etc, &rendered, rro);
     let agent_pid = cri.container_pid(&pod.agent);
@@ -714,7 +721,7 @@ fn provisioned_on_annotate(
         api.provisioned_label("n1").as_deref() == Some("true")
     });
     // containerd restarted: the connection to its socket did not survive that, the pods did.
-    let mut cri = Cri::connect(&n.socket());
+    let mut cri = node_cri(n);
     assert_ne!(n.containerd_pid(), main_pid, "containerd was not restarted");
     assert_eq!(n.unit_property("containerd", "ActiveState"), "active");
     assert_eq!(
@@ -760,7 +767,7 @@ fn cleaned_once_gone(
         main_pid,
         "remove did not restart containerd"
     );
-    let mut cri = Cri::connect(&n.socket());
+    let mut cri = node_cri(n);
     assert_eq!(cri.container_pid(&pod.agent), agent_pid);
     assert_eq!(n.task_pid("before"), Some(runc_pid));
     cri
