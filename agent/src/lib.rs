@@ -1,14 +1,16 @@
 //! kwasm-agent: installs verified WebAssembly containerd shims on a node, wires them into containerd,
 //! and undoes it exactly. See the README for the contracts.
 //!
-//! The layers, each using only those below it:
-//! - `cli`, `controller`: the one-shot commands and the node controller (`run`), both driving
-//! - `engine`: the host engine — facts → one plan → carry out → prove — built on
-//! - `artifact` (verified binaries) and `containerd` (config, restart, CRI proof), built on
-//! - `host` (host root, atomic writes, lock, host commands), `settings`, `arch`, `backoff`, `clock`.
-//!
-//! Beside the node controller, `catalog` (the Shim objects' controller, `kwasm-agent catalog`); both
-//! read Shim objects through `crd`, which sits on `settings`.
+//! The layers, each using only those below it (`tests/tests/layering.rs` walks the imports):
+//! 1. `cli`: the one-shot commands, and the entry to the two controllers;
+//! 2. `controller` (the node controller, `run`) and `catalog` (the Shim objects' controller,
+//!    `catalog`), side by side: neither uses the other;
+//! 3. `node_contract` (the keys, labels and status document on a Node, shared by both controllers),
+//!    `crd` (Shim objects as catalog entries), `lease` (holding a Lease), `kube_client`;
+//! 4. `engine`: the host engine — facts → one plan → carry out → prove — built on
+//! 5. `artifact` (verified binaries) and `containerd` (config, restart, CRI proof), built on
+//! 6. `host` (host root, atomic writes, lock, host commands), `settings`, `arch`, `backoff`, `clock`,
+//!    `timeline`, `telemetry`.
 
 pub mod arch;
 pub mod artifact;
@@ -23,5 +25,7 @@ pub mod engine;
 pub mod host;
 pub mod kube_client;
 pub mod lease;
+pub mod node_contract;
 pub mod settings;
 pub mod telemetry;
+pub mod timeline;

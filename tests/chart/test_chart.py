@@ -162,6 +162,43 @@ class ChartRenders(unittest.TestCase):
         self.assertTrue(ds["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@sha256:" + "0123456789abcdef" * 4))
 
 
+def arch_pins(value, at=""):
+    """Every place under `value` that names kubernetes.io/arch (a nodeSelector key or an affinity
+    match expression), as paths."""
+    found = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "kubernetes.io/arch" or (k == "key" and v == "kubernetes.io/arch"):
+                found.append(f"{at}.{k}")
+            found += arch_pins(v, f"{at}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found += arch_pins(v, f"{at}[{i}]")
+    return found
+
+
+class MultiArch(unittest.TestCase):
+    def test_one_image_reference_and_no_architecture_pinned_unless_a_user_asks(self):
+        """The image is one index for amd64 and arm64: every pod takes the same reference, and nothing
+        the chart renders keeps a pod off an architecture — only a user's own nodeSelector/affinity."""
+        for name, values in ChartRenders().cases():
+            docs = render(values)
+            images = {c["image"] for d in docs if d["kind"] in ("DaemonSet", "Deployment", "Job")
+                      for c in d["spec"]["template"]["spec"].get("containers", [])}
+            with self.subTest(values=name):
+                self.assertEqual(len(images), 1, images)
+                self.assertNotRegex(next(iter(images)), "amd64|x86_64|arm64|aarch64")
+                user = arch_pins(values)
+                pins = [p for d in docs if d["kind"] in ("DaemonSet", "Deployment", "Job")
+                        for p in arch_pins(d["spec"]["template"]["spec"])]
+                self.assertEqual(bool(pins), bool(user), f"rendered {pins}, values {user}")
+
+    def test_a_users_architecture_selector_is_rendered_as_given(self):
+        values = {"nodeSelector": {"kubernetes.io/arch": "arm64"}}
+        (ds,) = by_kind(render(values), "DaemonSet")
+        self.assertEqual(ds["spec"]["template"]["spec"]["nodeSelector"]["kubernetes.io/arch"], "arm64")
+
+
 class ShimObjects(unittest.TestCase):
     """catalog.shimObjects: the values' shims as Shim objects, the catalog controller, and RBAC for each."""
 
@@ -212,6 +249,50 @@ class ShimObjects(unittest.TestCase):
         self.assertEqual(pod["containers"][0]["args"][:1], ["catalog"])
         self.assertFalse(pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"])
         self.assertEqual(deploy["spec"]["replicas"], 2)
+
+
+class WhoMayWriteShims(unittest.TestCase):
+    """Writing a Shim is as trusted as installing the DaemonSet: the chart grants it to nobody."""
+
+    WRITE = {"create", "update", "patch", "delete", "deletecollection", "*"}
+
+    def test_no_role_the_chart_renders_may_write_shims_or_aggregates(self):
+        for name, values in ChartRenders().cases():
+            for role in [d for d in render(values) if d["kind"] in ("ClusterRole", "Role")]:
+                labels = role["metadata"].get("labels") or {}
+                with self.subTest(values=name, role=role["metadata"]["name"]):
+                    self.assertFalse([k for k in labels if k.startswith("rbac.authorization.k8s.io/aggregate-to-")])
+                    self.assertNotIn("aggregationRule", role)
+                    for rule in role.get("rules", []):
+                        if {"kwasm.sh", "*"} & set(rule.get("apiGroups", [])):
+                            for resource in rule.get("resources", []):
+                                if resource in ("shims", "*"):
+                                    self.assertFalse(self.WRITE & set(rule["verbs"]), rule)
+
+    def test_the_documented_policy_admits_pinned_mirror_shims_only(self):
+        text = (ROOT / "docs" / "shim-objects.md").read_text()
+        blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+        (policy,) = [d for b in blocks for d in yaml.safe_load_all(b) if d and d["kind"] == "ValidatingAdmissionPolicy"]
+        env = celpy.Environment()
+
+        def refusal(shim):
+            act = {"object": celpy.json_to_cel(shim)}
+            for check in policy["spec"]["validations"]:
+                if not bool(env.program(env.compile(check["expression"])).evaluate(act)):
+                    return check["message"]
+            return None
+
+        def shim(url, sha256=True):
+            p = {"arch": "amd64", "url": url}
+            if sha256:
+                p["sha256"] = "0" * 64
+            return {"apiVersion": "kwasm.sh/v1alpha1", "kind": "Shim", "metadata": {"name": "spin"},
+                    "spec": {"runtimeType": "io.containerd.spin.v2", "binary": "containerd-shim-spin-v2",
+                             "version": "v1", "platforms": [p]}}
+
+        self.assertIsNone(refusal(shim("https://mirror.example.internal/spin.tar.gz")))
+        self.assertIn("sha256", refusal(shim("https://mirror.example.internal/spin.tar.gz", sha256=False)))
+        self.assertIn("mirror", refusal(shim("https://github.com/spinframework/spin.tar.gz")))
 
 
 class InvalidValuesAreRefused(unittest.TestCase):

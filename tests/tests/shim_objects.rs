@@ -474,13 +474,14 @@ fn runtime_class_managers_manifests_become_shims_kubectl_applies() {
 }
 
 #[test]
-fn the_readmes_shim_example_is_one_the_api_server_and_the_agents_accept() {
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-            .unwrap();
+fn the_docs_shim_example_is_one_the_api_server_and_the_agents_accept() {
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/shim-objects.md"),
+    )
+    .unwrap();
     let start = readme
         .find("apiVersion: kwasm.sh/v1alpha1\nkind: Shim\n")
-        .expect("the README's Shim example");
+        .expect("docs/shim-objects.md's Shim example");
     let example = &readme[start..start + readme[start..].find("```").unwrap()];
     let dir = tempfile::tempdir().unwrap();
     let api = &KubeApi::start(dir.path());

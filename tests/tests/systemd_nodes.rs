@@ -346,20 +346,7 @@ fn aks_config_on(series: &str, file: &str) {
         return;
     };
     let n = &f.node;
-    // AKS pins its own pause image; the node has the test's, under AKS's name.
-    let tag = n.ctr(&[
-        "-n",
-        "k8s.io",
-        "images",
-        "tag",
-        kwasm_tests::containerd::PAUSE_IMAGE,
-        "mcr.microsoft.com/oss/kubernetes/pause:3.6",
-    ]);
-    assert!(
-        tag.status.success(),
-        "{}",
-        String::from_utf8_lossy(&tag.stderr)
-    );
+    as_on_aks(n);
     let etc_before = n.snapshot("/etc/containerd");
     let (effective_before, none) = dump_without(n, HANDLER);
     assert!(none.is_none());

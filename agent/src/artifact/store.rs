@@ -226,7 +226,7 @@ impl ArtifactStore {
                 (fetched.archive_sha256, (fetched.unpacked, fetched.binary))
             }
         };
-        crate::clock::mark("download");
+        crate::timeline::mark("download");
         let signature = match (&shim.verify, trust) {
             (Some(verify), Some(trust)) => {
                 let req = Requirement {

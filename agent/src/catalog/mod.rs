@@ -273,7 +273,7 @@ impl Catalog {
                 EventType::Normal
             },
             reason: reason.into(),
-            note: Some(crate::controller::events::truncate(&note, 1024)),
+            note: Some(crate::kube_client::event_note(&note)),
             action: "Rollout".into(),
             secondary: None,
         };

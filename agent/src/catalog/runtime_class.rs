@@ -8,8 +8,8 @@ use k8s_openapi::api::node::v1::{RuntimeClass, Scheduling};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use super::status::Problem;
-use crate::controller::node::shim_ready_label;
 use crate::crd::Shim;
+use crate::node_contract::labels::shim_ready_label;
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "kwasm-catalog");
 

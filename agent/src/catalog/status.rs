@@ -8,10 +8,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time
 use k8s_openapi::jiff::Timestamp;
 
 use crate::arch::Arch;
-use crate::controller::desired::{meta_asks_for_shims, named_shims, UNINSTALL_ANNOTATION};
-use crate::controller::node::{shim_ready_label, shim_version_label, STATUS_ANNOTATION};
-use crate::controller::report::{Phase, StatusDoc};
 use crate::crd::{Shim, ShimStatus};
+use crate::node_contract::labels::{shim_ready_label, shim_version_label, STATUS_ANNOTATION};
+use crate::node_contract::status::{Phase, StatusDoc};
+use crate::node_contract::trigger::{meta_asks_for_shims, named_shims};
+use crate::node_contract::uninstall_request::UNINSTALL_ANNOTATION;
 use crate::settings::{self, TriggerSettings};
 
 /// How many failed nodes a condition or an Event names.

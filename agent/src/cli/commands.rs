@@ -4,23 +4,35 @@
 use anyhow::bail;
 
 use super::output;
-use super::{CheckArgs, Command, Common, Output, StatusArgs, Target};
+use super::{Command, HostArgs, Output, SettingsArg, StatusArgs, Target};
 use crate::artifact::{step, ArtifactFacts, ArtifactStep};
 use crate::containerd::candidate;
 use crate::engine::Engine;
 use crate::settings::Settings;
 
 pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
+    // Each command's future is boxed: the node controller's nests deeply (reconcile → engine →
+    // containerd, each step a traced span), and computing one enum of all of them inline exceeds
+    // rustc's query depth in the binary crate.
     match cmd {
-        Command::Run(c) => crate::controller::run(c).await,
-        Command::Apply(t) => apply(t).await,
-        Command::Remove(t) => remove(t).await,
-        Command::Plan(t) => plan(t).await,
-        Command::Status(s) => status(s).await,
+        Command::Run(c) => {
+            Box::pin(crate::controller::run(
+                &c.settings.config,
+                c.host_root,
+                c.arch,
+            ))
+            .await
+        }
+        Command::Apply(t) => Box::pin(apply(t)).await,
+        Command::Remove(t) => Box::pin(remove(t)).await,
+        Command::Plan(t) => Box::pin(plan(t)).await,
+        Command::Status(s) => Box::pin(status(s)).await,
         Command::Check(c) => check(c),
-        Command::Uninstall(u) => crate::controller::uninstall(&u.config, u.timeout).await,
-        Command::Pin(p) => super::pin::pin(p).await,
-        Command::Catalog(c) => crate::catalog::run(&c.config).await,
+        Command::Uninstall(u) => {
+            Box::pin(crate::controller::uninstall(&u.settings.config, u.timeout)).await
+        }
+        Command::Pin(p) => Box::pin(super::pin::pin(p)).await,
+        Command::Catalog(c) => Box::pin(crate::catalog::run(&c.config)).await,
         Command::ImportShim(a) => super::import::import_shim(a),
     }
 }
@@ -28,7 +40,7 @@ pub async fn dispatch(cmd: Command) -> anyhow::Result<()> {
 /// Stricter than loading: every shim is installable as written on every architecture it lists —
 /// the same decision `apply` makes (pinned unless unverified downloads are allowed, a URL scheme the
 /// settings allow after mirrors), taken for a host that has nothing yet.
-fn check(c: CheckArgs) -> anyhow::Result<()> {
+fn check(c: SettingsArg) -> anyhow::Result<()> {
     let settings = Settings::load(&c.config)?;
     let origin = c.config.display();
     for (i, shim) in settings.shims.iter().enumerate() {
@@ -48,13 +60,13 @@ fn check(c: CheckArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn engine(c: &Common) -> anyhow::Result<Engine> {
-    let settings = Settings::load(&c.config)?;
+fn engine(c: &HostArgs) -> anyhow::Result<Engine> {
+    let settings = Settings::load(&c.settings.config)?;
     Engine::new(settings, c.host_root.as_deref(), c.arch)
 }
 
 async fn apply(t: Target) -> anyhow::Result<()> {
-    let engine = engine(&t.common)?;
+    let engine = engine(&t.host)?;
     let report = engine.apply(&t.shims).await?;
     output::apply(&report);
     let failed = report.failures();
@@ -70,7 +82,7 @@ async fn apply(t: Target) -> anyhow::Result<()> {
 }
 
 async fn remove(t: Target) -> anyhow::Result<()> {
-    let engine = engine(&t.common)?;
+    let engine = engine(&t.host)?;
     let report = engine.remove(&t.shims).await?;
     output::remove(&report);
     if !report.in_use.is_empty() {
@@ -83,7 +95,7 @@ async fn remove(t: Target) -> anyhow::Result<()> {
 }
 
 async fn plan(t: Target) -> anyhow::Result<()> {
-    let engine = engine(&t.common)?;
+    let engine = engine(&t.host)?;
     let requested = engine.settings.select(&t.shims)?;
     let facts = engine.facts(&requested).await?;
     let plan = engine.plan(&facts, &requested);
@@ -116,7 +128,7 @@ async fn plan(t: Target) -> anyhow::Result<()> {
 }
 
 async fn status(s: StatusArgs) -> anyhow::Result<()> {
-    let engine = engine(&s.common)?;
+    let engine = engine(&s.host)?;
     let report = engine.status().await?;
     match s.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// DaemonSet mode: watch this node (NODE_NAME) and reconcile; serve /healthz /readyz /metrics.
-    Run(Common),
+    Run(HostArgs),
     /// Provision once: install the shims and configure containerd.
     Apply(Target),
     /// Undo exactly what apply did.
@@ -41,7 +41,7 @@ pub enum Command {
     /// Installed shims, config entries, containerd health.
     Status(StatusArgs),
     /// Validate a settings file without touching a host: what it would install is installable.
-    Check(CheckArgs),
+    Check(SettingsArg),
     /// Cluster-wide, before the agents go (the chart's pre-delete hook): ask every provisioned node's
     /// agent to undo everything, and wait until each reports it is clean.
     Uninstall(UninstallArgs),
@@ -50,7 +50,7 @@ pub enum Command {
     Pin(PinArgs),
     /// Cluster-wide, one active replica: keep a RuntimeClass per Shim object and write each Shim's
     /// status from the nodes (the chart's catalog Deployment).
-    Catalog(CheckArgs),
+    Catalog(SettingsArg),
     /// Print runtime-class-manager's Shim manifests (runtime.spinkube.dev/v1alpha1) as kwasm.sh Shim
     /// objects, for `kubectl apply -f -`; refuses what cannot be honoured, and prints nothing then.
     ImportShim(ImportShimArgs),
@@ -124,8 +124,9 @@ impl PinArgs {
     }
 }
 
+/// `--config`: the settings file every command reads.
 #[derive(Debug, Args)]
-pub struct CheckArgs {
+pub struct SettingsArg {
     /// Settings file (TOML).
     #[arg(
         long,
@@ -137,27 +138,18 @@ pub struct CheckArgs {
 
 #[derive(Debug, Args)]
 pub struct UninstallArgs {
-    /// Settings file (TOML): which trigger keys ask for shims.
-    #[arg(
-        long,
-        env = "KWASM_CONFIG",
-        default_value = "/etc/kwasm-agent/config.toml"
-    )]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub settings: SettingsArg,
     /// How long to wait for every node to report its shims removed.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
 }
 
+/// The settings and the host they act on: what every command that touches a host takes.
 #[derive(Debug, Args)]
-pub struct Common {
-    /// Settings file (TOML).
-    #[arg(
-        long,
-        env = "KWASM_CONFIG",
-        default_value = "/etc/kwasm-agent/config.toml"
-    )]
-    pub config: PathBuf,
+pub struct HostArgs {
+    #[command(flatten)]
+    pub settings: SettingsArg,
     /// Where the host's filesystem is seen (overrides host.root).
     #[arg(long)]
     pub host_root: Option<PathBuf>,
@@ -169,7 +161,7 @@ pub struct Common {
 #[derive(Debug, Args)]
 pub struct Target {
     #[command(flatten)]
-    pub common: Common,
+    pub host: HostArgs,
     /// Only these shims (repeat or comma-separate); default: every shim in the settings.
     #[arg(long = "shim", value_delimiter = ',')]
     pub shims: Vec<String>,
@@ -178,7 +170,7 @@ pub struct Target {
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
-    pub common: Common,
+    pub host: HostArgs,
     #[arg(long, value_enum, default_value_t = Output::Text)]
     pub output: Output,
 }

@@ -123,88 +123,9 @@ pub fn inputs(flavor: &Flavor, owned: Option<&ConfigOwnership>) -> Inputs {
 
 pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strategy, ConfigVersion)> {
     let main = &flavor.config;
-    let dir = main.parent().unwrap_or(Path::new("/")).to_owned();
     match flavor.kind {
-        Kind::Containerd => match facts.file(main) {
-            Some(text) => {
-                let doc = config::parse(text, main)?;
-                let v = config::version(&doc, main)?.check()?;
-                if config::cri_disabled(&doc) {
-                    bail!(
-                        "{} disables the CRI plugin (Docker's bundled containerd?): Kubernetes does not run pods through it; unsupported",
-                        main.display()
-                    );
-                }
-                if v.merges_imports() {
-                    let file = dir.join("conf.d").join(DROP_IN_NAME);
-                    Ok((
-                        Strategy::DropIn {
-                            file,
-                            importer: Some(main.clone()),
-                            version: v,
-                        },
-                        v,
-                    ))
-                } else {
-                    Ok((Strategy::InPlace { file: main.clone() }, v))
-                }
-            }
-            None => {
-                let v = match (facts.containerd, &facts.default_config) {
-                    (Some(c), _) if c.major >= 2 => ConfigVersion(3),
-                    (_, Some(d)) => config::version(&config::parse(d, Path::new("containerd config default"))?, main)?,
-                    _ => bail!(
-                        "{} does not exist and the host's containerd could not be asked for its defaults; create the file or set containerd.binary",
-                        main.display()
-                    ),
-                };
-                Ok((Strategy::InPlace { file: main.clone() }, v))
-            }
-        },
-        Kind::K3s | Kind::Rke2 => {
-            let Some(rendered) = facts.file(main) else {
-                bail!(
-                    "{} not found: has {} started on this node yet?",
-                    main.display(),
-                    flavor.kind.name()
-                );
-            };
-            let v = config::version(&config::parse(rendered, main)?, main)?.check()?;
-            let v3dir = dir.join("config-v3.toml.d");
-            let v2dir = dir.join("config.toml.d");
-            if v.merges_imports() && facts.dirs.contains(&v3dir) {
-                Ok((
-                    Strategy::DropIn {
-                        file: v3dir.join(DROP_IN_NAME),
-                        importer: None,
-                        version: v,
-                    },
-                    v,
-                ))
-            } else if facts.dirs.contains(&v2dir) {
-                Ok((
-                    Strategy::DropIn {
-                        file: v2dir.join(DROP_IN_NAME),
-                        importer: None,
-                        version: v,
-                    },
-                    v,
-                ))
-            } else {
-                let name = if v.merges_imports() {
-                    "config-v3.toml.tmpl"
-                } else {
-                    "config.toml.tmpl"
-                };
-                Ok((
-                    Strategy::Template {
-                        file: dir.join(name),
-                        rendered: main.clone(),
-                    },
-                    v,
-                ))
-            }
-        }
+        Kind::Containerd => containerd_strategy(main, facts),
+        Kind::K3s | Kind::Rke2 => rancher_strategy(flavor, facts),
         Kind::K0s => {
             // k0s merges drop-ins into the config it generates; that generated CRI config says which
             // version its containerd speaks.
@@ -213,11 +134,13 @@ pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strateg
                 .and_then(|t| t.parse::<DocumentMut>().ok())
                 .and_then(|d| config::version(&d, main).ok())
                 .unwrap_or(ConfigVersion(2));
+            let file = main.clone();
+            let (importer, version) = (None, v);
             Ok((
                 Strategy::DropIn {
-                    file: main.clone(),
-                    importer: None,
-                    version: v,
+                    file,
+                    importer,
+                    version,
                 },
                 v,
             ))
@@ -232,6 +155,99 @@ pub fn strategy(flavor: &Flavor, facts: &ConfigFacts) -> anyhow::Result<(Strateg
     }
 }
 
+/// Plain containerd: 2.x merges imported files per plugin, so a drop-in (and an import line) when the
+/// file speaks version 3+; the file itself otherwise, or a new one on its release's defaults.
+fn containerd_strategy(
+    main: &Path,
+    facts: &ConfigFacts,
+) -> anyhow::Result<(Strategy, ConfigVersion)> {
+    let Some(text) = facts.file(main) else {
+        let v = match (facts.containerd, &facts.default_config) {
+            (Some(c), _) if c.major >= 2 => ConfigVersion(3),
+            (_, Some(d)) => config::version(&config::parse(d, Path::new("containerd config default"))?, main)?,
+            _ => bail!(
+                "{} does not exist and the host's containerd could not be asked for its defaults; create the file or set containerd.binary",
+                main.display()
+            ),
+        };
+        return Ok((
+            Strategy::InPlace {
+                file: main.to_owned(),
+            },
+            v,
+        ));
+    };
+    let doc = config::parse(text, main)?;
+    let v = config::version(&doc, main)?.check()?;
+    if config::cri_disabled(&doc) {
+        bail!(
+            "{} disables the CRI plugin (Docker's bundled containerd?): Kubernetes does not run pods through it; unsupported",
+            main.display()
+        );
+    }
+    if !v.merges_imports() {
+        return Ok((
+            Strategy::InPlace {
+                file: main.to_owned(),
+            },
+            v,
+        ));
+    }
+    let dir = main.parent().unwrap_or(Path::new("/"));
+    let drop_in = Strategy::DropIn {
+        file: dir.join("conf.d").join(DROP_IN_NAME),
+        importer: Some(main.to_owned()),
+        version: v,
+    };
+    Ok((drop_in, v))
+}
+
+/// k3s and rke2 regenerate config.toml at every start: a drop-in where their release reads one,
+/// else a block in the template after the base.
+fn rancher_strategy(
+    flavor: &Flavor,
+    facts: &ConfigFacts,
+) -> anyhow::Result<(Strategy, ConfigVersion)> {
+    let main = &flavor.config;
+    let Some(rendered) = facts.file(main) else {
+        bail!(
+            "{} not found: has {} started on this node yet?",
+            main.display(),
+            flavor.kind.name()
+        );
+    };
+    let v = config::version(&config::parse(rendered, main)?, main)?.check()?;
+    let dir = main.parent().unwrap_or(Path::new("/"));
+    let v3dir = dir.join("config-v3.toml.d");
+    let v2dir = dir.join("config.toml.d");
+    let drop_in_dir = if v.merges_imports() && facts.dirs.contains(&v3dir) {
+        Some(v3dir)
+    } else {
+        facts.dirs.contains(&v2dir).then_some(v2dir)
+    };
+    if let Some(d) = drop_in_dir {
+        let (file, importer, version) = (d.join(DROP_IN_NAME), None, v);
+        return Ok((
+            Strategy::DropIn {
+                file,
+                importer,
+                version,
+            },
+            v,
+        ));
+    }
+    let name = if v.merges_imports() {
+        "config-v3.toml.tmpl"
+    } else {
+        "config.toml.tmpl"
+    };
+    let template = Strategy::Template {
+        file: dir.join(name),
+        rendered: main.clone(),
+    };
+    Ok((template, v))
+}
+
 /// Compute the writes that make the host's config hold exactly `desired` (owned handlers not in it are
 /// removed; when nothing stays owned every trace is removed, restoring originals byte for byte when
 /// nobody edited them since).
@@ -243,30 +259,10 @@ pub fn compute(
 ) -> anyhow::Result<ConfigEdit> {
     let (strategy, version) = strategy(flavor, facts)?;
     if flavor.kind == Kind::Microk8s {
-        if let Some(e) = desired
-            .iter()
-            .find(|e| !e.binary.starts_with("/var/snap/microk8s/common"))
-        {
-            bail!(
-                "microk8s' strictly confined containerd only runs binaries under /var/snap/microk8s/common; {} is outside it: set host.install_dir to e.g. /var/snap/microk8s/common/kwasm",
-                e.binary.display()
-            );
-        }
+        confined_to_microk8s(desired)?;
     }
     let delivery = OptionsDelivery::for_host(facts.containerd, version);
-    let notes = if delivery == OptionsDelivery::Dropped {
-        desired
-            .iter()
-            .filter(|e| e.options.as_ref().is_some_and(|o| !o.is_empty()))
-            .map(|e| format!(
-                "runtime {:?}: options not written: this containerd ({}) passes no runtime options to non-runc shims (1.7 and later do)",
-                e.handler,
-                facts.containerd.map(|v| format!("{}.{}", v.major, v.minor)).unwrap_or_else(|| "version unknown, config version 2".into())
-            ))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let notes = options_not_written(delivery, facts.containerd, desired);
     let mut p = Planner {
         facts,
         owned_handlers: owned.map(|o| o.handlers.clone()).unwrap_or_default(),
@@ -289,25 +285,7 @@ pub fn compute(
         } => p.drop_in(file, importer.as_deref(), *version, desired)?,
         Strategy::Template { file, rendered } => p.template(file, rendered, desired)?,
     };
-    let handlers: BTreeMap<String, OwnedRuntime> = desired
-        .iter()
-        .map(|e| {
-            (
-                e.handler.clone(),
-                OwnedRuntime {
-                    runtime_type: e.runtime_type.clone(),
-                    runtime_path: e.binary.clone(),
-                },
-            )
-        })
-        .collect();
-    let ownership = (!handlers.is_empty() || !p.records.is_empty()).then(|| ConfigOwnership {
-        flavor: flavor.kind,
-        version,
-        handlers,
-        files: p.records.clone(),
-        created_dirs: Default::default(),
-    });
+    let ownership = ownership(flavor.kind, version, desired, &p.records);
     Ok(ConfigEdit {
         strategy,
         version,
@@ -317,6 +295,68 @@ pub fn compute(
         notes,
         written: p.written,
         drop_in: p.drop_in,
+    })
+}
+
+/// microk8s' strictly confined containerd runs no binary outside its snap's common directory.
+fn confined_to_microk8s(desired: &[RuntimeEntry]) -> anyhow::Result<()> {
+    match desired
+        .iter()
+        .find(|e| !e.binary.starts_with("/var/snap/microk8s/common"))
+    {
+        Some(e) => bail!(
+            "microk8s' strictly confined containerd only runs binaries under /var/snap/microk8s/common; {} is outside it: set host.install_dir to e.g. /var/snap/microk8s/common/kwasm",
+            e.binary.display()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// What the operator should hear when this containerd cannot pass a runtime's options to its shim.
+fn options_not_written(
+    delivery: OptionsDelivery,
+    containerd: Option<ContainerdVersion>,
+    desired: &[RuntimeEntry],
+) -> Vec<String> {
+    if delivery != OptionsDelivery::Dropped {
+        return Vec::new();
+    }
+    let release = containerd
+        .map(|v| format!("{}.{}", v.major, v.minor))
+        .unwrap_or_else(|| "version unknown, config version 2".into());
+    desired
+        .iter()
+        .filter(|e| e.options.as_ref().is_some_and(|o| !o.is_empty()))
+        .map(|e| format!(
+            "runtime {:?}: options not written: this containerd ({release}) passes no runtime options to non-runc shims (1.7 and later do)",
+            e.handler
+        ))
+        .collect()
+}
+
+/// What the agent owns after the edit: the handlers it configures and the files it touched.
+fn ownership(
+    flavor: Kind,
+    version: ConfigVersion,
+    desired: &[RuntimeEntry],
+    records: &BTreeMap<PathBuf, FileRecord>,
+) -> Option<ConfigOwnership> {
+    let handlers: BTreeMap<String, OwnedRuntime> = desired
+        .iter()
+        .map(|e| {
+            let owned = OwnedRuntime {
+                runtime_type: e.runtime_type.clone(),
+                runtime_path: e.binary.clone(),
+            };
+            (e.handler.clone(), owned)
+        })
+        .collect();
+    (!handlers.is_empty() || !records.is_empty()).then(|| ConfigOwnership {
+        flavor,
+        version,
+        handlers,
+        files: records.clone(),
+        created_dirs: Default::default(),
     })
 }
 
@@ -503,20 +543,7 @@ impl Planner<'_> {
                 file.display()
             );
         }
-        // The drop-in speaks the root config's version and section names: containerd refuses a
-        // drop-in whose version is higher than the root's (containerd#12891).
-        let main_doc = importer
-            .and_then(|i| self.facts.file(i))
-            .and_then(|t| t.parse::<DocumentMut>().ok())
-            .unwrap_or_default();
-        let section = CriSection::for_document(&main_doc, version, self.facts.containerd)?;
-        let inherit = config::default_systemd_cgroup(&main_doc, section);
-        let drop_in = (!desired.is_empty())
-            .then(|| {
-                let block = block_text(section, self.delivery, desired, inherit, &mut self.written);
-                drop_in_text(version, block?)
-            })
-            .transpose()?;
+        let drop_in = self.drop_in_content(importer, version, desired)?;
         self.drop_in = Some((file.to_owned(), drop_in.clone()));
         let mut order = Vec::new();
         // The drop-in first, then the import naming it; on the way out, the import goes first.
@@ -554,6 +581,28 @@ impl Planner<'_> {
         Ok(effective.or_else(|| {
             importer.and_then(|i| self.facts.file(i).map(|t| (i.to_owned(), t.to_owned())))
         }))
+    }
+
+    /// The drop-in's text (None: no runtime left, the file goes). It speaks the root config's version
+    /// and section names: containerd refuses a drop-in whose version is higher than the root's
+    /// (containerd#12891).
+    fn drop_in_content(
+        &mut self,
+        importer: Option<&Path>,
+        version: ConfigVersion,
+        desired: &[RuntimeEntry],
+    ) -> anyhow::Result<Option<String>> {
+        if desired.is_empty() {
+            return Ok(None);
+        }
+        let main_doc = importer
+            .and_then(|i| self.facts.file(i))
+            .and_then(|t| t.parse::<DocumentMut>().ok())
+            .unwrap_or_default();
+        let section = CriSection::for_document(&main_doc, version, self.facts.containerd)?;
+        let inherit = config::default_systemd_cgroup(&main_doc, section);
+        let block = block_text(section, self.delivery, desired, inherit, &mut self.written)?;
+        Ok(Some(drop_in_text(version, block)))
     }
 
     /// The import line in the main config: added if nothing imports the drop-in yet, removed with it.
@@ -705,11 +754,8 @@ fn block_text(
     Ok(doc.to_string().trim_start().to_owned())
 }
 
-fn drop_in_text(version: ConfigVersion, block: String) -> anyhow::Result<String> {
-    Ok(format!(
-        "{DROP_IN_HEADER}version = {}\n\n{block}",
-        version.0
-    ))
+fn drop_in_text(version: ConfigVersion, block: String) -> String {
+    format!("{DROP_IN_HEADER}version = {}\n\n{block}", version.0)
 }
 
 #[cfg(test)]

@@ -1,5 +1,7 @@
-//! The planner over fixture files modelled on each project's default config (only containerd 1.6 runs
-//! on the test machines; every other version and distro is exercised here).
+//! The planner over fixture files modelled on each project's default config: the flavors no containerd
+//! installable here can run (k3s, rke2, k0s, microk8s, containerd 2.0/2.2/2.3) and the edge cases.
+//! Real platforms' configs go through the releases that are here (1.6, 1.7, 2.1) in
+//! tests/tests/real_configs.rs.
 
 use std::path::{Path, PathBuf};
 

@@ -13,7 +13,7 @@ use super::gate::RestartGate;
 use super::ownership::ConfigOwnership;
 use super::restart::{self, Action};
 use super::Containerd;
-use crate::clock::mark;
+use crate::timeline::mark;
 
 /// What happened to containerd.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,7 +22,7 @@ impl Containerd {
     ) -> anyhow::Result<BTreeSet<PathBuf>> {
         if edit.changes() {
             self.prove(edit, previous).await?;
-            crate::clock::mark("validate");
+            crate::timeline::mark("validate");
         }
         let mut created = BTreeSet::new();
         let result = self.write_each(edit, &mut created).await;

@@ -76,7 +76,7 @@ impl Events {
                 EventType::Normal
             },
             reason: reason.as_str().into(),
-            note: Some(truncate(note, 1024)),
+            note: Some(crate::kube_client::event_note(note)),
             action: reason.action().into(),
             secondary: None,
         };
@@ -95,28 +95,5 @@ fn reference(node: &Node) -> ObjectReference {
         name: node.metadata.name.clone(),
         uid: node.metadata.uid.clone(),
         ..Default::default()
-    }
-}
-
-/// At most `max` bytes, cut on a character boundary (the Events API refuses longer notes).
-pub(crate) fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn notes_are_cut_on_character_boundaries() {
-        let s = "é".repeat(600);
-        let t = super::truncate(&s, 1024);
-        assert!(t.len() <= 1024 && t.chars().all(|c| c == 'é'));
-        assert_eq!(super::truncate("short", 1024), "short");
     }
 }

@@ -1,12 +1,16 @@
 //! Prometheus counters of the node controller, rendered in the text exposition format on /metrics.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
 
 #[derive(Default)]
 pub struct Metrics {
     pub reconciles: AtomicU64,
-    pub failures: AtomicU64,
+    /// Failed reconciles by the last step that finished before the failure (a bounded set of the
+    /// code's own step names, as controller-rs labels failures by error kind).
+    failures: Mutex<BTreeMap<&'static str, u64>>,
     pub duration_micros: AtomicU64,
     pub bytes_downloaded: AtomicU64,
     pub restarts: AtomicU64,
@@ -27,6 +31,12 @@ impl Metrics {
         }
     }
 
+    pub fn count_failure(&self, after_step: &'static str) {
+        if let Ok(mut f) = self.failures.lock() {
+            *f.entry(after_step).or_default() += 1;
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut s = String::new();
         let mut metric = |name: &str, kind: &str, help: &str, value: String| {
@@ -40,12 +50,6 @@ impl Metrics {
             "counter",
             "Reconciles run.",
             self.reconciles.load(Relaxed).to_string(),
-        );
-        metric(
-            "kwasm_reconcile_failures_total",
-            "counter",
-            "Reconciles that failed.",
-            self.failures.load(Relaxed).to_string(),
         );
         metric(
             "kwasm_reconcile_duration_seconds_total",
@@ -83,6 +87,16 @@ impl Metrics {
             "1 while the agent waits for a cluster-wide containerd restart slot.",
             u8::from(self.waiting_for_restart.load(Relaxed)).to_string(),
         );
+        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
+        let by_step: Vec<String> = failures
+            .iter()
+            .map(|(step, n)| format!("kwasm_reconcile_failures_total{{after_step=\"{step}\"}} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "# HELP kwasm_reconcile_failures_total Reconciles that failed, by the last step that finished before the failure.\n# TYPE kwasm_reconcile_failures_total counter{}",
+            by_step.iter().map(|l| format!("\n{l}")).collect::<String>()
+        );
         s
     }
 }
@@ -99,5 +113,13 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("kwasm_ready 0"));
+        m.count_failure("facts-again");
+        m.count_failure("facts-again");
+        m.count_failure("restart-slot");
+        let t = m.render();
+        assert!(
+            t.contains("# TYPE kwasm_reconcile_failures_total counter\nkwasm_reconcile_failures_total{after_step=\"facts-again\"} 2\nkwasm_reconcile_failures_total{after_step=\"restart-slot\"} 1\n"),
+            "{t}"
+        );
     }
 }

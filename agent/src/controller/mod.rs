@@ -3,17 +3,16 @@
 //! timer, a retry after a failure); `reconcile` holds the steps; `context` what they share.
 
 mod context;
-pub(crate) mod desired;
-pub(crate) mod events;
-mod lease;
+mod desired;
+mod events;
 mod metrics;
-pub(crate) mod node;
+mod node;
 mod reconcile;
-pub(crate) mod report;
+mod report;
+mod restart_slots;
 mod server;
 mod shim_objects;
 mod uninstall;
-mod uninstall_request;
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -27,7 +26,9 @@ use kube::runtime::WatchStreamExt;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backoff::Backoff;
-use crate::cli::Common;
+use crate::node_contract::status::Phase;
+use crate::node_contract::trigger::annotation;
+use crate::node_contract::uninstall_request::{UninstallJudge, UNINSTALL_ANNOTATION};
 use crate::settings::Settings;
 use context::{Context, EngineSlot};
 use desired::{desired, Desired};
@@ -36,8 +37,13 @@ use metrics::Metrics;
 use node::NodeClient;
 pub use uninstall::uninstall;
 
-pub async fn run(common: Common) -> anyhow::Result<()> {
-    let settings = Settings::load(&common.config)?;
+/// `host_root` and `arch` override the settings' host root and this machine's architecture.
+pub async fn run(
+    config: &std::path::Path,
+    host_root: Option<std::path::PathBuf>,
+    arch: Option<crate::arch::Arch>,
+) -> anyhow::Result<()> {
+    let settings = Settings::load(config)?;
     let node_name = std::env::var("NODE_NAME").context(
         "NODE_NAME is not set (the DaemonSet sets it from the downward API, spec.nodeName)",
     )?;
@@ -56,15 +62,15 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         None => None,
     };
     let mut nodes = watch_node(&ctx, &node_name);
-    let mut agent = NodeLoop {
-        engines: EngineSlot::new(settings, common.host_root.clone(), common.arch, gate),
+    let mut node_loop = NodeLoop {
+        engines: EngineSlot::new(settings, host_root, arch, gate),
         objects: (ctx.settings.catalog.shim_objects)
             .then(|| shim_objects::watch_shims(client, ctx.settings.clone())),
         backoff: Backoff::new(Duration::from_secs(1), ctx.settings.agent.max_backoff),
         wake: tokio::time::Instant::now() + ctx.settings.agent.resync,
         handled: None,
         skipped_before: Vec::new(),
-        uninstall_requests: uninstall_request::UninstallJudge::default(),
+        uninstall_requests: UninstallJudge::default(),
         uninstalled: false,
         ctx,
     };
@@ -76,15 +82,15 @@ pub async fn run(common: Common) -> anyhow::Result<()> {
         release_freed_memory();
         tokio::select! {
             changed = nodes.changed() => changed.map_err(|_| anyhow!("the node watch ended"))?,
-            changed = shims_changed(&mut agent.objects) => changed.map_err(|_| anyhow!("the Shim watch ended"))?,
-            _ = tokio::time::sleep_until(agent.wake) => periodic = true,
+            changed = shims_changed(&mut node_loop.objects) => changed.map_err(|_| anyhow!("the Shim watch ended"))?,
+            _ = tokio::time::sleep_until(node_loop.wake) => periodic = true,
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
         let Some(node) = nodes.borrow_and_update().clone() else {
             continue;
         };
-        agent.look(&node, periodic).await;
+        node_loop.reconcile_if_asked(&node, periodic).await;
     }
     // Shutting down is not a request to uninstall: a rolling update replaces this pod while pods keep
     // running on the shims. The host is cleaned only when the node stops asking (trigger removed).
@@ -103,7 +109,7 @@ struct NodeLoop {
     /// What the last reconcile was for: the Node's request and the catalog.
     handled: Option<(Desired, Vec<crate::settings::Shim>)>,
     skipped_before: Vec<(String, String)>,
-    uninstall_requests: uninstall_request::UninstallJudge,
+    uninstall_requests: UninstallJudge,
     /// Once this agent obeyed an uninstall it stays uninstalled for the rest of its life: the command
     /// that asked clears its annotation when the node is clean, and that must not read as "provision
     /// again" in the moment before the DaemonSet goes.
@@ -112,8 +118,8 @@ struct NodeLoop {
 
 impl NodeLoop {
     /// Reconcile when there is a reason to: a new request, a changed catalog, or the timer.
-    async fn look(&mut self, node: &Node, periodic: bool) {
-        let request = desired::annotation(node, desired::UNINSTALL_ANNOTATION);
+    async fn reconcile_if_asked(&mut self, node: &Node, periodic: bool) {
+        let request = annotation(node, UNINSTALL_ANNOTATION);
         let judged = (self.uninstall_requests).judge(request, std::time::SystemTime::now());
         let mut want = desired(node, &self.ctx.settings.trigger, judged);
         self.uninstalled |= want.uninstall == desired::Uninstall::Requested;
@@ -144,7 +150,6 @@ impl NodeLoop {
                 self.wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
             }
             Err(e) => {
-                ctx.metrics.failures.fetch_add(1, Relaxed);
                 let delay = self.backoff.next_delay();
                 tracing::error!(error = %format!("{e:#}"), retry_in_s = delay.as_secs_f64(), "reconcile failed");
                 self.wake = tokio::time::Instant::now() + delay;
@@ -163,9 +168,12 @@ impl NodeLoop {
         let ctx = &self.ctx;
         ctx.metrics.reconciles.fetch_add(1, Relaxed);
         let engines = &mut self.engines;
-        let (result, timeline) = crate::clock::timed(async {
+        let (result, timeline) = crate::timeline::timed(async {
             match engines.get(want.arch) {
-                Ok(engine) => reconcile::reconcile(ctx, engine, node, want, periodic).await,
+                // Boxed: the reconcile's future is deep (engine → containerd, traced spans).
+                Ok(engine) => {
+                    Box::pin(reconcile::reconcile(ctx, engine, node, want, periodic)).await
+                }
                 Err(e) => Err(e),
             }
         })
@@ -180,6 +188,9 @@ impl NodeLoop {
         ctx.metrics
             .duration_micros
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        if result.is_err() {
+            ctx.metrics.count_failure(timeline.last_finished());
+        }
         result
     }
 }
@@ -231,13 +242,13 @@ fn restart_gate(
     let namespace =
         crate::lease::namespace(fleet.lease_namespace.as_deref(), "fleet.lease_namespace")?;
     let observer_ctx = ctx.clone();
-    let observer: lease::GateObserver = Arc::new(move |event| {
+    let observer: restart_slots::GateObserver = Arc::new(move |event| {
         let ctx = observer_ctx.clone();
         Box::pin(async move {
             match event {
-                lease::GateEvent::Waiting(msg) => {
+                restart_slots::GateEvent::Waiting(msg) => {
                     ctx.metrics.waiting_for_restart.store(true, Relaxed);
-                    if let Err(e) = ctx.nodes.set_phase(report::Phase::WaitingForRestart).await {
+                    if let Err(e) = ctx.nodes.set_phase(Phase::WaitingForRestart).await {
                         tracing::warn!(error = %format!("{e:#}"), "could not show the wait on the node");
                     }
                     if let Ok(node) = ctx.nodes.get().await {
@@ -246,14 +257,14 @@ fn restart_gate(
                             .await;
                     }
                 }
-                lease::GateEvent::Acquired => {
+                restart_slots::GateEvent::Acquired => {
                     ctx.metrics.waiting_for_restart.store(false, Relaxed);
-                    let _ = ctx.nodes.set_phase(report::Phase::Provisioning).await;
+                    let _ = ctx.nodes.set_phase(Phase::Provisioning).await;
                 }
             }
         })
     });
-    Ok(Arc::new(lease::LeaseGate::new(
+    Ok(Arc::new(restart_slots::LeaseGate::new(
         client, &namespace, node_name, fleet, observer,
     )))
 }

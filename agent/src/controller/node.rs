@@ -10,15 +10,13 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 
-use super::desired::{annotation, label};
-use super::report::StatusDoc;
-
-pub const PROVISIONED_LABEL: &str = "kwasm.sh/kwasm-provisioned";
-pub const STATUS_ANNOTATION: &str = "kwasm.sh/kwasm-status";
-/// `kwasm.sh/shim.<name>`: "true" once that handler is proven loaded (its RuntimeClass selects it).
-const SHIM_READY_PREFIX: &str = "kwasm.sh/shim.";
-/// `kwasm.sh/version.<name>`: the shim's installed version.
-const SHIM_VERSION_PREFIX: &str = "kwasm.sh/version.";
+use crate::node_contract::labels::{
+    shim_ready_label, shim_version_label, PROVISIONED_LABEL, SHIM_READY_PREFIX,
+    SHIM_VERSION_PREFIX, STATUS_ANNOTATION,
+};
+use crate::node_contract::status::{Phase, StatusDoc};
+use crate::node_contract::trigger::{annotation, label};
+use crate::node_contract::uninstall_request::UNINSTALL_ANNOTATION;
 const CONFLICT_ATTEMPTS: u32 = 5;
 
 #[derive(Clone)]
@@ -40,14 +38,6 @@ pub struct ShimLabel {
     pub name: String,
     pub ready: bool,
     pub version: String,
-}
-
-pub fn shim_ready_label(name: &str) -> String {
-    format!("{SHIM_READY_PREFIX}{name}")
-}
-
-pub fn shim_version_label(name: &str) -> String {
-    format!("{SHIM_VERSION_PREFIX}{name}")
 }
 
 /// The labels `report` manages, as they should be (None: absent).
@@ -165,12 +155,12 @@ impl NodeClient {
     }
 
     /// Set the status annotation's phase (keeping what else it says); labels stay as they are.
-    pub async fn set_phase(&self, phase: super::report::Phase) -> anyhow::Result<()> {
+    pub async fn set_phase(&self, phase: Phase) -> anyhow::Result<()> {
         for _ in 0..CONFLICT_ATTEMPTS {
             let node = self.get().await?;
             let mut doc: StatusDoc = annotation(&node, STATUS_ANNOTATION)
                 .and_then(|a| serde_json::from_str(a).ok())
-                .unwrap_or_else(|| StatusDoc::new(&Default::default(), phase, None));
+                .unwrap_or_else(|| super::report::status_doc(&Default::default(), phase, None));
             doc.phase = phase;
             doc.error = None;
             doc.time = crate::clock::now_rfc3339();
@@ -199,7 +189,7 @@ pub async fn clear_stale_uninstall(nodes: &NodeClient, node: &Node) -> anyhow::R
     let patch = serde_json::json!({
         "metadata": {
             "resourceVersion": node.metadata.resource_version,
-            "annotations": { super::desired::UNINSTALL_ANNOTATION: null },
+            "annotations": { UNINSTALL_ANNOTATION: null },
         }
     });
     nodes

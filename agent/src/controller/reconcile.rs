@@ -7,17 +7,21 @@ use anyhow::anyhow;
 use k8s_openapi::api::core::v1::Node;
 
 use super::context::Context;
-use super::desired::{annotation, label, Desired, Uninstall};
+use super::desired::{Desired, Uninstall};
 use super::events::Reason;
-use super::node::{self, Report, ShimLabel, PROVISIONED_LABEL, STATUS_ANNOTATION};
-use super::report::{Phase, StatusDoc};
+use super::node::{self, Report, ShimLabel};
+use super::report::status_doc;
 use crate::artifact::ArtifactStep;
-use crate::clock::mark;
 use crate::containerd::Restart;
 use crate::engine::{ApplyReport, Engine, HostFacts, HostPlan, State};
 use crate::host::lock::HostLock;
+use crate::node_contract::labels::{shim_ready_label, PROVISIONED_LABEL, STATUS_ANNOTATION};
+use crate::node_contract::status::{Phase, StatusDoc};
+use crate::node_contract::trigger::{annotation, label};
 use crate::settings::RestartMethod;
+use crate::timeline::mark;
 
+#[tracing::instrument(name = "reconcile", skip_all, fields(node = %ctx.nodes.name, periodic))]
 pub async fn reconcile(
     ctx: &Context,
     engine: &Engine,
@@ -35,6 +39,7 @@ pub async fn reconcile(
     }
 }
 
+#[tracing::instrument(skip_all, fields(phase = "provision"))]
 async fn provision(
     ctx: &Context,
     engine: &Engine,
@@ -65,7 +70,7 @@ async fn provision(
     let shown_ready = label(node, PROVISIONED_LABEL) == Some("true")
         && shims
             .iter()
-            .all(|s| label(node, &node::shim_ready_label(&s.name)) == Some("true"));
+            .all(|s| label(node, &shim_ready_label(&s.name)) == Some("true"));
     if shown_ready && !plan.changes() && loaded && extra.is_empty() {
         remove_startup_taint(ctx, node).await?;
         return Ok(());
@@ -194,7 +199,7 @@ async fn claim(
             .any(|s| s.shim.name == shown.name && s.step != ArtifactStep::UpToDate);
         shown.ready &= !changes;
     }
-    let doc = StatusDoc::new(state, Phase::Provisioning, None);
+    let doc = status_doc(state, Phase::Provisioning, None);
     let node = ctx
         .nodes
         .report(
@@ -266,7 +271,7 @@ async fn report_provisioned(
     report: &ApplyReport,
     shims: &[ShimLabel],
 ) -> anyhow::Result<()> {
-    let doc = StatusDoc::new(&report.state, Phase::Provisioned, None);
+    let doc = status_doc(&report.state, Phase::Provisioned, None);
     let node = ctx
         .nodes
         .report(
@@ -356,7 +361,7 @@ async fn fail(
     f: Failure,
 ) -> anyhow::Result<()> {
     let msg = format!("{:#}", f.error);
-    let doc = StatusDoc::new(state, f.phase, Some(msg.clone()));
+    let doc = status_doc(state, f.phase, Some(msg.clone()));
     let reported = ctx
         .nodes
         .report(
@@ -386,6 +391,7 @@ const CLEAR: Report<'static> = Report {
 
 /// The node stopped asking (or the chart is being uninstalled: `uninstalling`, which overrides
 /// `keep_on_untrigger`): undo everything and clear the agent's labels and annotation.
+#[tracing::instrument(skip_all, fields(phase = "remove"))]
 async fn unprovision(
     ctx: &Context,
     engine: &Engine,
@@ -398,7 +404,7 @@ async fn unprovision(
         ctx.nodes.report(node, CLEAR).await?;
         return Ok(());
     }
-    let doc = StatusDoc::new(&state, Phase::Removing, None);
+    let doc = status_doc(&state, Phase::Removing, None);
     let removing = Report {
         provisioned: Some(false),
         status: Some(&doc),

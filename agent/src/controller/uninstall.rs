@@ -13,10 +13,10 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::Api;
 
-use super::desired::{annotation, asks_for_shims, label, UNINSTALL_ANNOTATION};
-use super::node::{PROVISIONED_LABEL, STATUS_ANNOTATION};
-use super::report::StatusDoc;
-use super::uninstall_request::request_value;
+use crate::node_contract::labels::{PROVISIONED_LABEL, STATUS_ANNOTATION};
+use crate::node_contract::status::StatusDoc;
+use crate::node_contract::trigger::{annotation, asks_for_shims, label};
+use crate::node_contract::uninstall_request::{request_value, UNINSTALL_ANNOTATION};
 use crate::settings::Settings;
 
 const POLL: Duration = Duration::from_secs(2);

@@ -5,9 +5,9 @@
 use std::collections::BTreeSet;
 
 use crate::artifact::Installed;
-use crate::clock::mark;
 use crate::containerd::{Outcome, Restart};
 use crate::host::lock::HostLock;
+use crate::timeline::mark;
 
 use super::plan::owned_handlers;
 use super::{Engine, HostFacts, HostPlan, State};
@@ -89,6 +89,7 @@ impl Engine {
     }
 
     /// Carry out `plan`, computed from `facts` under the same host lock.
+    #[tracing::instrument(name = "carry_out", skip_all)]
     pub async fn carry_out(
         &self,
         _held: &HostLock,

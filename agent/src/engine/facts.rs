@@ -17,6 +17,7 @@ pub struct HostFacts {
 }
 
 impl Engine {
+    #[tracing::instrument(name = "facts", skip_all)]
     pub async fn facts(&self, shims: &[&Shim]) -> anyhow::Result<HostFacts> {
         let state = State::load(&self.layout.state_path())?;
         let mut artifacts = BTreeMap::new();

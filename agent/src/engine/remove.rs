@@ -36,6 +36,7 @@ impl Engine {
     }
 
     /// `remove`, for a caller that already holds the host lock.
+    #[tracing::instrument(name = "remove", skip_all)]
     pub async fn remove_locked(
         &self,
         _held: &HostLock,
@@ -83,7 +84,7 @@ impl Engine {
         for name in &removable {
             if let Some(rec) = state.shims.remove(name) {
                 self.remove_binary(&rec)?;
-                crate::clock::mark("remove-binary");
+                crate::timeline::mark("remove-binary");
                 tracing::info!(shim = %name, path = %rec.binary_path.display(), "shim binary removed");
             }
             state.save(&self.layout.state_path())?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 
-use super::{Auto, RestartMethod, Settings};
+use super::{ArtifactSettings, Auto, ContainerdSettings, RestartMethod, Settings, Shim};
 
 type Invalid = (String, String);
 
@@ -17,6 +17,14 @@ type Invalid = (String, String);
 pub const MAX_SHIM_NAME: usize = 50;
 
 pub fn check(s: &Settings) -> Result<(), Invalid> {
+    host_trigger_and_agent(s)?;
+    artifacts(&s.artifacts)?;
+    containerd(&s.containerd)?;
+    leases(s)?;
+    shims(&s.shims)
+}
+
+fn host_trigger_and_agent(s: &Settings) -> Result<(), Invalid> {
     absolute("host.root", &s.host.root)?;
     absolute("host.install_dir", &s.host.install_dir)?;
     for (key, v) in [
@@ -37,8 +45,13 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
         })?;
     within("agent.resync", s.agent.resync, secs(1), days(7))?;
     within("agent.max_backoff", s.agent.max_backoff, secs(1), days(1))?;
+    if !s.trigger.startup_taint.is_empty() {
+        qualified_name("trigger.startup_taint", &s.trigger.startup_taint)?;
+    }
+    Ok(())
+}
 
-    let a = &s.artifacts;
+fn artifacts(a: &ArtifactSettings) -> Result<(), Invalid> {
     if let Some(p) = &a.ca_bundle {
         absolute("artifacts.ca_bundle", p)?;
     }
@@ -77,8 +90,10 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
             format!("expected 1 to 100, found {}", a.attempts),
         ));
     }
+    Ok(())
+}
 
-    let c = &s.containerd;
+fn containerd(c: &ContainerdSettings) -> Result<(), Invalid> {
     for (key, p) in [
         ("containerd.config", c.config.given()),
         ("containerd.socket", c.socket.given()),
@@ -103,6 +118,11 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
         }
     }
     within("containerd.timeout", c.timeout, secs(1), mins(60))?;
+    Ok(())
+}
+
+/// The restart slots' and the catalog leader's Leases.
+fn leases(s: &Settings) -> Result<(), Invalid> {
     if let Some(f) = &s.fleet {
         // A holder renews at a third of the duration; shorter would flap on a busy API server.
         within("fleet.lease_duration", f.lease_duration, secs(5), mins(60))?;
@@ -124,13 +144,13 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
         "catalog.lease_namespace",
         s.catalog.lease_namespace.as_deref(),
     )?;
-    if !s.trigger.startup_taint.is_empty() {
-        qualified_name("trigger.startup_taint", &s.trigger.startup_taint)?;
-    }
+    Ok(())
+}
 
+fn shims(shims: &[Shim]) -> Result<(), Invalid> {
     let mut names = BTreeSet::new();
     let mut binaries = BTreeSet::new();
-    for (i, shim) in s.shims.iter().enumerate() {
+    for (i, shim) in shims.iter().enumerate() {
         let key = |k: &str| format!("shims[{i}].{k}");
         if !is_dns_label(&shim.name) || shim.name.len() > MAX_SHIM_NAME {
             return Err((
@@ -184,23 +204,29 @@ pub fn check(s: &Settings) -> Result<(), Invalid> {
         if let Some(v) = &shim.verify {
             verify(&key, v, &shim.binary)?;
         }
-        let mut arches = BTreeSet::new();
-        for (j, p) in shim.platforms.iter().enumerate() {
-            let pkey = |k: &str| format!("shims[{i}].platforms[{j}].{k}");
-            if !arches.insert(p.arch) {
-                return Err((pkey("arch"), format!("{} is listed twice", p.arch)));
+        platforms(i, shim)?;
+    }
+    Ok(())
+}
+
+/// One shim's platforms: one per architecture, digests of 64 hex digits, URLs.
+fn platforms(i: usize, shim: &Shim) -> Result<(), Invalid> {
+    let mut arches = BTreeSet::new();
+    for (j, p) in shim.platforms.iter().enumerate() {
+        let pkey = |k: &str| format!("shims[{i}].platforms[{j}].{k}");
+        if !arches.insert(p.arch) {
+            return Err((pkey("arch"), format!("{} is listed twice", p.arch)));
+        }
+        if let Some(d) = &p.sha256 {
+            if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err((
+                    pkey("sha256"),
+                    format!("expected 64 hex digits, found {d:?}"),
+                ));
             }
-            if let Some(d) = &p.sha256 {
-                if d.len() != 64 || !d.bytes().all(|b| b.is_ascii_hexdigit()) {
-                    return Err((
-                        pkey("sha256"),
-                        format!("expected 64 hex digits, found {d:?}"),
-                    ));
-                }
-            }
-            if url::Url::parse(&p.url).is_err() {
-                return Err((pkey("url"), format!("not a URL: {:?}", p.url)));
-            }
+        }
+        if url::Url::parse(&p.url).is_err() {
+            return Err((pkey("url"), format!("not a URL: {:?}", p.url)));
         }
     }
     Ok(())

@@ -16,9 +16,9 @@ use kube::api::ListParams;
 use kube::Api;
 use rand::Rng;
 
-use super::node::PROVISIONED_LABEL;
 use crate::containerd::gate::{Permit, RestartGate};
 use crate::lease::{live_holder, LeaseHolder};
+use crate::node_contract::labels::PROVISIONED_LABEL;
 use crate::settings::{Concurrency, FleetSettings};
 
 const SLOT_PREFIX: &str = "kwasm-agent-restart-";
