@@ -316,8 +316,10 @@ row "P5 agent binary (release, this target)" "$(printf '%.1f MiB' "$(calc "$bin_
 if [ "$image" = 1 ]; then
   echo "==> image" >&2
   archive=$(scripts/build-image.sh 2>/dev/null | tail -n 1)
-  layer=$(awk '{print $2}' target/image/size.txt)
-  row "P5 image (static binary + CA bundle, compressed)" "$(printf '%.1f MB' "$(calc "$layer / 1000000")")" "$(basename "$archive")" "-" "-" "-"
+  for arch in amd64 arm64; do
+    layer=$(awk -v a="$arch:" '$1 == a {print $6}' target/image/size.txt)
+    row "P5 image $arch (static binary + CA bundle, compressed)" "$(printf '%.1f MB' "$(calc "$layer / 1000000")")" "$(basename "$archive")" "-" "-" "-"
+  done
 fi
 
 wasm_lines=""

@@ -6,7 +6,7 @@
 # Rust test: unit, integration against a real containerd, end-to-end with the real kubectl, WASI
 # modules through CRI on a wasm shim built from runwasi's crates (tests/wasm-shim, by
 # scripts/build-wasm-shim.sh; its first build takes about ten minutes), the agent's image run as
-# the DaemonSet's pod (scripts/build-image.sh), production nodes under a real systemd with containerd
+# the DaemonSet's pod (scripts/build-image.sh: amd64 and arm64, the arm64 agent run under qemu-user), production nodes under a real systemd with containerd
 # 1.6, 1.7 and 2.1 (scripts/containerd-releases.sh), and both demos as a new user runs them. Extra
 # arguments go to the test runner.
 set -euo pipefail
@@ -20,6 +20,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v shellcheck >/dev/null || need+=(shellcheck)
+# The arm64 agent runs under qemu-user in tests/tests/arm64.rs.
+command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 [ -r /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
 # The WebAssembly end-to-end test: WAT workloads, static native workloads, and the wasm shim's build.
 command -v wat2wasm >/dev/null || need+=(wabt)
@@ -54,8 +56,8 @@ export KWASM_WASM_SHIM_ARCHIVE
 echo "==> containerd releases for the systemd nodes (scripts/containerd-releases.sh)"
 KWASM_CONTAINERD_RELEASES=$(bash scripts/containerd-releases.sh | tail -n 1)
 export KWASM_CONTAINERD_RELEASES
-echo "==> agent image (scripts/build-image.sh)"
-KWASM_IMAGE_ARCHIVE=$(bash scripts/build-image.sh | tail -n 1)
+echo "==> agent image for amd64 and arm64 (scripts/build-image.sh, profile release-ci)"
+KWASM_IMAGE_ARCHIVE=$(KWASM_IMAGE_PROFILE=${KWASM_IMAGE_PROFILE:-release-ci} bash scripts/build-image.sh | tail -n 1)
 export KWASM_IMAGE_ARCHIVE
 
 echo "==> the demos, as a new user runs them (scripts/demo.sh, scripts/demo.sh --wasm)"

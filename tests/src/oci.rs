@@ -1,6 +1,7 @@
 //! OCI image archives written by the tests (no registry is reachable here): one layer holding the given
 //! files, a config with the entrypoint, a manifest, and an index naming the image, in the OCI layout
-//! that `ctr images import` reads.
+//! that `ctr images import` reads — or, for several architectures, one image index (a manifest
+//! list) naming a manifest per platform, as `docker buildx --platform a,b` pushes.
 
 use std::path::Path;
 
@@ -21,6 +22,8 @@ pub struct Image<'a> {
     pub labels: Vec<(&'a str, String)>,
     /// gzip the layer (what registries store; the size an image is measured by).
     pub compress: bool,
+    /// OCI's name for the architecture the files are built for.
+    pub architecture: &'a str,
 }
 
 impl<'a> Image<'a> {
@@ -37,6 +40,7 @@ impl<'a> Image<'a> {
             cmd: vec![],
             labels: vec![],
             compress: false,
+            architecture: oci_arch(),
         }
     }
 }
@@ -50,9 +54,32 @@ pub fn oci_arch() -> &'static str {
     }
 }
 
+const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+
+fn descriptor(media: &str, blob: &[u8]) -> serde_json::Value {
+    json!({ "mediaType": media, "digest": format!("sha256:{}", sha256(blob)), "size": blob.len() })
+}
+
+/// One platform's image as blobs: (manifest, [layer, config, manifest], layer size as stored).
+struct Built {
+    manifest: Vec<u8>,
+    blobs: Vec<Vec<u8>>,
+    layer_size: usize,
+}
+
 impl Image<'_> {
     /// Writes the image archive to `dest`; returns the size of its layer as stored.
     pub fn write(&self, dest: &Path) -> usize {
+        let built = self.build();
+        let mut entry = descriptor(MANIFEST, &built.manifest);
+        entry["annotations"] = name_annotations(self.name);
+        entry["platform"] = json!({ "architecture": self.architecture, "os": "linux" });
+        write_layout(dest, entry, built.blobs);
+        built.layer_size
+    }
+
+    fn build(&self) -> Built {
         let tar = self.layer();
         let diff_id = format!("sha256:{}", sha256(&tar));
         let (layer, layer_type) = if self.compress {
@@ -77,46 +104,26 @@ impl Image<'_> {
             image_config["Labels"] = labels.into();
         }
         let config = serde_json::to_vec(&json!({
-            "architecture": oci_arch(),
+            "architecture": self.architecture,
             "os": "linux",
             "config": image_config,
             "rootfs": { "type": "layers", "diff_ids": [diff_id] },
         }))
         .unwrap();
-        let descriptor = |media: &str, blob: &[u8]| json!({ "mediaType": media, "digest": format!("sha256:{}", sha256(blob)), "size": blob.len() });
         let manifest = serde_json::to_vec(&json!({
             "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": MANIFEST,
             "config": descriptor("application/vnd.oci.image.config.v1+json", &config),
             "layers": [descriptor(layer_type, &layer)],
         }))
         .unwrap();
-        let mut entry = descriptor("application/vnd.oci.image.manifest.v1+json", &manifest);
-        entry["annotations"] = json!({
-            "io.containerd.image.name": self.name,
-            "org.opencontainers.image.ref.name": self.name.rsplit(':').next().unwrap_or("latest"),
-        });
-        entry["platform"] = json!({ "architecture": oci_arch(), "os": "linux" });
-        let index =
-            serde_json::to_vec(&json!({ "schemaVersion": 2, "manifests": [entry] })).unwrap();
-
-        let mut out = tar::Builder::new(std::fs::File::create(dest).unwrap());
-        let mut add = |name: &str, data: &[u8]| {
-            let mut h = tar::Header::new_ustar();
-            h.set_size(data.len() as u64);
-            h.set_mode(0o644);
-            h.set_cksum();
-            out.append_data(&mut h, name, data).unwrap();
-        };
-        add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
-        add("index.json", &index);
-        for blob in [&layer, &config, &manifest] {
-            add(&format!("blobs/sha256/{}", sha256(blob)), blob);
+        let layer_size = layer.len();
+        Built {
+            blobs: vec![layer, config, manifest.clone()],
+            manifest,
+            layer_size,
         }
-        out.finish().unwrap();
-        layer.len()
     }
-
     fn layer(&self) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
         for (path, data, mode) in &self.files {
@@ -144,4 +151,61 @@ impl Image<'_> {
         }
         b.into_inner().unwrap()
     }
+}
+
+fn name_annotations(name: &str) -> serde_json::Value {
+    json!({
+        "io.containerd.image.name": name,
+        "org.opencontainers.image.ref.name": name.rsplit(':').next().unwrap_or("latest"),
+    })
+}
+
+/// Writes one image for several platforms (all named `name`) as an image index — one manifest per
+/// platform, each with its platform — under the name; returns each image's layer size as stored.
+pub fn write_index(name: &str, images: &[Image], dest: &Path) -> Vec<usize> {
+    let mut blobs = Vec::new();
+    let mut manifests = Vec::new();
+    let mut sizes = Vec::new();
+    for image in images {
+        let built = image.build();
+        let mut entry = descriptor(MANIFEST, &built.manifest);
+        entry["platform"] = json!({ "architecture": image.architecture, "os": "linux" });
+        manifests.push(entry);
+        blobs.extend(built.blobs);
+        sizes.push(built.layer_size);
+    }
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX,
+        "manifests": manifests,
+    }))
+    .unwrap();
+    let mut entry = descriptor(INDEX, &index);
+    entry["annotations"] = name_annotations(name);
+    blobs.push(index);
+    write_layout(dest, entry, blobs);
+    sizes
+}
+
+/// The OCI layout as a tar: `oci-layout`, `index.json` naming `entry`, and every blob once.
+fn write_layout(dest: &Path, entry: serde_json::Value, blobs: Vec<Vec<u8>>) {
+    let index = serde_json::to_vec(&json!({ "schemaVersion": 2, "manifests": [entry] })).unwrap();
+    let mut out = tar::Builder::new(std::fs::File::create(dest).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        out.append_data(&mut h, name, data).unwrap();
+    };
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    add("index.json", &index);
+    let mut seen = std::collections::BTreeSet::new();
+    for blob in &blobs {
+        let digest = sha256(blob);
+        if seen.insert(digest.clone()) {
+            add(&format!("blobs/sha256/{digest}"), blob);
+        }
+    }
+    out.finish().unwrap();
 }

@@ -1,12 +1,14 @@
-//! Packs the agent's static binary as its container image, offline (no Docker daemon here): the same
-//! image images/Dockerfile builds — the binary and CA certificates on an empty base — written as an
-//! OCI image archive that `ctr images import` (or skopeo) accepts.
+//! Packs the agent's static binaries as its container image, offline (no Docker daemon here): the same
+//! image images/Dockerfile builds — the binary and CA certificates on an empty base — one per
+//! architecture under one image index (a manifest list, each manifest with its platform), written as
+//! an OCI image archive that `ctr images import --all-platforms` and skopeo accept.
 //!
-//! Usage: kw-image BINARY CA_BUNDLE NAME:TAG OUT.tar   (scripts/build-image.sh runs it)
+//! Usage: kw-image CA_BUNDLE NAME:TAG OUT.tar ARCH=BINARY...   (scripts/build-image.sh runs it;
+//! ARCH as OCI names it: amd64, arm64)
 
 use std::path::Path;
 
-use kwasm_tests::oci::Image;
+use kwasm_tests::oci::{write_index, Image};
 
 /// /host in the restricted security mode holds only the host paths the chart mounts, /usr among
 /// them; the host's own programs run chrooted there (the shim's start probe, containerd validating a
@@ -21,12 +23,42 @@ const HOST_ROOT_LINKS: [(&str, &str); 4] = [
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [binary, ca, name, out] = args.as_slice() else {
-        eprintln!("usage: kw-image BINARY CA_BUNDLE NAME:TAG OUT.tar");
-        std::process::exit(2);
+    let [ca, name, out, binaries @ ..] = args.as_slice() else {
+        usage();
     };
+    let ca = std::fs::read(ca).expect("a CA bundle");
+    let builds: Vec<(&str, Vec<u8>)> = binaries
+        .iter()
+        .map(|b| match b.split_once('=') {
+            Some((arch, path)) => (arch, std::fs::read(path).expect("the agent binary")),
+            None => usage(),
+        })
+        .collect();
+    if builds.is_empty() {
+        usage();
+    }
+    let images: Vec<Image> = builds
+        .iter()
+        .map(|(arch, binary)| image(name, arch, binary.clone(), ca.clone()))
+        .collect();
+    let sizes = write_index(name, &images, Path::new(out));
+    for ((arch, binary), layer) in builds.iter().zip(sizes) {
+        eprintln!(
+            "{arch}: binary {} bytes, layer {layer} bytes (compressed)",
+            binary.len()
+        );
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: kw-image CA_BUNDLE NAME:TAG OUT.tar ARCH=BINARY...");
+    std::process::exit(2);
+}
+
+fn image<'a>(name: &'a str, arch: &'a str, binary: Vec<u8>, ca: Vec<u8>) -> Image<'a> {
     let version = name.rsplit(':').next().unwrap_or("").to_owned();
-    let image = Image {
+    Image {
+        architecture: arch,
         cmd: vec!["run", "--config", "/etc/kwasm-agent/config.toml"],
         labels: vec![
             ("org.opencontainers.image.title", "kwasm-agent".into()),
@@ -46,20 +78,10 @@ fn main() {
         ..Image::new(
             name,
             vec![
-                (
-                    "/usr/local/bin/kwasm-agent",
-                    std::fs::read(binary).expect("the agent binary"),
-                    0o755,
-                ),
-                (
-                    "/etc/ssl/certs/ca-certificates.crt",
-                    std::fs::read(ca).expect("a CA bundle"),
-                    0o644,
-                ),
+                ("/usr/local/bin/kwasm-agent", binary, 0o755),
+                ("/etc/ssl/certs/ca-certificates.crt", ca, 0o644),
             ],
             vec!["/usr/local/bin/kwasm-agent"],
         )
-    };
-    let layer = image.write(Path::new(out));
-    eprintln!("layer {layer} bytes (compressed)");
+    }
 }
