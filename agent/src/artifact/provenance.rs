@@ -136,6 +136,15 @@ impl Requirement<'_> {
             .collect()
     }
 
+    /// `check` at this moment: what `apply` and `pin` both ask.
+    pub fn check_now(
+        &self,
+        binary_sha256: &str,
+        members: &std::collections::BTreeMap<String, Vec<u8>>,
+    ) -> Result<Signer, ProvenanceError> {
+        self.check(binary_sha256, members, crate::clock::unix_now())
+    }
+
     /// Checks the signature found among `members` over the binary whose SHA-256 is `binary_sha256`
     /// (hex). `now` (Unix seconds) only bounds a leaf claiming to be issued in the future.
     pub fn check(

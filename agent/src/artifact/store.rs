@@ -234,12 +234,8 @@ impl ArtifactStore {
                     binary: &shim.binary,
                     trust,
                 };
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs() as i64)
-                    .unwrap_or(0);
                 let signer = req
-                    .check(&unpacked.binary_sha256, &unpacked.members, now)
+                    .check_now(&unpacked.binary_sha256, &unpacked.members)
                     .map_err(|e| anyhow!("signature check failed, nothing installed: {e}"))?;
                 tracing::info!(shim = %shim.name, signer = %signer, "shim signature verified");
                 Some(SignatureRecord {

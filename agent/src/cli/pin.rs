@@ -101,12 +101,8 @@ pub async fn pin(a: PinArgs) -> anyhow::Result<()> {
                 binary: &binary,
                 trust,
             };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or(0);
             let signer = req
-                .check(&unpacked.binary_sha256, &unpacked.members, now)
+                .check_now(&unpacked.binary_sha256, &unpacked.members)
                 .map_err(|e| anyhow!("{binary} in {}: signature check failed: {e}", a.url))?;
             Some(signer)
         }

@@ -145,7 +145,9 @@ impl NodeLoop {
         let ctx = &self.ctx;
         match result {
             Ok(()) => {
-                ctx.metrics.last_success_unix.store(unix_now(), Relaxed);
+                ctx.metrics
+                    .last_success_unix
+                    .store(crate::clock::unix_now().max(0) as u64, Relaxed);
                 self.backoff.reset();
                 self.wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
             }
@@ -317,11 +319,4 @@ fn release_freed_memory() {
         libc::malloc_trim(0);
     }
     crate::host::memory::unmap_idle_code();
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
