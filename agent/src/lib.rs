@@ -6,7 +6,8 @@
 //! 2. `controller` (the node controller, `run`) and `catalog` (the Shim objects' controller,
 //!    `catalog`), side by side: neither uses the other;
 //! 3. `node_contract` (the keys, labels and status document on a Node, shared by both controllers),
-//!    `crd` (Shim objects as catalog entries), `lease` (holding a Lease), `kube_client`;
+//!    `crd` (Shim objects as catalog entries), `lease` (holding a Lease), `kube_client`, `health`
+//!    (the probes' HTTP server);
 //! 4. `engine`: the host engine — facts → one plan → carry out → prove — built on
 //! 5. `artifact` (verified binaries) and `containerd` (config, restart, CRI proof), built on
 //! 6. `host` (host root, atomic writes, lock, host commands), `settings`, `arch`, `backoff`, `clock`,
@@ -22,6 +23,7 @@ pub mod containerd;
 pub mod controller;
 pub mod crd;
 pub mod engine;
+pub mod health;
 pub mod host;
 pub mod kube_client;
 pub mod lease;

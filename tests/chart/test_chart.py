@@ -249,6 +249,14 @@ class ShimObjects(unittest.TestCase):
         self.assertEqual(pod["containers"][0]["args"][:1], ["catalog"])
         self.assertFalse(pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"])
         self.assertEqual(deploy["spec"]["replicas"], 2)
+        # Probed as the agents are: /healthz (its Lease loop turns) and /readyz on the port the
+        # settings make it listen on.
+        container = pod["containers"][0]
+        self.assertEqual(container["livenessProbe"]["httpGet"], {"path": "/healthz", "port": "health"})
+        self.assertEqual(container["readinessProbe"]["httpGet"], {"path": "/readyz", "port": "health"})
+        (port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "health"]
+        (cm,) = by_kind(docs, "ConfigMap")
+        self.assertIn(f'listen = "[::]:{port}"', cm["data"]["config.toml"])
 
 
 class WhoMayWriteShims(unittest.TestCase):

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("crd", 3),
     ("lease", 3),
     ("kube_client", 3),
+    ("health", 3),
     ("engine", 4),
     ("artifact", 5),
     ("containerd", 5),

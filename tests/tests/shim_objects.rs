@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use kwasm_tests::agent::{agent, eventually, output, RunningAgent, RunningCatalog};
+use kwasm_tests::agent::{agent, eventually, http_get, output, RunningAgent, RunningCatalog};
 use kwasm_tests::archive::{release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
 use kwasm_tests::kube_api::{free_port, KubeApi};
@@ -506,14 +506,15 @@ fn one_catalog_replica_leads_and_a_standby_takes_over_when_it_dies() {
     );
     api.add_node("n0", "amd64");
     api.kubectl_ok(&["annotate", "node", "n0", "kwasm.sh/kwasm-node=true"]);
-    let settings = dir.path().join("catalog.toml");
-    std::fs::write(
-        &settings,
-        "[catalog]\nlease_namespace = \"kwasm\"\nlease_duration = \"3s\"\nstatus_interval = \"100ms\"\n",
-    )
-    .unwrap();
+    let ports = [free_port(), free_port()];
     let mut replicas: Vec<Option<RunningCatalog>> = (0..2)
         .map(|i| {
+            let settings = dir.path().join(format!("catalog-{i}.toml"));
+            std::fs::write(
+                &settings,
+                format!("[catalog]\nlease_namespace = \"kwasm\"\nlease_duration = \"3s\"\nstatus_interval = \"100ms\"\nlisten = \"127.0.0.1:{}\"\n", ports[i]),
+            )
+            .unwrap();
             let log = dir.path().join(format!("catalog-{i}.log"));
             Some(RunningCatalog::start(
                 &settings,
@@ -549,6 +550,13 @@ fn one_catalog_replica_leads_and_a_standby_takes_over_when_it_dies() {
         "the standby wrote: {}",
         standby.log()
     );
+    // Leader and standby are both live (their Lease loops turn) and both ready.
+    for port in ports {
+        for path in ["/healthz", "/readyz"] {
+            let (code, body) = http_get(port, path).expect("the catalog's health endpoint");
+            assert_eq!(code, 200, "{path} on {port}: {body}");
+        }
+    }
 
     // The leader dies without a word (SIGKILL): the standby takes over once the Lease expires and
     // writes what changed meanwhile.

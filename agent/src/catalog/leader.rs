@@ -3,6 +3,7 @@
 //! restarted as a standby — when it cannot renew before its Lease would expire, so two never write
 //! the same statuses at once for longer than a renewal.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
@@ -11,10 +12,59 @@ use crate::lease::{live_holder, LeaseHolder};
 
 pub const LEASE_NAME: &str = "kwasm-catalog";
 
+/// A replica's liveness: its Lease loop — standing by or leading — beats at every turn (a third of
+/// the lease duration, plus the request). One that has not turned for two lease durations is stuck,
+/// and its `/healthz` says so. Leader and standby are both ready.
+pub struct Heartbeat {
+    start: Instant,
+    last_ms: AtomicU64,
+    stuck_after: Duration,
+}
+
+impl Heartbeat {
+    pub fn new(lease_duration: Duration) -> Self {
+        Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            stuck_after: lease_duration * 2,
+        }
+    }
+
+    pub fn beat(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    fn since_last(&self) -> Duration {
+        self.start.elapsed() - Duration::from_millis(self.last_ms.load(Relaxed))
+    }
+}
+
+impl crate::health::Probe for Heartbeat {
+    fn not_live(&self) -> Option<String> {
+        let quiet = self.since_last();
+        (quiet > self.stuck_after).then(|| {
+            format!(
+                "the catalog Lease loop has not turned for {:.0}s",
+                quiet.as_secs_f64()
+            )
+        })
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        None
+    }
+
+    fn metrics(&self) -> Option<String> {
+        None
+    }
+}
+
 /// Wait until this replica holds the Lease.
-pub async fn acquire(lease: &LeaseHolder) -> anyhow::Result<()> {
+pub async fn acquire(lease: &LeaseHolder, heartbeat: &Heartbeat) -> anyhow::Result<()> {
     let mut announced = None;
     loop {
+        heartbeat.beat();
         let taken = match lease.leases.get_opt(LEASE_NAME).await? {
             None => lease.create(LEASE_NAME, Default::default()).await?,
             Some(current) => match live_holder(&current, Timestamp::now()) {
@@ -37,11 +87,12 @@ pub async fn acquire(lease: &LeaseHolder) -> anyhow::Result<()> {
 }
 
 /// Renew until a renewal cannot get through in time; then say why leadership was lost.
-pub async fn keep(lease: LeaseHolder) -> anyhow::Error {
+pub async fn keep(lease: LeaseHolder, heartbeat: &Heartbeat) -> anyhow::Error {
     let mut renewed = Instant::now();
     // Give up with a margin: a standby takes over only once the Lease expired.
     let deadline = lease.duration.mul_f64(2.0 / 3.0);
     loop {
+        heartbeat.beat();
         tokio::time::sleep(lease.duration / 3).await;
         match lease.renew(LEASE_NAME).await {
             Ok(()) => renewed = Instant::now(),
@@ -62,5 +113,24 @@ pub async fn release(lease: &LeaseHolder) {
         .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
     {
         tracing::warn!(error = %format!("{e:#}"), "could not release the catalog Lease; it expires on its own");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Probe;
+
+    #[test]
+    fn a_lease_loop_that_stops_turning_is_not_live() {
+        let h = Heartbeat::new(Duration::from_millis(5));
+        h.beat();
+        assert_eq!(h.not_live(), None);
+        assert_eq!(h.not_ready(), None, "a standby is ready too");
+        // The property is about time passing: let it pass.
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(h.not_live().unwrap().contains("has not turned"));
+        h.beat();
+        assert_eq!(h.not_live(), None);
     }
 }

@@ -47,16 +47,25 @@ pub async fn run(config: &std::path::Path) -> anyhow::Result<()> {
         holder: holder.clone(),
         duration: settings.catalog.lease_duration,
     };
+    let heartbeat = Arc::new(leader::Heartbeat::new(settings.catalog.lease_duration));
+    if !settings.catalog.listen.is_empty() {
+        crate::health::serve(
+            &settings.catalog.listen,
+            "catalog.listen",
+            heartbeat.clone(),
+        )
+        .await?;
+    }
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     tokio::select! {
-        got = leader::acquire(&lease) => got?,
+        got = leader::acquire(&lease, &heartbeat) => got?,
         _ = sigterm.recv() => return Ok(()),
         _ = sigint.recv() => return Ok(()),
     }
     let catalog = Catalog::new(client, settings, holder);
     let outcome = tokio::select! {
-        lost = leader::keep(lease.clone()) => Err(lost),
+        lost = leader::keep(lease.clone(), &heartbeat) => Err(lost),
         done = catalog.run() => done,
         _ = sigterm.recv() => Ok(()),
         _ = sigint.recv() => Ok(()),

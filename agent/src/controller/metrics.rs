@@ -101,6 +101,20 @@ impl Metrics {
     }
 }
 
+impl crate::health::Probe for Metrics {
+    fn not_live(&self) -> Option<String> {
+        None
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        (!self.ready.load(Relaxed)).then(|| "not watching the node yet".to_owned())
+    }
+
+    fn metrics(&self) -> Option<String> {
+        Some(self.render())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

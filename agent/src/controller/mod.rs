@@ -10,7 +10,6 @@ mod node;
 mod reconcile;
 mod report;
 mod restart_slots;
-mod server;
 mod shim_objects;
 mod uninstall;
 
@@ -49,7 +48,7 @@ pub async fn run(
     )?;
     let client = crate::kube_client::client("node").await?;
     let metrics = Arc::new(Metrics::default());
-    server::serve(&settings.agent.listen, metrics.clone()).await?;
+    crate::health::serve(&settings.agent.listen, "agent.listen", metrics.clone()).await?;
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kwasm-agent-{node_name}"));
     let ctx = Arc::new(Context {
         nodes: NodeClient::new(client.clone(), &node_name),

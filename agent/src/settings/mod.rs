@@ -274,6 +274,8 @@ pub struct CatalogSettings {
     /// `catalog`: node changes within this long are folded into one status write per Shim.
     #[serde(with = "humantime_serde")]
     pub status_interval: Duration,
+    /// `catalog`: where it serves /healthz and /readyz ("": not served).
+    pub listen: String,
 }
 
 impl Default for CatalogSettings {
@@ -283,6 +285,7 @@ impl Default for CatalogSettings {
             lease_namespace: None,
             lease_duration: Duration::from_secs(15),
             status_interval: Duration::from_secs(1),
+            listen: String::new(),
         }
     }
 }

@@ -34,15 +34,7 @@ fn host_trigger_and_agent(s: &Settings) -> Result<(), Invalid> {
     ] {
         qualified_name(key, v)?;
     }
-    s.agent
-        .listen
-        .parse::<std::net::SocketAddr>()
-        .map_err(|_| {
-            invalid(
-                "agent.listen",
-                format!("expected an address and port such as \"0.0.0.0:9101\" or \"[::]:9101\", found {:?}", s.agent.listen),
-            )
-        })?;
+    address("agent.listen", &s.agent.listen)?;
     within("agent.resync", s.agent.resync, secs(1), days(7))?;
     within("agent.max_backoff", s.agent.max_backoff, secs(1), days(1))?;
     if !s.trigger.startup_taint.is_empty() {
@@ -121,8 +113,20 @@ fn containerd(c: &ContainerdSettings) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// The restart slots' and the catalog leader's Leases.
+fn address(key: &str, listen: &str) -> Result<(), Invalid> {
+    listen.parse::<std::net::SocketAddr>().map(|_| ()).map_err(|_| {
+        invalid(
+            key,
+            format!("expected an address and port such as \"0.0.0.0:9101\" or \"[::]:9101\", found {listen:?}"),
+        )
+    })
+}
+
+/// The restart slots' and the catalog leader's Leases, and where the catalog serves its probes.
 fn leases(s: &Settings) -> Result<(), Invalid> {
+    if !s.catalog.listen.is_empty() {
+        address("catalog.listen", &s.catalog.listen)?;
+    }
     if let Some(f) = &s.fleet {
         // A holder renews at a third of the duration; shorter would flap on a busy API server.
         within("fleet.lease_duration", f.lease_duration, secs(5), mins(60))?;
