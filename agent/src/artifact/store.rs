@@ -172,12 +172,41 @@ impl ArtifactStore {
                 (url, sha256.as_deref())
             }
         };
-        let dest = self.layout.bin_path(&shim.binary);
         // Trust material is read first: a missing trust root fails before any download.
         let trust = match &shim.verify {
             Some(v) => Some(self.trust(v)?),
             None => None,
         };
+        let got = self.obtain(shim, arch, url, expected).await?;
+        crate::timeline::mark("download");
+        let signature = verify_signature(shim, trust, &got.unpacked)?;
+        let version_path = self.put_in_place(shim, got.binary, &got.unpacked).await?;
+        let record = InstalledShim {
+            name: shim.name.clone(),
+            version: shim.version.clone(),
+            arch,
+            url: url.clone(),
+            archive_sha256: got.archive_sha256,
+            binary_sha256: got.unpacked.binary_sha256,
+            binary_path: self.layout.host_bin_path(&shim.binary),
+            retired: retired_versions(previous, &version_path),
+            version_path: Some(version_path),
+            installed_at: now_rfc3339(),
+            link: previous.and_then(|r| r.link.clone()),
+            signature,
+        };
+        Ok((got.how, Some(record)))
+    }
+
+    /// The shim's binary, unpacked and staged (not yet visible): from the verified cache when it
+    /// holds the archive, else downloaded (digest checked on the stream).
+    async fn obtain(
+        &self,
+        shim: &Shim,
+        arch: Arch,
+        url: &str,
+        expected: Option<&str>,
+    ) -> anyhow::Result<Obtained> {
         let extract = Extract {
             binary: shim.binary.clone(),
             members: shim
@@ -186,108 +215,83 @@ impl ArtifactStore {
                 .map(|v| Requirement::members(v, &shim.binary))
                 .unwrap_or_default(),
             staging_dir: self.layout.staging_dir(),
-            dest: dest.clone(),
+            dest: self.layout.bin_path(&shim.binary),
         };
-        let max = self.settings.max_size.as_u64();
-
-        let mut how = Installed::FromCache;
-        let mut done = None;
         if let Some(sha) = expected.filter(|s| self.cache_path(s).is_file()) {
-            match self.unpack_cached(sha, &extract, max).await {
-                Ok(r) => done = Some((sha.to_owned(), r)),
+            match self
+                .unpack_cached(sha, &extract, self.settings.max_size.as_u64())
+                .await
+            {
+                Ok((unpacked, binary)) => {
+                    let how = Installed::FromCache;
+                    let archive_sha256 = sha.to_owned();
+                    return Ok(Obtained {
+                        how,
+                        archive_sha256,
+                        unpacked,
+                        binary,
+                    });
+                }
                 Err(e) => {
                     tracing::warn!(shim = %shim.name, error = %format!("{e:#}"), "cached archive unusable; downloading again")
                 }
             }
         }
-        let (archive_sha256, (unpacked, pending)) = match done {
-            Some(d) => d,
-            None => {
-                let source = Source::resolve(url, &self.settings)?;
-                tracing::info!(shim = %shim.name, version = %shim.version, %arch, from = %source.display(),
-                    sha256 = expected.unwrap_or("(unverified)"), "fetching shim");
-                let partial = self.layout.partial_dir().join(match expected {
-                    Some(s) => format!("{}.part", s.to_ascii_lowercase()),
-                    None => format!("unverified-{}.part", shim.name),
-                });
-                let fetched = self
-                    .fetcher()?
-                    .fetch(
-                        &source,
-                        expected,
-                        &partial,
-                        |d| self.cache_path(d),
-                        &extract,
-                    )
-                    .await?;
-                how = Installed::Downloaded {
-                    bytes: fetched.size,
-                };
-                (fetched.archive_sha256, (fetched.unpacked, fetched.binary))
-            }
-        };
-        crate::timeline::mark("download");
-        let signature = match (&shim.verify, trust) {
-            (Some(verify), Some(trust)) => {
-                let req = Requirement {
-                    verify,
-                    binary: &shim.binary,
-                    trust,
-                };
-                let signer = req
-                    .check_now(&unpacked.binary_sha256, &unpacked.members)
-                    .map_err(|e| anyhow!("signature check failed, nothing installed: {e}"))?;
-                tracing::info!(shim = %shim.name, signer = %signer, "shim signature verified");
-                Some(SignatureRecord {
-                    requirement: verify.requirement(),
-                    signer: signer.0,
-                })
-            }
-            _ => None,
-        };
-        let mut pending = pending;
-        pending.seal()?;
-        let staged = self.layout.host_path(pending.temp_path())?;
-        let says = probe::shim_starts(&self.exec, &staged).await?;
+        let source = Source::resolve(url, &self.settings)?;
+        tracing::info!(shim = %shim.name, version = %shim.version, %arch, from = %source.display(),
+            sha256 = expected.unwrap_or("(unverified)"), "fetching shim");
+        let partial = self.layout.partial_dir().join(match expected {
+            Some(s) => format!("{}.part", s.to_ascii_lowercase()),
+            None => format!("unverified-{}.part", shim.name),
+        });
+        let fetched = self
+            .fetcher()?
+            .fetch(
+                &source,
+                expected,
+                &partial,
+                |d| self.cache_path(d),
+                &extract,
+            )
+            .await?;
+        Ok(Obtained {
+            how: Installed::Downloaded {
+                bytes: fetched.size,
+            },
+            archive_sha256: fetched.archive_sha256,
+            unpacked: fetched.unpacked,
+            binary: fetched.binary,
+        })
+    }
+
+    /// The staged binary, proven to start on this host, committed under `versions/<digest>/` and
+    /// `bin/<binary>` switched to it atomically; returns the version's host path.
+    async fn put_in_place(
+        &self,
+        shim: &Shim,
+        mut staged: atomic::PendingFile,
+        unpacked: &unpack::Unpacked,
+    ) -> anyhow::Result<PathBuf> {
+        staged.seal()?;
+        let temp = self.layout.host_path(staged.temp_path())?;
+        let says = probe::shim_starts(&self.exec, &temp).await?;
         tracing::debug!(shim = %shim.name, version = %says, "shim binary starts on this host");
         let digest = &unpacked.binary_sha256;
         let real = self.layout.version_path(&shim.binary, digest);
         let version_dir = real.parent().unwrap_or(&real);
         std::fs::create_dir_all(version_dir)
             .with_context(|| format!("creating {}", version_dir.display()))?;
-        pending
+        staged
             .commit_to(&real)
             .with_context(|| format!("installing {}", real.display()))?;
         // Relative, so the link resolves the same as the host sees it and as the agent does.
         let target = Path::new("..").join(real.strip_prefix(&self.layout.dir).unwrap_or(&real));
-        atomic::point_symlink(&dest, &target)?;
+        atomic::point_symlink(&self.layout.bin_path(&shim.binary), &target)?;
         let version_path = self.layout.host_version_path(&shim.binary, digest);
         tracing::info!(shim = %shim.name, path = %self.layout.host_bin_path(&shim.binary).display(),
             version = %version_path.display(), binary_sha256 = %digest, bytes = unpacked.size,
             "shim binary installed");
-        // The version it replaces stays while processes run it (containers keep their shim).
-        let mut retired = previous.map(|r| r.retired.clone()).unwrap_or_default();
-        if let Some(old) = previous.and_then(|r| r.version_path.clone()) {
-            if old != version_path && !retired.contains(&old) {
-                retired.push(old);
-            }
-        }
-        retired.retain(|p| *p != version_path);
-        let record = InstalledShim {
-            name: shim.name.clone(),
-            version: shim.version.clone(),
-            arch,
-            url: url.clone(),
-            archive_sha256,
-            binary_sha256: unpacked.binary_sha256,
-            binary_path: self.layout.host_bin_path(&shim.binary),
-            version_path: Some(version_path),
-            retired,
-            installed_at: now_rfc3339(),
-            link: previous.and_then(|r| r.link.clone()),
-            signature,
-        };
-        Ok((how, Some(record)))
+        Ok(version_path)
     }
 
     /// The certificates or key a shim's signature is checked against, read from the host.
@@ -331,4 +335,47 @@ impl ArtifactStore {
         })
         .await?
     }
+}
+/// What `obtain` staged, and where it came from.
+struct Obtained {
+    how: Installed,
+    archive_sha256: String,
+    unpacked: unpack::Unpacked,
+    binary: atomic::PendingFile,
+}
+
+/// The shim's `verify` checked over the unpacked binary; None when it asks for no signature.
+fn verify_signature(
+    shim: &Shim,
+    trust: Option<Trust>,
+    unpacked: &unpack::Unpacked,
+) -> anyhow::Result<Option<SignatureRecord>> {
+    let (Some(verify), Some(trust)) = (&shim.verify, trust) else {
+        return Ok(None);
+    };
+    let req = Requirement {
+        verify,
+        binary: &shim.binary,
+        trust,
+    };
+    let signer = req
+        .check_now(&unpacked.binary_sha256, &unpacked.members)
+        .map_err(|e| anyhow!("signature check failed, nothing installed: {e}"))?;
+    tracing::info!(shim = %shim.name, signer = %signer, "shim signature verified");
+    Ok(Some(SignatureRecord {
+        requirement: verify.requirement(),
+        signer: signer.0,
+    }))
+}
+
+/// The versions the new one replaces stay while processes run them (containers keep their shim).
+fn retired_versions(previous: Option<&InstalledShim>, current: &Path) -> Vec<PathBuf> {
+    let mut retired = previous.map(|r| r.retired.clone()).unwrap_or_default();
+    if let Some(old) = previous.and_then(|r| r.version_path.clone()) {
+        if old != current && !retired.contains(&old) {
+            retired.push(old);
+        }
+    }
+    retired.retain(|p| p != current);
+    retired
 }
