@@ -192,6 +192,34 @@ impl Requirement<'_> {
     }
 
     /// The leaf's key and who it names, once the leaf is proven to be what the settings require.
+    /// The identity in the leaf that `verify` asks for (`identity` exactly, or `identity_regexp`; with
+    /// neither, the first); `shown` names what the leaf holds in the error.
+    fn matching_identity<'i>(
+        &self,
+        identities: &'i [String],
+        shown: &str,
+    ) -> Result<&'i String, ProvenanceError> {
+        let wrong = |field: &'static str, want: &str| ProvenanceError::WrongIdentity {
+            found: shown.to_owned(),
+            field,
+            want: want.to_owned(),
+        };
+        match (&self.verify.identity, &self.verify.identity_regexp) {
+            (Some(want), _) => identities
+                .iter()
+                .find(|i| *i == want)
+                .ok_or_else(|| wrong("identity", want)),
+            (None, Some(re)) => {
+                let pattern = regex::Regex::new(re).map_err(|_| wrong("identity_regexp", re))?;
+                identities
+                    .iter()
+                    .find(|i| pattern.is_match(i))
+                    .ok_or_else(|| wrong("identity_regexp", re))
+            }
+            (None, None) => identities.first().ok_or_else(|| wrong("identity", "")),
+        }
+    }
+
     fn check_certificate(
         &self,
         member: &str,
@@ -253,51 +281,10 @@ impl Requirement<'_> {
         }
         chain(&leaf, &extra, &trusted, issued).map_err(untrusted)?;
 
-        match leaf.extended_key_usage() {
-            Ok(Some(eku)) if eku.value.code_signing => {}
-            Ok(_) => {
-                return Err(ProvenanceError::NotCodeSigning(
-                    "no codeSigning extended key usage".into(),
-                ))
-            }
-            Err(e) => return Err(ProvenanceError::NotCodeSigning(e.to_string())),
-        }
-        let identity = match (&self.verify.identity, &self.verify.identity_regexp) {
-            (Some(want), _) => identities.iter().find(|i| *i == want).ok_or_else(|| {
-                ProvenanceError::WrongIdentity {
-                    found: shown.clone(),
-                    field: "identity",
-                    want: want.clone(),
-                }
-            })?,
-            (None, Some(re)) => {
-                let wrong = || ProvenanceError::WrongIdentity {
-                    found: shown.clone(),
-                    field: "identity_regexp",
-                    want: re.clone(),
-                };
-                let re = regex::Regex::new(re).map_err(|_| wrong())?;
-                identities
-                    .iter()
-                    .find(|i| re.is_match(i))
-                    .ok_or_else(wrong)?
-            }
-            (None, None) => identities
-                .first()
-                .ok_or_else(|| ProvenanceError::WrongIdentity {
-                    found: shown.clone(),
-                    field: "identity",
-                    want: String::new(),
-                })?,
-        };
-        let issuer = oidc_issuer(&leaf);
+        code_signing(&leaf)?;
+        let identity = self.matching_identity(&identities, &shown)?;
         let want_issuer = self.verify.issuer.clone().unwrap_or_default();
-        if issuer.as_deref() != Some(want_issuer.as_str()) {
-            return Err(ProvenanceError::WrongIssuer {
-                found: issuer.unwrap_or_else(|| "(no Fulcio issuer extension)".into()),
-                want: want_issuer,
-            });
-        }
+        issued_by(&leaf, &want_issuer)?;
         let key = VerifyingKey::from_public_key_der(leaf.public_key().raw).map_err(|e| {
             malformed(format!(
                 "its key is not ECDSA P-256, which cosign signs with ({e})"
@@ -470,6 +457,29 @@ fn oidc_issuer(cert: &X509Certificate<'_>) -> Option<String> {
             .and_then(|(_, o)| o.as_str().ok().map(str::to_owned));
     }
     find(OID_ISSUER_V1).and_then(|v| std::str::from_utf8(v).ok().map(str::to_owned))
+}
+
+/// A Fulcio leaf for signing code: the codeSigning extended key usage.
+fn code_signing(leaf: &X509Certificate<'_>) -> Result<(), ProvenanceError> {
+    match leaf.extended_key_usage() {
+        Ok(Some(eku)) if eku.value.code_signing => Ok(()),
+        Ok(_) => Err(ProvenanceError::NotCodeSigning(
+            "no codeSigning extended key usage".into(),
+        )),
+        Err(e) => Err(ProvenanceError::NotCodeSigning(e.to_string())),
+    }
+}
+
+/// The OIDC issuer Fulcio recorded in the leaf is the one `verify` names.
+fn issued_by(leaf: &X509Certificate<'_>, want: &str) -> Result<(), ProvenanceError> {
+    let issuer = oidc_issuer(leaf);
+    if issuer.as_deref() == Some(want) {
+        return Ok(());
+    }
+    Err(ProvenanceError::WrongIssuer {
+        found: issuer.unwrap_or_else(|| "(no Fulcio issuer extension)".into()),
+        want: want.to_owned(),
+    })
 }
 
 #[cfg(test)]
