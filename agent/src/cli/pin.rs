@@ -2,7 +2,7 @@
 //! would, check its signature when asked, and print the catalog entry with the digest — so operators
 //! write catalogs from what was verified rather than copying digests by hand.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
 
@@ -24,6 +24,43 @@ struct Pinned {
     binary_sha256: String,
     signer: Option<Signer>,
     verify: Option<Verify>,
+}
+
+/// The archive's signature over `binary`, checked as `apply` would with the same `verify` (trust
+/// material read from the flags' files).
+async fn check_signature(
+    v: &Verify,
+    binary: &str,
+    archive: PathBuf,
+    max: u64,
+    url: &str,
+) -> anyhow::Result<Signer> {
+    v.check(binary)
+        .map_err(|(field, why)| anyhow!("--{}: {why}", field.replace('_', "-")))?;
+    let members = Requirement::members(v, binary);
+    let name = binary.to_owned();
+    let unpacked = tokio::task::spawn_blocking(move || {
+        let f = std::fs::File::open(&archive)?;
+        anyhow::Ok(unpack::unpack(
+            std::io::BufReader::new(f),
+            &name,
+            &members,
+            &mut std::io::sink(),
+            max,
+        )?)
+    })
+    .await??;
+    let trust = Trust::load(v, |key, p: &Path| {
+        std::fs::read(p)
+            .with_context(|| format!("reading --{} {}", key.replace('_', "-"), p.display()))
+    })?;
+    let req = Requirement {
+        verify: v,
+        binary,
+        trust,
+    };
+    req.check_now(&unpacked.binary_sha256, &unpacked.members)
+        .map_err(|e| anyhow!("{binary} in {url}: signature check failed: {e}"))
 }
 
 pub async fn pin(a: PinArgs) -> anyhow::Result<()> {
@@ -75,36 +112,9 @@ pub async fn pin(a: PinArgs) -> anyhow::Result<()> {
     let signer = match &verify {
         None => None,
         Some(v) => {
-            v.check(&binary)
-                .map_err(|(field, why)| anyhow!("--{}: {why}", field.replace('_', "-")))?;
             let archive = dir.path().join(&fetched.archive_sha256);
-            let members = Requirement::members(v, &binary);
-            let name = binary.clone();
             let max = settings.max_size.as_u64();
-            let unpacked = tokio::task::spawn_blocking(move || {
-                let f = std::fs::File::open(&archive)?;
-                anyhow::Ok(unpack::unpack(
-                    std::io::BufReader::new(f),
-                    &name,
-                    &members,
-                    &mut std::io::sink(),
-                    max,
-                )?)
-            })
-            .await??;
-            let trust = Trust::load(v, |key, p: &Path| {
-                std::fs::read(p)
-                    .with_context(|| format!("reading --{} {}", key.replace('_', "-"), p.display()))
-            })?;
-            let req = Requirement {
-                verify: v,
-                binary: &binary,
-                trust,
-            };
-            let signer = req
-                .check_now(&unpacked.binary_sha256, &unpacked.members)
-                .map_err(|e| anyhow!("{binary} in {}: signature check failed: {e}", a.url))?;
-            Some(signer)
+            Some(check_signature(v, &binary, archive, max, &a.url).await?)
         }
     };
     let pinned = Pinned {
