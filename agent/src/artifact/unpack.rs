@@ -127,6 +127,69 @@ fn is_shim_name(name: &str) -> bool {
             .any(|ext| name.ends_with(ext))
 }
 
+/// A signature or certificate member, read whole (it is small): a regular file, named once.
+fn keep_member<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    raw: &str,
+    name: &str,
+    kept: &BTreeMap<String, Vec<u8>>,
+) -> Result<Vec<u8>, UnpackError> {
+    let kind = entry.header().entry_type();
+    if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+        return Err(UnpackError::NotRegular {
+            entry: raw.to_owned(),
+            binary: name.to_owned(),
+            kind: kind_name(kind),
+        });
+    }
+    if kept.contains_key(name) {
+        return Err(UnpackError::Duplicate {
+            binary: name.to_owned(),
+            first: name.to_owned(),
+            second: raw.to_owned(),
+        });
+    }
+    let mut content = Vec::new();
+    Capped::new(entry, MEMBER_MAX)
+        .read_to_end(&mut content)
+        .map_err(map_cap)?;
+    Ok(content)
+}
+
+/// A second entry that could be the binary: ambiguous when any shim was asked for, else a duplicate.
+fn twice(binary: &str, first: String, second: String) -> UnpackError {
+    if binary == ANY_SHIM {
+        UnpackError::Ambiguous { first, second }
+    } else {
+        UnpackError::Duplicate {
+            binary: binary.into(),
+            first,
+            second,
+        }
+    }
+}
+
+/// The binary's bytes to `out`, hashed on the way, at most `max` of them.
+fn write_binary<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    name: String,
+    out: &mut impl Write,
+    max: u64,
+) -> Result<Unpacked, UnpackError> {
+    if entry.header().size().map_err(map_cap)? > max {
+        return Err(UnpackError::TooLarge(max));
+    }
+    let mut w = HashingWriter::new(&mut *out);
+    io::copy(&mut Capped::new(entry, max), &mut w).map_err(map_cap)?;
+    let (binary_sha256, size) = w.finish();
+    Ok(Unpacked {
+        binary_name: name,
+        binary_sha256,
+        size,
+        members: BTreeMap::new(),
+    })
+}
+
 fn extract_from_tar(
     input: impl Read,
     binary: &str,
@@ -147,25 +210,7 @@ fn extract_from_tar(
             .map(|f| f.to_string_lossy().into_owned())
             .unwrap_or_default();
         if members.contains(&name) {
-            let kind = entry.header().entry_type();
-            if !(kind.is_file() || kind == tar::EntryType::Continuous) {
-                return Err(UnpackError::NotRegular {
-                    entry: raw,
-                    binary: name,
-                    kind: kind_name(kind),
-                });
-            }
-            if kept.contains_key(&name) {
-                return Err(UnpackError::Duplicate {
-                    binary: name.clone(),
-                    first: name,
-                    second: raw,
-                });
-            }
-            let mut content = Vec::new();
-            Capped::new(&mut entry, MEMBER_MAX)
-                .read_to_end(&mut content)
-                .map_err(map_cap)?;
+            let content = keep_member(&mut entry, &raw, &name, &kept)?;
             kept.insert(name, content);
             continue;
         }
@@ -174,47 +219,25 @@ fn extract_from_tar(
         } else {
             name == binary
         };
-        if wanted {
-            let kind = entry.header().entry_type();
-            if !(kind.is_file() || kind == tar::EntryType::Continuous) {
-                if binary == ANY_SHIM {
-                    continue;
-                }
-                return Err(UnpackError::NotRegular {
-                    entry: raw,
-                    binary: binary.into(),
-                    kind: kind_name(kind),
-                });
-            }
-            if let Some((first, _)) = &found {
-                if binary == ANY_SHIM {
-                    return Err(UnpackError::Ambiguous {
-                        first: first.clone(),
-                        second: raw,
-                    });
-                }
-                return Err(UnpackError::Duplicate {
-                    binary: binary.into(),
-                    first: first.clone(),
-                    second: raw,
-                });
-            }
-            if entry.header().size().map_err(map_cap)? > max {
-                return Err(UnpackError::TooLarge(max));
-            }
-            let mut w = HashingWriter::new(&mut *out);
-            io::copy(&mut Capped::new(&mut entry, max), &mut w).map_err(map_cap)?;
-            let (binary_sha256, size) = w.finish();
-            found = Some((
-                raw,
-                Unpacked {
-                    binary_name: name,
-                    binary_sha256,
-                    size,
-                    members: BTreeMap::new(),
-                },
-            ));
+        if !wanted {
+            continue;
         }
+        let kind = entry.header().entry_type();
+        if !(kind.is_file() || kind == tar::EntryType::Continuous) {
+            if binary == ANY_SHIM {
+                continue;
+            }
+            return Err(UnpackError::NotRegular {
+                entry: raw,
+                binary: binary.into(),
+                kind: kind_name(kind),
+            });
+        }
+        if let Some((first, _)) = &found {
+            return Err(twice(binary, first.clone(), raw));
+        }
+        let unpacked = write_binary(&mut entry, name, out, max)?;
+        found = Some((raw, unpacked));
     }
     // Whatever follows the end-of-archive marker is still part of the artifact's digest.
     io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(map_cap)?;
