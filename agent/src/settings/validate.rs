@@ -242,57 +242,9 @@ pub fn verify(
     binary: &str,
 ) -> Result<(), Invalid> {
     let k = |f: &str| key(&format!("verify.{f}"));
-    if let Some(p) = &v.public_key {
-        absolute(&k("public_key"), p)?;
-        for (field, set) in [
-            ("identity", v.identity.is_some()),
-            ("identity_regexp", v.identity_regexp.is_some()),
-            ("issuer", v.issuer.is_some()),
-            ("certificate", v.certificate.is_some()),
-            ("trust_root", v.trust_root.is_some()),
-        ] {
-            if set {
-                return Err((
-                    k(field),
-                    "belongs to keyless verification; with public_key the signature is checked against that key alone".into(),
-                ));
-            }
-        }
-    } else {
-        match (&v.identity, &v.identity_regexp) {
-            (Some(_), Some(_)) => {
-                return Err((
-                    k("identity_regexp"),
-                    "set identity or identity_regexp, not both".into(),
-                ))
-            }
-            (None, None) => {
-                return Err((
-                    k("identity"),
-                    "keyless verification needs identity or identity_regexp (who must have signed), or set public_key".into(),
-                ))
-            }
-            (Some(i), None) if i.is_empty() => {
-                return Err((k("identity"), "is empty".into()))
-            }
-            (None, Some(r)) => {
-                regex::Regex::new(r)
-                    .map_err(|e| (k("identity_regexp"), format!("not a regular expression: {e}")))?;
-            }
-            _ => {}
-        }
-        match &v.issuer {
-            Some(i) if !i.is_empty() => {}
-            _ => {
-                return Err((
-                    k("issuer"),
-                    "keyless verification needs the OIDC issuer, e.g. \"https://token.actions.githubusercontent.com\"".into(),
-                ))
-            }
-        }
-        if let Some(p) = &v.trust_root {
-            absolute(&k("trust_root"), p)?;
-        }
+    match &v.public_key {
+        Some(p) => key_based(&k, v, p)?,
+        None => keyless(&k, v)?,
     }
     let sig = v.signature_member(binary);
     let cert = v.certificate_member(binary);
@@ -312,6 +264,60 @@ pub fn verify(
             k("certificate"),
             "is the same member as the signature".into(),
         ));
+    }
+    Ok(())
+}
+
+/// `public_key`: the signature is checked against that key alone; keyless fields are mistakes.
+fn key_based(k: &dyn Fn(&str) -> String, v: &super::Verify, key: &Path) -> Result<(), Invalid> {
+    absolute(&k("public_key"), key)?;
+    for (field, set) in [
+        ("identity", v.identity.is_some()),
+        ("identity_regexp", v.identity_regexp.is_some()),
+        ("issuer", v.issuer.is_some()),
+        ("certificate", v.certificate.is_some()),
+        ("trust_root", v.trust_root.is_some()),
+    ] {
+        if set {
+            return Err((
+                k(field),
+                "belongs to keyless verification; with public_key the signature is checked against that key alone".into(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Keyless: who must have signed (identity or identity_regexp) and the OIDC issuer.
+fn keyless(k: &dyn Fn(&str) -> String, v: &super::Verify) -> Result<(), Invalid> {
+    match (&v.identity, &v.identity_regexp) {
+        (Some(_), Some(_)) => {
+            return Err((
+                k("identity_regexp"),
+                "set identity or identity_regexp, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err((
+                k("identity"),
+                "keyless verification needs identity or identity_regexp (who must have signed), or set public_key".into(),
+            ))
+        }
+        (Some(i), None) if i.is_empty() => return Err((k("identity"), "is empty".into())),
+        (None, Some(r)) => {
+            regex::Regex::new(r)
+                .map_err(|e| (k("identity_regexp"), format!("not a regular expression: {e}")))?;
+        }
+        _ => {}
+    }
+    if v.issuer.as_deref().is_none_or(str::is_empty) {
+        return Err((
+            k("issuer"),
+            "keyless verification needs the OIDC issuer, e.g. \"https://token.actions.githubusercontent.com\"".into(),
+        ));
+    }
+    if let Some(p) = &v.trust_root {
+        absolute(&k("trust_root"), p)?;
     }
     Ok(())
 }
