@@ -44,6 +44,11 @@ impl Sandbox {
         self.dir.path()
     }
 
+    /// `kwasm-agent CMD --config <settings> --host-root <root> [extra...]` on this sandbox host.
+    pub fn run(&self, cmd: &str, extra: &[&str]) -> crate::agent::Run {
+        crate::agent::run_cmd(cmd, &self.settings, &self.root, extra)
+    }
+
     pub fn write_settings(&self, text: &str) {
         std::fs::write(&self.settings, text).unwrap();
     }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kwasm_tests::agent::{run_cmd, Run};
+use kwasm_tests::agent::Run;
 use kwasm_tests::archive::{fake_binary, gzip, release, sha256, tar, Entry};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
 use kwasm_tests::sandbox::{artifact_settings, Sandbox, ShimSpec};
@@ -83,12 +83,7 @@ impl Host {
     }
 
     fn apply(&self) -> Run {
-        run_cmd(
-            "apply",
-            &self.sb.settings,
-            &self.sb.root,
-            &["--arch", "amd64"],
-        )
+        self.sb.run("apply", &["--arch", "amd64"])
     }
 
     /// Every file under the host root (the verified download cache and the lock file aside), with its

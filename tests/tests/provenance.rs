@@ -55,12 +55,7 @@ impl Host {
     }
 
     fn apply(&self) -> Run {
-        run_cmd(
-            "apply",
-            &self.sb.settings,
-            &self.sb.root,
-            &["--arch", "amd64"],
-        )
+        self.sb.run("apply", &["--arch", "amd64"])
     }
 
     fn state(&self) -> serde_json::Value {

@@ -9,7 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kwasm_tests::agent::run_cmd;
 use kwasm_tests::archive::{fake_binary, release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
 use kwasm_tests::sandbox::{artifact_settings, Sandbox, ShimSpec};
@@ -75,7 +74,7 @@ impl Case {
     }
 
     fn run(&self, cmd: &str) -> kwasm_tests::agent::Run {
-        run_cmd(cmd, &self.sb.settings, &self.sb.root, &[])
+        self.sb.run(cmd, &[])
     }
 
     /// `containerd config dump` of the node's config, by the release's binary, run by the test.
