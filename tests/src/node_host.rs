@@ -137,3 +137,38 @@ impl Default for NodeHost {
         Self::new()
     }
 }
+
+/// One node of a test cluster: its sandbox host with a live container, and its agent watching it.
+pub struct ClusterNode {
+    pub name: String,
+    pub host: NodeHost,
+    pub agent: crate::agent::RunningAgent,
+    pub live: i32,
+    pub port: u16,
+}
+
+/// Node `name` added to `api`: `settings(port)` is the TOML before the shims (the agent listens on
+/// `port`), `prepare` runs on the host before the agent starts (its result is returned beside the
+/// node), and a container named `live` runs throughout.
+pub fn cluster_node<T>(
+    api: &crate::kube_api::KubeApi,
+    name: &str,
+    live: &str,
+    settings: impl FnOnce(u16) -> String,
+    prepare: impl FnOnce(&NodeHost) -> T,
+) -> (ClusterNode, T) {
+    api.add_node(name, "amd64");
+    let port = crate::kube_api::free_port();
+    let host = NodeHost::with(|_| settings(port));
+    let prepared = prepare(&host);
+    let live = host.cd.run_container(live, None);
+    let agent = crate::agent::RunningAgent::start(&host, &api.kubeconfig, name, port);
+    let node = ClusterNode {
+        name: name.to_owned(),
+        host,
+        agent,
+        live,
+        port,
+    };
+    (node, prepared)
+}

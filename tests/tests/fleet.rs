@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use kwasm_tests::agent::{eventually, RunningAgent};
-use kwasm_tests::kube_api::{free_port, KubeApi};
-use kwasm_tests::node_host::NodeHost;
+use kwasm_tests::kube_api::KubeApi;
+use kwasm_tests::node_host::{cluster_node, NodeHost};
 
 const NODES: usize = 8;
 const SLOTS: usize = 2;
@@ -55,24 +55,19 @@ fn timed_restart(host: &NodeHost) -> PathBuf {
 fn fleet(api: &KubeApi, lease_duration: &str) -> Vec<FleetNode> {
     (0..NODES)
         .map(|i| {
-            let name = format!("n{i}");
-            api.add_node(&name, "amd64");
-            let port = free_port();
-            let host = NodeHost::with(|_| {
+            let settings = |port| {
                 format!(
                     "[agent]\nlisten = \"127.0.0.1:{port}\"\nresync = \"2s\"\nmax_backoff = \"2s\"\n\n[fleet]\nmax_concurrent_restarts = {SLOTS}\nlease_namespace = \"kwasm\"\nlease_duration = \"{lease_duration}\"\n"
                 )
-            });
-            let windows = timed_restart(&host);
-            let live = host.cd.run_container("live", None);
-            let agent = RunningAgent::start(&host, &api.kubeconfig, &name, port);
+            };
+            let (n, windows) = cluster_node(api, &format!("n{i}"), "live", settings, timed_restart);
             FleetNode {
-                name,
-                host,
-                agent,
-                live,
+                name: n.name,
+                host: n.host,
+                agent: n.agent,
+                live: n.live,
                 windows,
-                port,
+                port: n.port,
             }
         })
         .collect()

@@ -13,7 +13,7 @@ use kwasm_tests::agent::{agent, eventually, http_get, output, RunningAgent, Runn
 use kwasm_tests::archive::{release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
 use kwasm_tests::kube_api::{free_port, KubeApi};
-use kwasm_tests::node_host::{NodeHost, SHIM_BIN};
+use kwasm_tests::node_host::{cluster_node, NodeHost, SHIM_BIN};
 
 const NODES: usize = 3;
 
@@ -34,19 +34,24 @@ fn nodes(api: &KubeApi) -> Vec<CatalogNode> {
     (0..NODES)
         .map(|i| {
             let name = format!("n{i}");
-            api.add_node(&name, "amd64");
-            let port = free_port();
-            let host = NodeHost::with(|_| {
+            let settings = |port| {
                 format!(
                     "[agent]\nlisten = \"127.0.0.1:{port}\"\nresync = \"2s\"\nmax_backoff = \"2s\"\n\n[fleet]\nmax_concurrent_restarts = 1\nlease_namespace = \"kwasm\"\nlease_duration = \"30s\"\n\n[catalog]\nshim_objects = true\nlease_namespace = \"kwasm\"\nstatus_interval = \"200ms\"\n"
                 )
-            });
-            let settings = std::fs::read_to_string(&host.sb.settings).unwrap();
-            let without_shims = settings.split("[[shims]]").next().unwrap().to_owned();
-            host.sb.write_settings(&without_shims);
-            let live = host.cd.run_container(&format!("live-{name}"), None);
-            let agent = RunningAgent::start(&host, &api.kubeconfig, &name, port);
-            CatalogNode { name, host, agent, live }
+            };
+            let without_shims = |host: &NodeHost| {
+                let settings = std::fs::read_to_string(&host.sb.settings).unwrap();
+                host.sb
+                    .write_settings(settings.split("[[shims]]").next().unwrap());
+            };
+            let live = format!("live-{name}");
+            let (n, ()) = cluster_node(api, &name, &live, settings, without_shims);
+            CatalogNode {
+                name: n.name,
+                host: n.host,
+                agent: n.agent,
+                live: n.live,
+            }
         })
         .collect()
 }
