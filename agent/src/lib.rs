@@ -1,5 +1,5 @@
 //! kwasm-agent: installs verified WebAssembly containerd shims on a node, wires them into containerd,
-//! and undoes it exactly. See the README for the contracts.
+//! and undoes it exactly. The contracts are in docs/ (commands, settings, the Node).
 //!
 //! The layers, each using only those below it (`tests/tests/layering.rs` walks the imports):
 //! 1. `cli`: the one-shot commands, and the entry to the two controllers;

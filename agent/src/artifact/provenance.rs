@@ -11,7 +11,7 @@
 //! signing cannot be proven; the chain is therefore checked as of the leaf's own `notBefore`: every CA
 //! on the path must have been valid when it issued the leaf. What that does not prove: that the
 //! signature was made within the leaf's ten minutes (a stolen leaf key stays usable), or that the
-//! signing was logged. The README spells this out.
+//! signing was logged. docs/provenance.md spells this out.
 //!
 //! Key-based: the signature is checked against a P-256 public key (`cosign generate-key-pair`'s
 //! `cosign.pub`); no certificate is involved.

@@ -1,4 +1,4 @@
-//! The command line contract (see the README): `run`, `apply`, `remove`, `plan`, `status`, `check`,
+//! The command line contract (docs/commands.md): `run`, `apply`, `remove`, `plan`, `status`, `check`,
 //! `uninstall`, `pin`, `catalog`, `import-shim`. What each command does is in `commands` (`pin` in its own module); how its
 //! result is printed, in `output`.
 

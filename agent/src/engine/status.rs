@@ -1,5 +1,5 @@
 //! What is on this host: installed shims (intact? configured? loaded?) and containerd's health. The
-//! data behind `kwasm-agent status`; its JSON form is a documented contract (README).
+//! data behind `kwasm-agent status`; its JSON form is a documented contract (docs/commands.md).
 
 use serde::Serialize;
 

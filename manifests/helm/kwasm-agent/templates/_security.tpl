@@ -1,5 +1,5 @@
 {{/*
-The two security modes of the agent's pod (README: "Security modes").
+The two security modes of the agent's pod (docs/install.md: "Security modes").
 privileged: the host's / at /host, hostPID, a privileged container.
 restricted: no privileges, no host PID namespace, and hostPath mounts of exactly what the agent
 touches, each at /host<path>.
