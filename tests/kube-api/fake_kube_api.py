@@ -536,6 +536,7 @@ class Handler(BaseHTTPRequestHandler):
             store[(ns, name)] = stored
             self.record_object(d, "ADDED", stored)
             out = copy.deepcopy(stored)
+            self.collect_orphan(d, store, (ns, name))
         return self.send_json_warned(201, out, warnings)
 
     def send_json_warned(self, code, body, warnings):
@@ -608,6 +609,7 @@ class Handler(BaseHTTPRequestHandler):
                 store[(ns, name)] = updated
                 self.record_object(d, "MODIFIED", updated)
             out = copy.deepcopy(store[(ns, name)])
+            self.collect_orphan(d, store, (ns, name))
         return self.send_json_warned(200, out, warnings)
 
     def delete_custom(self, d, version, ns, name):
@@ -636,6 +638,20 @@ class Handler(BaseHTTPRequestHandler):
         for g, plural, key in cr.dependents(STATE["objects"], deleted["metadata"]["uid"]):
             o = STATE["objects"][(g, plural)].pop(key)
             self.record_object(by_plural.get((g, plural), {"group": g, "plural": plural}), "DELETED", o)
+            self.collect_garbage(o)
+
+    def collect_orphan(self, d, store, key):
+        """The garbage collector also deletes an object whose owners are all gone when it is
+        written (a controller that had not yet seen its owner's deletion): at once here, after the
+        write was answered as the real server answers it."""
+        refs = store[key]["metadata"].get("ownerReferences") or []
+        if not refs:
+            return
+        live = {o["metadata"].get("uid") for objs in STATE["objects"].values() for o in objs.values()}
+        live |= {n["metadata"].get("uid") for n in STATE["nodes"].values()}
+        if not any(r.get("uid") in live for r in refs):
+            o = store.pop(key)
+            self.record_object(d, "DELETED", o)
             self.collect_garbage(o)
 
     def watch_custom(self, d, version, namespace, q):

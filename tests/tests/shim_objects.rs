@@ -581,3 +581,31 @@ fn one_catalog_replica_leads_and_a_standby_takes_over_when_it_dies() {
         Some(format!("catalog-{}", 1 - index).as_str())
     );
 }
+
+/// The stand-in collects garbage as the API server does, both ways a dependent can outlive its
+/// owner: deleted with it, and written after it went (a controller that had not yet seen the
+/// deletion — what the catalog does when it sees its RuntimeClass go before the Shim).
+#[test]
+fn the_stand_in_collects_a_runtime_class_whose_shim_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = &KubeApi::start(dir.path());
+    api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
+    kubectl_apply(api, &shim_yaml("v1", "http://127.0.0.1:9/x.tgz", &"0".repeat(64)));
+    let uid = shim(api, "kwtest")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let owned = format!(
+        "apiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: kwtest-class\n  ownerReferences:\n    - apiVersion: kwasm.sh/v1alpha1\n      kind: Shim\n      name: kwtest\n      uid: {uid}\n      controller: true\nhandler: kwtest\n"
+    );
+    kubectl_apply(api, &owned);
+    delete_and_see_its_runtime_class_go(api, "kwtest", "kwtest-class");
+
+    kubectl_apply(api, &owned);
+    assert!(
+        !api.kubectl(&["get", "runtimeclass", "kwtest-class"])
+            .status
+            .success(),
+        "a RuntimeClass whose only owner is gone was kept"
+    );
+}
