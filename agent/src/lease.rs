@@ -27,6 +27,15 @@ impl LeaseHolder {
         name: &str,
         labels: BTreeMap<String, String>,
     ) -> anyhow::Result<bool> {
+        Ok(self.create_held(name, labels).await?.is_some())
+    }
+
+    /// `create`, answering with the Lease as written.
+    pub async fn create_held(
+        &self,
+        name: &str,
+        labels: BTreeMap<String, String>,
+    ) -> anyhow::Result<Option<Lease>> {
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(name.to_owned()),
@@ -36,28 +45,52 @@ impl LeaseHolder {
             spec: Some(self.held_spec(Timestamp::now(), 0)),
         };
         match self.leases.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Ok(written) => Ok(Some(written)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
             Err(e) => Err(e).with_context(|| format!("creating Lease {name}")),
         }
     }
 
     /// Hold an existing (free, expired or own) Lease; false when somebody changed it first.
     pub async fn take_over(&self, current: &Lease) -> anyhow::Result<bool> {
+        Ok(self.hand_over(current, Some(&self.holder)).await?.is_some())
+    }
+
+    /// Write `to` as the holder of a Lease as `current` shows it (None clears it), as of now; false
+    /// when somebody changed it first, else the Lease as written. Handing over counts a transition
+    /// when the holder changes.
+    pub async fn hand_over(
+        &self,
+        current: &Lease,
+        to: Option<&str>,
+    ) -> anyhow::Result<Option<Lease>> {
         let name = current.metadata.name.clone().unwrap_or_default();
         let spec = current.spec.clone().unwrap_or_default();
-        let transitions = spec.lease_transitions.unwrap_or(0)
-            + i32::from(spec.holder_identity.as_deref() != Some(self.holder.as_str()));
+        let now = Timestamp::now();
         let mut lease = current.clone();
-        lease.spec = Some(self.held_spec(Timestamp::now(), transitions));
+        lease.spec = Some(match to {
+            Some(to) => {
+                let transitions = spec.lease_transitions.unwrap_or(0)
+                    + i32::from(spec.holder_identity.as_deref() != Some(to));
+                LeaseSpec {
+                    holder_identity: Some(to.to_owned()),
+                    ..self.held_spec(now, transitions)
+                }
+            }
+            None => LeaseSpec {
+                holder_identity: None,
+                renew_time: Some(MicroTime(now)),
+                ..spec
+            },
+        });
         match self
             .leases
             .replace(&name, &PostParams::default(), &lease)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
-            Err(e) => Err(e).with_context(|| format!("taking Lease {name}")),
+            Ok(written) => Ok(Some(written)),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("writing Lease {name}")),
         }
     }
 
@@ -91,17 +124,23 @@ impl LeaseHolder {
     /// Clear the holder so the next one need not wait for the Lease to expire; a no-op when
     /// somebody else holds it.
     pub async fn release(&self, name: &str) -> anyhow::Result<()> {
-        let mut lease = self.leases.get(name).await?;
-        let spec = lease.spec.get_or_insert_with(Default::default);
-        if spec.holder_identity.as_deref() != Some(self.holder.as_str()) {
+        let lease = self.leases.get(name).await?;
+        if !self.holds(&lease) {
             return Ok(());
         }
-        spec.holder_identity = None;
-        spec.renew_time = Some(MicroTime(Timestamp::now()));
-        self.leases
-            .replace(name, &PostParams::default(), &lease)
-            .await?;
+        anyhow::ensure!(
+            self.hand_over(&lease, None).await?.is_some(),
+            "Lease {name} changed while it was being released"
+        );
         Ok(())
+    }
+
+    pub fn holds(&self, lease: &Lease) -> bool {
+        lease
+            .spec
+            .as_ref()
+            .and_then(|s| s.holder_identity.as_deref())
+            == Some(self.holder.as_str())
     }
 }
 

@@ -446,16 +446,34 @@ class AdmissionPolicy(unittest.TestCase):
     def test_restart_slots_are_held_only_for_the_agents_own_node(self):
         admit = lambda old, new, op="UPDATE", node="n1": self.admit(
             AGENT_SA, node, old, new, policy=self.lease_policy, operation=op)
+        slot = lambda holder: self.lease("kwasm-agent-restart-1", holder)
         self.assertIsNone(admit(None, self.lease("kwasm-agent-restart-0", "n1"), op="CREATE"))
         self.assertIn("only for itself", admit(None, self.lease("kwasm-agent-restart-0", "n2"), op="CREATE"))
         self.assertIn("restart slots", admit(None, self.lease("leader-election", "n1"), op="CREATE"))
-        # Take over (an expired slot), renew, release its own; not release another's.
-        self.assertIsNone(admit(self.lease("kwasm-agent-restart-1", "n2"), self.lease("kwasm-agent-restart-1", "n1")))
-        self.assertIsNone(admit(self.lease("kwasm-agent-restart-1", "n1"), self.lease("kwasm-agent-restart-1", "n1")))
-        self.assertIsNone(admit(self.lease("kwasm-agent-restart-1", "n1"), self.lease("kwasm-agent-restart-1", None)))
-        self.assertIn("only its own", admit(self.lease("kwasm-agent-restart-1", "n2"), self.lease("kwasm-agent-restart-1", "")))
+        # Take over (an expired slot), renew, release its own, hand its own to the next in line;
+        # not release nor hand over another's.
+        self.assertIsNone(admit(slot("n2"), slot("n1")))
+        self.assertIsNone(admit(slot("n1"), slot("n1")))
+        self.assertIsNone(admit(slot("n1"), slot(None)))
+        self.assertIsNone(admit(slot("n1"), slot("n3")))
+        self.assertIn("only its own", admit(slot("n2"), slot("")))
+        self.assertIn("only its own", admit(slot("n2"), slot("n3")))
         # A token without the node-name claim may hold nothing.
         self.assertIsNotNone(admit(None, self.lease("kwasm-agent-restart-0", "n1"), op="CREATE", node=None))
+        self.assertIsNotNone(admit(slot(""), slot(""), node=None))
+
+    def test_the_restart_line_takes_only_the_agents_own_node_and_loses_only_tickets(self):
+        admit = lambda old, new, op="UPDATE", node="n1": self.admit(
+            AGENT_SA, node, old, new, policy=self.lease_policy, operation=op)
+        ticket = lambda holder: self.lease("kwasm-agent-wait-001796471855835-" + holder, holder)
+        self.assertIsNone(admit(None, ticket("n1"), op="CREATE"))
+        self.assertIn("only its own node", admit(None, ticket("n2"), op="CREATE"))
+        self.assertIsNotNone(admit(None, ticket("n1"), op="CREATE", node=None))
+        # A releaser takes another node's ticket out of the line; nobody deletes a slot or
+        # another component's Lease.
+        self.assertIsNone(admit(ticket("n2"), None, op="DELETE"))
+        self.assertIn("never deleted", admit(self.lease("kwasm-agent-restart-0", "n1"), None, op="DELETE"))
+        self.assertIn("restart slots", admit(self.lease("kwasm-agent-catalog", "pod"), None, op="DELETE"))
 
     def test_other_users_are_not_this_policys_business(self):
         old = node("n1")

@@ -10,6 +10,7 @@ CustomResourceDefinitions and the resources they define, and RuntimeClasses (cus
 No API server can be installed on the test machines; this is the one stand-in the tests use.
 Test-only controls live under /_test/. Prints "PORT <n>" on stdout once listening.
 """
+import bisect
 import copy
 import json
 import sys
@@ -17,6 +18,7 @@ import threading
 import time
 import uuid
 import os
+import re
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
@@ -39,7 +41,30 @@ STATE = {
     "requests": [],
     "watch_generation": 0,  # bumped to drop every open watch
     "watch_cap": 3600,  # seconds a watch may last at most (/_test/watch-cap shortens it)
+    # kind -> ([rv, ...], [(rv, type, object), ...]): what each kind's watches replay, searched by rv
+    # (a watch wakes only for its own kind, and for its own object when it selects one by name).
+    "hist": {},
+    "watch_bytes": {},  # user agent -> bytes streamed to its watches (the requests log has the rest)
+    "simulated": None,  # the simulated kubelets' thread, once started
+    "simulated_writes": 0,  # what they wrote (not requests on this socket, but load on a real server)
 }
+WATCHERS = {}  # (kind, name or None) -> {threading.Event}
+
+
+def remember(kind, rv, type_, obj):
+    """Keep a version for `kind`'s watches and wake the watches it concerns (under LOCK)."""
+    rvs, entries = STATE["hist"].setdefault(kind, ([], []))
+    rvs.append(int(rv))
+    entries.append((int(rv), type_, obj))
+    name = obj["metadata"].get("name")
+    for key in ((kind, None), (kind, name)):
+        for ev in WATCHERS.get(key, ()):
+            ev.set()
+
+
+def history_after(kind, since):
+    rvs, entries = STATE["hist"].get(kind, ([], []))
+    return entries[bisect.bisect_right(rvs, since):]
 
 
 def now():
@@ -59,8 +84,46 @@ def status(code, reason, message):
 def record(kind, node):
     rv = next_rv()
     node["metadata"]["resourceVersion"] = rv
-    STATE["history"].append((int(rv), kind, copy.deepcopy(node)))
+    kept = copy.deepcopy(node)
+    STATE["history"].append((int(rv), kind, kept))
+    remember("nodes", rv, kind, kept)
     LOCK.notify_all()
+
+
+def simulate_kubelets(names, status_every, lease_every):
+    """What the kubelets of nodes without an agent do to the API: renew their node Lease in
+    kube-node-lease (every `lease_every` s, kubelet's default 10) and write their status with a new
+    heartbeat (every `status_every` s while nothing changes, kubelet's default 5 minutes), each node
+    at its own phase of the period."""
+    start, n = time.time(), len(names)
+    done_status = done_lease = 0
+    while True:
+        time.sleep(0.1)
+        elapsed = time.time() - start
+        want_status = int(elapsed * n / status_every)
+        want_lease = int(elapsed * n / lease_every)
+        with LOCK:
+            for i in range(done_status, want_status):
+                node = STATE["nodes"].get(names[i % n])
+                if node is None:
+                    continue
+                node = copy.deepcopy(node)
+                for c in node["status"].get("conditions", []):
+                    c["lastHeartbeatTime"] = now()
+                STATE["nodes"][names[i % n]] = node
+                record("MODIFIED", node)
+            for i in range(done_lease, want_lease):
+                lease = STATE["leases"].get(("kube-node-lease", names[i % n]))
+                if lease is not None:
+                    lease["spec"]["renewTime"] = now_micro()
+                    lease["metadata"]["resourceVersion"] = next_rv()
+            STATE["simulated_writes"] += (want_status - done_status) + (want_lease - done_lease)
+        done_status, done_lease = want_status, want_lease
+
+
+def now_micro():
+    t = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".%06dZ" % int((t % 1) * 1e6)
 
 
 def merge_patch(target, patch):
@@ -138,11 +201,19 @@ def field_match(obj, selector):
 
 
 def label_match(obj, selector):
+    """Equality- and set-based label selectors: k=v, k==v, k!=v, k, !k, k in (a,b), k notin (a,b)."""
     if not selector:
         return True
     labels = obj["metadata"].get("labels") or {}
-    for term in selector.split(","):
-        if "!=" in term:
+    for term in re.split(r",(?![^(]*\))", selector):
+        term = term.strip()
+        m = re.fullmatch(r"(\S+)\s+(in|notin)\s+\((.*)\)", term)
+        if m:
+            values = {v.strip() for v in m.group(3).split(",")}
+            inside = m.group(1) in labels and labels[m.group(1)] in values
+            if inside != (m.group(2) == "in"):
+                return False
+        elif "!=" in term:
             k, v = term.split("!=", 1)
             if labels.get(k) == v:
                 return False
@@ -250,6 +321,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def send_json(self, code, body):
         data = json.dumps(body).encode()
+        rec = getattr(self, "_record", None)
+        if rec is not None:
+            rec["bytes"] = rec.get("bytes", 0) + len(data)
+            rec["code"] = code
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -267,11 +342,13 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         path = url.path.rstrip("/")
+        self._record = {"method": method, "path": path, "query": q,
+                        "content_type": self.headers.get("Content-Type", ""),
+                        "user_agent": self.headers.get("User-Agent", ""),
+                        "accept": self.headers.get("Accept", ""),
+                        "t": time.time()}
         with LOCK:
-            STATE["requests"].append({"method": method, "path": path, "query": q,
-                                      "content_type": self.headers.get("Content-Type", ""),
-                                      "user_agent": self.headers.get("User-Agent", ""),
-                                      "t": time.time()})
+            STATE["requests"].append(self._record)
             if not path.startswith("/_test") and STATE["fail_requests"] > 0:
                 STATE["fail_requests"] -= 1
                 return self.send_json(503, status(503, "ServiceUnavailable", "injected outage"))
@@ -395,15 +472,34 @@ class Handler(BaseHTTPRequestHandler):
         return self.send_json(200, {"kind": "NodeList", "apiVersion": "v1", "metadata": meta, "items": items})
 
     def leases(self, method, ns, name, q):
-        """coordination.k8s.io/v1 Leases, with optimistic concurrency as a real API server has it."""
+        """coordination.k8s.io/v1 Leases, with optimistic concurrency as a real API server has it;
+        listed in name order (etcd's key order) with limit/continue; watched. kube-node-lease's
+        heartbeats are kept out of the watch history: nothing here watches them."""
         def not_found():
             return self.send_json(404, status(404, "NotFound", 'leases.coordination.k8s.io "%s" not found' % name))
+
+        def changed(type_, lease):
+            if ns != "kube-node-lease":
+                remember("leases", lease["metadata"]["resourceVersion"], type_, copy.deepcopy(lease))
+        if name is None and method == "GET" and q.get("watch") in ("true", "1"):
+            return self.serve_watch(q, "leases", lambda o: o["metadata"].get("namespace") == ns, lambda o: o,
+                                    {"kind": "Lease", "apiVersion": "coordination.k8s.io/v1"})
         if name is None and method == "GET":
             with LOCK:
-                items = [copy.deepcopy(l) for (n, _), l in STATE["leases"].items()
-                         if n == ns and label_match(l, q.get("labelSelector"))]
-                return self.send_json(200, {"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1",
-                                            "metadata": {"resourceVersion": str(STATE["rv"])}, "items": items})
+                items = sorted((l for (n, _), l in STATE["leases"].items()
+                                if n == ns and label_match(l, q.get("labelSelector"))),
+                               key=lambda l: l["metadata"]["name"])
+                after = q.get("continue")
+                if after:
+                    items = [l for l in items if l["metadata"]["name"] > after]
+                limit = int(q.get("limit") or 0)
+                meta = {"resourceVersion": str(STATE["rv"])}
+                if limit and len(items) > limit:
+                    items = items[:limit]
+                    meta["continue"] = items[-1]["metadata"]["name"]
+                items = [copy.deepcopy(l) for l in items]
+            return self.send_json(200, {"kind": "LeaseList", "apiVersion": "coordination.k8s.io/v1",
+                                        "metadata": meta, "items": items})
         if name is None and method == "POST":
             lease = json.loads(self.body() or b"{}")
             with LOCK:
@@ -414,7 +510,9 @@ class Handler(BaseHTTPRequestHandler):
                 meta.update(namespace=ns, uid=str(uuid.uuid4()), resourceVersion=next_rv(), creationTimestamp=now())
                 lease.update(kind="Lease", apiVersion="coordination.k8s.io/v1")
                 STATE["leases"][key] = lease
-            return self.send_json(201, lease)
+                changed("ADDED", lease)
+                out = copy.deepcopy(lease)
+            return self.send_json(201, out)
         with LOCK:
             cur = STATE["leases"].get((ns, name))
             if cur is None:
@@ -422,7 +520,14 @@ class Handler(BaseHTTPRequestHandler):
             if method == "GET":
                 return self.send_json(200, copy.deepcopy(cur))
             if method == "DELETE":
+                pre = (json.loads(self.body() or b"{}") or {}).get("preconditions") or {}
+                if (pre.get("uid") and pre["uid"] != cur["metadata"]["uid"]) or \
+                        (pre.get("resourceVersion") and pre["resourceVersion"] != cur["metadata"]["resourceVersion"]):
+                    return self.send_json(409, status(409, "Conflict", 'Operation cannot be fulfilled on leases.coordination.k8s.io "%s": the precondition failed' % name))
                 del STATE["leases"][(ns, name)]
+                gone = copy.deepcopy(cur)
+                gone["metadata"]["resourceVersion"] = next_rv()
+                changed("DELETED", gone)
                 return self.send_json(200, status(200, "Success", "deleted"))
             if method == "PUT":
                 lease = json.loads(self.body() or b"{}")
@@ -433,7 +538,8 @@ class Handler(BaseHTTPRequestHandler):
                                          creationTimestamp=cur["metadata"].get("creationTimestamp"))
                 lease.update(kind="Lease", apiVersion="coordination.k8s.io/v1")
                 STATE["leases"][(ns, name)] = lease
-                return self.send_json(200, lease)
+                changed("MODIFIED", lease)
+                return self.send_json(200, copy.deepcopy(lease))
         return self.send_json(405, status(405, "MethodNotAllowed", "method not allowed"))
 
     # --- resources served from definitions (custom_resources.py) ---------------------------------
@@ -513,7 +619,9 @@ class Handler(BaseHTTPRequestHandler):
     def record_object(self, d, kind, obj):
         rv = next_rv()
         obj["metadata"]["resourceVersion"] = rv
-        STATE["object_history"].append((int(rv), d["group"], d["plural"], kind, copy.deepcopy(obj)))
+        kept = copy.deepcopy(obj)
+        STATE["object_history"].append((int(rv), d["group"], d["plural"], kind, kept))
+        remember((d["group"], d["plural"]), rv, kind, kept)
         LOCK.notify_all()
 
     def create_custom(self, d, version, ns, q):
@@ -655,14 +763,11 @@ class Handler(BaseHTTPRequestHandler):
             self.collect_garbage(o)
 
     def watch_custom(self, d, version, namespace, q):
-        def events():
-            return [(rv, t, o) for (rv, g, p, t, o) in STATE["object_history"] if (g, p) == (d["group"], d["plural"])]
-
         def keep(o):
             return namespace is None or o["metadata"].get("namespace") == namespace
 
         api_version = "%s/%s" % (d["group"], version)
-        return self.serve_watch(q, events, keep, lambda o: self.as_version(o, d, version),
+        return self.serve_watch(q, (d["group"], d["plural"]), keep, lambda o: self.as_version(o, d, version),
                                 {"kind": d["kind"], "apiVersion": api_version})
 
     def watch_nodes(self, q):
@@ -670,34 +775,41 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             if since and STATE["history"] and since < STATE["history"][0][0] - 1:
                 return self.send_json(410, status(410, "Expired", "too old resource version"))
-        return self.serve_watch(q, lambda: STATE["history"], lambda o: True, lambda o: o,
+        return self.serve_watch(q, "nodes", lambda o: True, self.metadata_if_asked,
                                 {"kind": "Node", "apiVersion": "v1"})
 
-    def serve_watch(self, q, events, keep, render, bookmark):
-        """One watch, as the API server streams it: every event after the asked resourceVersion that
-        `keep` and the selectors let through, `render`ed; bookmarks while idle when asked; ended at
-        the timeout or when the test drops every watch. `events()` runs under the lock."""
+    def metadata_if_asked(self, o):
+        if "as=PartialObjectMetadata" in (self.headers.get("Accept") or ""):
+            return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}
+        return o
+
+    def serve_watch(self, q, kind, keep, render, bookmark):
+        """One watch, as the API server streams it: every event of `kind` after the asked
+        resourceVersion that `keep` and the selectors let through, `render`ed; a bookmark every ten
+        seconds while idle when asked (a real server: about every minute); ended at the timeout or
+        when the test drops every watch."""
         since = int(q.get("resourceVersion") or 0)
         selector, labels = q.get("fieldSelector"), q.get("labelSelector")
+        only = selector[len("metadata.name="):] if selector and selector.startswith("metadata.name=") \
+            and "," not in selector else None
         bookmarks = q.get("allowWatchBookmarks") == "true"
         # A real API server ends a watch after its --min-request-timeout (30 to 60 minutes by default).
         deadline = time.time() + min(int(q.get("timeoutSeconds") or 1800), STATE["watch_cap"])
+        woken = threading.Event()
         with LOCK:
             generation = STATE["watch_generation"]
+            WATCHERS.setdefault((kind, only), set()).add(woken)
+            STATE["open_watches"] += 1
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        sent = since
-        with LOCK:
-            STATE["open_watches"] += 1
+        sent, idle_since = since, time.time()
         try:
             while time.time() < deadline:
+                woken.clear()
                 with LOCK:
-                    pending = [(rv, t, o) for (rv, t, o) in events() if rv > sent]
-                    if not pending:
-                        LOCK.wait(timeout=0.5)
-                        pending = [(rv, t, o) for (rv, t, o) in events() if rv > sent]
+                    pending = history_after(kind, sent)
                     dropped = STATE["watch_generation"] != generation
                     current = STATE["rv"]
                 if dropped:
@@ -706,18 +818,27 @@ class Handler(BaseHTTPRequestHandler):
                     sent = rv
                     if keep(o) and field_match(o, selector) and label_match(o, labels):
                         self.chunk({"type": t, "object": render(o)})
-                if not pending and bookmarks:
+                        idle_since = time.time()
+                if pending:
+                    continue
+                if bookmarks and time.time() - idle_since >= 10:
                     self.chunk({"type": "BOOKMARK", "object": dict(bookmark, metadata={"resourceVersion": str(max(sent, current))})})
+                    idle_since = time.time()
+                woken.wait(timeout=max(0.05, min(10, deadline - time.time())))
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
             pass
         finally:
             with LOCK:
                 STATE["open_watches"] -= 1
+                WATCHERS[(kind, only)].discard(woken)
         self.close_connection = True
 
     def chunk(self, obj):
         data = (json.dumps(obj) + "\n").encode()
+        with LOCK:
+            ua = self.headers.get("User-Agent", "")
+            STATE["watch_bytes"][ua] = STATE["watch_bytes"].get(ua, 0) + len(data)
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
@@ -763,8 +884,35 @@ class Handler(BaseHTTPRequestHandler):
                 STATE["nodes"][node["metadata"]["name"]] = node
                 record("ADDED", node)
                 return self.send_json(201, node)
+            if path == "/_test/simulate" and method == "POST":
+                # Nodes without an agent, and their kubelets (simulate_kubelets).
+                spec = json.loads(self.body() or b"{}")
+                names = ["%s%05d" % (spec.get("prefix", "sim-"), i) for i in range(int(spec["nodes"]))]
+                for name in names:
+                    node = new_node(name, spec.get("arch", "amd64"), spec.get("labels"), spec.get("annotations"))
+                    STATE["nodes"][name] = node
+                    record("ADDED", node)
+                    STATE["leases"][("kube-node-lease", name)] = {
+                        "kind": "Lease", "apiVersion": "coordination.k8s.io/v1",
+                        "metadata": {"name": name, "namespace": "kube-node-lease", "uid": str(uuid.uuid4()),
+                                     "resourceVersion": next_rv(), "creationTimestamp": now(),
+                                     "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name,
+                                                          "uid": node["metadata"]["uid"]}]},
+                        "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now_micro()}}
+                thread = threading.Thread(target=simulate_kubelets, daemon=True,
+                                          args=(names, float(spec.get("status_every", 300)), float(spec.get("lease_every", 10))))
+                thread.start()
+                STATE["simulated"] = thread
+                return self.send_json(201, {"nodes": len(names)})
+            if path == "/_test/load":
+                return self.send_json(200, {"watch_bytes": STATE["watch_bytes"], "open_watches": STATE["open_watches"],
+                                            "simulated_writes": STATE["simulated_writes"], "rv": STATE["rv"],
+                                            "requests": len(STATE["requests"])})
             if path == "/_test/drop-watches":
                 STATE["watch_generation"] += 1
+                for evs in WATCHERS.values():
+                    for ev in evs:
+                        ev.set()
                 LOCK.notify_all()
                 return self.send_json(200, {})
             if path == "/_test/conflicts":

@@ -26,13 +26,13 @@ struct FleetNode {
 /// The node's restart command, wrapped to log when containerd goes down and when it answers again —
 /// as `systemctl restart` returns only once a notify-type unit is up — and made as slow as a real
 /// node's restart (a sandbox containerd restarts in a tenth of a second), so agents contend for slots.
-fn timed_restart(host: &NodeHost) -> PathBuf {
+fn timed_restart(host: &NodeHost, seconds: f64) -> PathBuf {
     let log = host.sb.path().join("down-windows.log");
     let wrapper = host.cd.dir.join("timed-restart.sh");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\necho \"down $(date +%s%N)\" >> {log}\nsleep 0.7\n{restart}\nuntil ctr --address {sock} version >/dev/null 2>&1; do sleep 0.005; done\necho \"up $(date +%s%N)\" >> {log}\n",
+            "#!/bin/sh\necho \"down $(date +%s%N)\" >> {log}\nsleep {seconds}\n{restart}\nuntil ctr --address {sock} version >/dev/null 2>&1; do sleep 0.005; done\necho \"up $(date +%s%N)\" >> {log}\n",
             log = log.display(),
             restart = host.cd.restart_script().display(),
             sock = host.cd.socket.display(),
@@ -53,14 +53,26 @@ fn timed_restart(host: &NodeHost) -> PathBuf {
 }
 
 fn fleet(api: &KubeApi, lease_duration: &str) -> Vec<FleetNode> {
-    (0..NODES)
+    fleet_of(api, NODES, SLOTS, lease_duration, 0.7)
+}
+
+fn fleet_of(
+    api: &KubeApi,
+    nodes: usize,
+    slots: usize,
+    lease_duration: &str,
+    restart_seconds: f64,
+) -> Vec<FleetNode> {
+    (0..nodes)
         .map(|i| {
             let settings = |port| {
                 format!(
-                    "[agent]\nlisten = \"127.0.0.1:{port}\"\nresync = \"2s\"\nmax_backoff = \"2s\"\n\n[fleet]\nmax_concurrent_restarts = {SLOTS}\nlease_namespace = \"kwasm\"\nlease_duration = \"{lease_duration}\"\n"
+                    "[agent]\nlisten = \"127.0.0.1:{port}\"\nresync = \"2s\"\nmax_backoff = \"2s\"\n\n[fleet]\nmax_concurrent_restarts = {slots}\nlease_namespace = \"kwasm\"\nlease_duration = \"{lease_duration}\"\n"
                 )
             };
-            let (n, windows) = cluster_node(api, &format!("n{i}"), "live", settings, timed_restart);
+            let (n, windows) = cluster_node(api, &format!("n{i}"), "live", settings, |h| {
+                timed_restart(h, restart_seconds)
+            });
             FleetNode {
                 name: n.name,
                 host: n.host,
@@ -241,6 +253,97 @@ fn an_agent_killed_while_it_holds_a_slot_blocks_the_fleet_only_until_its_lease_e
             n.name
         );
     }
+}
+
+/// The API requests on Leases (the restart slots and the line), as the stand-in logged them:
+/// (seconds since the epoch, method, path, answer).
+fn lease_requests(api: &KubeApi) -> Vec<(f64, String, String, u64)> {
+    api.requests()
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap_or("").contains("/leases"))
+        .map(|r| {
+            (
+                r["t"].as_f64().unwrap_or(0.0),
+                r["method"].as_str().unwrap_or("").to_owned(),
+                r["path"].as_str().unwrap_or("").to_owned(),
+                r["code"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// One slot, four nodes, a restart that takes two seconds: while a node restarts, the three others
+/// wait without a single request (no polling: each learns from its watch that the slot was handed
+/// to it), the slot goes to the nodes in the order they started waiting, and every handover is one
+/// write that nobody contends for.
+#[test]
+fn waiting_nodes_make_no_requests_and_are_served_oldest_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let nodes = fleet_of(&api, 4, 1, "30s", 2.0);
+    for n in &nodes {
+        n.agent.wait_ready();
+    }
+    api.kubectl_ok(&["annotate", "node", "--all", "kwasm.sh/kwasm-node=true"]);
+    eventually("the fleet to be ready", || {
+        all_ready(&api, &nodes).then_some(())
+    });
+
+    let mut restarts: Vec<(u128, u128)> = nodes.iter().flat_map(|n| windows(&n.windows)).collect();
+    restarts.sort();
+    assert_eq!(restarts.len(), 4, "{restarts:?}");
+    assert_eq!(max_overlap(&restarts), 1);
+    let requests = lease_requests(&api);
+    let secs = |ns: u128| ns as f64 / 1e9;
+    // From the second restart on, every waiter is in line: nothing but the holder's own requests
+    // (none while containerd restarts) may reach the Leases.
+    for (down, up) in &restarts[1..] {
+        let during: Vec<_> = requests
+            .iter()
+            .filter(|(t, ..)| *t > secs(*down) + 0.05 && *t < secs(*up) - 0.05)
+            .collect();
+        assert!(
+            during.is_empty(),
+            "requests on Leases while a node restarted and the others waited: {during:#?}"
+        );
+    }
+    // Served in the order they joined: the tickets taken out of the line (DELETE) come in the
+    // order they were written (POST of the ticket, whose name sorts by that time).
+    let ticket = |path: &str| path.rsplit('/').next().unwrap_or("").to_owned();
+    let taken: Vec<String> = requests
+        .iter()
+        .filter(|(_, m, p, c)| m == "DELETE" && *c == 200 && p.contains("kwasm-agent-wait-"))
+        .map(|(_, _, p, _)| ticket(p))
+        .collect();
+    let mut in_order = taken.clone();
+    in_order.sort();
+    assert_eq!(taken, in_order, "not served oldest first");
+    assert_eq!(taken.len(), 3, "three nodes waited: {taken:?}");
+    // No stampede: after the first restart began, no request on a Lease was refused for a conflict.
+    let conflicts: Vec<_> = requests
+        .iter()
+        .filter(|(t, .., c)| *c == 409 && *t > secs(restarts[0].0))
+        .collect();
+    assert!(conflicts.is_empty(), "contended handovers: {conflicts:#?}");
+    let mut by_kind = std::collections::BTreeMap::<String, usize>::new();
+    for (_, m, p, c) in &requests {
+        *by_kind
+            .entry(format!(
+                "{m} {} {c}",
+                if p.contains("kwasm-agent-wait-") {
+                    "ticket"
+                } else if p.contains("kwasm-agent-restart-") {
+                    "slot"
+                } else {
+                    "list/create"
+                }
+            ))
+            .or_default() += 1;
+    }
+    eprintln!("requests on Leases for 4 nodes: {by_kind:?}");
+    // And nobody is left in line.
+    let leases = api.kubectl_ok(&["get", "leases", "-n", "kwasm", "-o", "name"]);
+    assert!(!leases.contains("kwasm-agent-wait-"), "{leases}");
 }
 
 #[test]

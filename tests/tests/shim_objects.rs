@@ -590,7 +590,10 @@ fn the_stand_in_collects_a_runtime_class_whose_shim_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let api = &KubeApi::start(dir.path());
     api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
-    kubectl_apply(api, &shim_yaml("v1", "http://127.0.0.1:9/x.tgz", &"0".repeat(64)));
+    kubectl_apply(
+        api,
+        &shim_yaml("v1", "http://127.0.0.1:9/x.tgz", &"0".repeat(64)),
+    );
     let uid = shim(api, "kwtest")["metadata"]["uid"]
         .as_str()
         .unwrap()

@@ -9,8 +9,10 @@ mod metrics;
 mod node;
 mod reconcile;
 mod report;
+mod restart_queue;
 mod restart_slots;
 mod shim_objects;
+mod slot_view;
 mod uninstall;
 
 use std::sync::atomic::Ordering::Relaxed;

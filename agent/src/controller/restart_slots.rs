@@ -1,28 +1,37 @@
 //! Cluster-wide pacing of containerd restarts, with no leader and no extra controller: a semaphore of
 //! N `coordination.k8s.io/v1` Leases (`kwasm-agent-restart-0` … `-N-1`, labelled `kwasm.sh/restart-slot`)
 //! in the agents' namespace. An agent restarts containerd only while it holds one; it renews the Lease
-//! at a third of its duration and clears it when containerd proved itself. A Lease whose holder stopped
-//! renewing (a dead agent, or one cut off from the API server) expires after its duration and is taken
-//! over, so nobody blocks the fleet longer than that.
+//! at a third of its duration and, once containerd proved itself, hands it to the node that has
+//! waited longest (`restart_queue`), or clears it when nobody waits.
+//!
+//! Waiting costs the API server nothing while it lasts: a waiting agent watches the slot Leases (one
+//! watch, no polling) and acts only when a slot is handed to it. A slot that frees without being
+//! handed over — its holder died, or nobody was in line when it was released — is noticed by every
+//! waiter at once, so each waits a random fraction of a few seconds before acting and gives up as soon
+//! as another has; whoever acts still hands the slot to the longest waiter, not to itself. A dead
+//! holder blocks its slot for one lease duration at most.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::ListParams;
-use kube::Api;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Resource};
 use rand::Rng;
 
+use super::restart_queue::{self, RestartQueue, Ticket};
+use super::slot_view::{Look, Opening, SlotView, SLOT_LABEL};
 use crate::containerd::gate::{Permit, RestartGate};
-use crate::lease::{live_holder, LeaseHolder};
+use crate::lease::LeaseHolder;
 use crate::node_contract::labels::PROVISIONED_LABEL;
 use crate::settings::{Concurrency, FleetSettings};
-
-const SLOT_PREFIX: &str = "kwasm-agent-restart-";
-const SLOT_LABEL: &str = "kwasm.sh/restart-slot";
 
 /// What the gate tells the controller while it waits, so the Node and the metrics can say so.
 pub enum GateEvent {
@@ -34,6 +43,7 @@ pub type GateObserver = Arc<dyn Fn(GateEvent) -> BoxFuture<'static, ()> + Send +
 
 pub struct LeaseGate {
     lease: LeaseHolder,
+    queue: RestartQueue,
     nodes: Api<Node>,
     concurrency: Concurrency,
     /// (when counted, slots): a percentage is of the nodes asking for shims, counted at most once
@@ -50,12 +60,14 @@ impl LeaseGate {
         fleet: &FleetSettings,
         observer: GateObserver,
     ) -> Self {
+        let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
         Self {
             lease: LeaseHolder {
-                leases: Api::namespaced(client.clone(), namespace),
+                leases: leases.clone(),
                 holder: holder.to_owned(),
                 duration: fleet.lease_duration,
             },
+            queue: RestartQueue { leases },
             nodes: Api::all(client),
             concurrency: fleet.max_concurrent_restarts,
             slots: Mutex::new(None),
@@ -91,51 +103,53 @@ impl LeaseGate {
         Ok(n)
     }
 
-    /// One look at the slots: take a free, expired, or already-held one; None when all are busy.
-    async fn try_take(&self, slots: u32) -> anyhow::Result<Result<LeasePermit, Vec<String>>> {
-        let existing = self
-            .lease
-            .leases
-            .list(&ListParams::default().labels(SLOT_LABEL))
-            .await
-            .context("listing the restart Leases")?;
-        let now = Timestamp::now();
-        let mut holders = Vec::new();
-        for i in 0..slots {
-            let name = format!("{SLOT_PREFIX}{i}");
-            let current = existing
-                .items
-                .iter()
-                .find(|l| l.metadata.name.as_deref() == Some(name.as_str()));
-            let taken = match current {
-                Some(l) => match live_holder(l, now) {
-                    Some(h) if h != self.lease.holder => {
-                        holders.push(h.to_owned());
-                        continue;
-                    }
-                    _ => self.lease.take_over(l).await,
-                },
-                None => {
-                    let labels = [(SLOT_LABEL.to_owned(), "true".to_owned())].into();
-                    self.lease.create(&name, labels).await
-                }
-            };
-            match taken {
-                Ok(true) => return Ok(Ok(self.permit(name))),
-                Ok(false) => {}
-                Err(e) => return Err(e),
+    fn me(&self) -> &str {
+        &self.lease.holder
+    }
+
+    /// Take an open slot, then give it to whoever has waited longer than this node (if anybody
+    /// has); the slot when this node keeps it.
+    async fn claim(
+        &self,
+        opening: Opening,
+        ticket: Option<&Ticket>,
+    ) -> anyhow::Result<Option<String>> {
+        let held = match opening {
+            Opening::Missing(name) => {
+                let labels = [(SLOT_LABEL.to_owned(), "true".to_owned())].into();
+                self.lease.create_held(&name, labels).await?
             }
+            Opening::Free(current) => self.lease.hand_over(&current, Some(self.me())).await?,
+        };
+        let Some(held) = held else {
+            return Ok(None);
+        };
+        let passing = Passing::Keep {
+            ticket: ticket.map(|t| t.name.as_str()),
+        };
+        match pass_on(&self.lease, &self.queue, held, passing).await? {
+            Passed::Kept(lease) => Ok(lease.metadata.name),
+            Passed::To(_) | Passed::Cleared => Ok(None),
         }
-        Ok(Err(holders))
+    }
+
+    /// This node's Node as the owner of its place in line (best effort: a ticket without it is only
+    /// not collected with a deleted node).
+    async fn owner(&self) -> Option<OwnerReference> {
+        let node = self.nodes.get_metadata(self.me()).await.ok()?;
+        node.controller_owner_ref(&()).map(|mut o| {
+            o.controller = None;
+            o
+        })
     }
 
     fn permit(&self, name: String) -> LeasePermit {
-        let (lease, every) = (self.lease.clone(), self.lease.duration / 3);
+        let (holder, every) = (self.lease.clone(), self.lease.duration / 3);
         let renew_name = name.clone();
         let renew = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = lease.renew(&renew_name).await {
+                if let Err(e) = holder.renew(&renew_name).await {
                     tracing::warn!(lease = %renew_name, error = %format!("{e:#}"), "could not renew the restart Lease; it expires unless a renewal gets through");
                 }
             }
@@ -143,60 +157,301 @@ impl LeaseGate {
         tracing::info!(lease = %name, "holding a restart slot");
         LeasePermit {
             lease: self.lease.clone(),
+            queue: self.queue.clone(),
             name,
             renew,
         }
     }
+
+    /// Wait until this node holds one of the first `slots` slots, acting only as described at the
+    /// top of this file; the slot, and whether this node had to wait in line for it.
+    async fn wait_for_slot(&self, slots: u32) -> anyhow::Result<(String, bool)> {
+        let selector = format!(
+            "{SLOT_LABEL} in (true,{})",
+            restart_queue::ticket_label(self.me())
+        );
+        let stream = watcher(
+            self.lease.leases.clone(),
+            watcher::Config::default().labels(&selector),
+        )
+        .default_backoff();
+        futures_util::pin_mut!(stream);
+        let mut w = Waiting::default();
+        loop {
+            let wake = match w.listed {
+                true => match self.step(slots, &mut w).await? {
+                    Step::Done(slot) => {
+                        let waited = w.line.ticket.is_some();
+                        if w.lost_at.is_some() {
+                            // Its releaser took the ticket out already (its deletion comes first
+                            // on the same watch).
+                            w.line.ticket = None;
+                        }
+                        w.line.leave(&self.queue).await;
+                        return Ok((slot, waited));
+                    }
+                    Step::Again => continue,
+                    Step::Sleep(wake) => wake,
+                },
+                false => None,
+            };
+            let wake = wake.unwrap_or_else(|| Instant::now() + self.lease.duration);
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(Ok(ev)) => w.apply(ev),
+                    Some(Err(e)) => tracing::warn!(error = %e, "watching the restart slots (retrying)"),
+                    None => anyhow::bail!("the restart slots' watch ended"),
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+        }
+    }
+
+    /// One decision on what the watch shows.
+    async fn step(&self, slots: u32, w: &mut Waiting) -> anyhow::Result<Step> {
+        let now = Instant::now();
+        match w.view.look(slots, self.me(), self.lease.duration, now) {
+            Look::Mine(lease) => Ok(Step::Done(lease.metadata.name.unwrap_or_default())),
+            Look::Open(opening) => {
+                let at = *w
+                    .act_at
+                    .get_or_insert_with(|| w.line.act_after(self.lease.duration));
+                if at > now {
+                    return Ok(Step::Sleep(Some(at)));
+                }
+                w.act_at = None;
+                Ok(match self.claim(opening, w.line.ticket.as_ref()).await? {
+                    Some(lease) => Step::Done(lease),
+                    None => Step::Again,
+                })
+            }
+            Look::Held { holders, expires } => {
+                w.act_at = None;
+                let Some(ticket) = &w.line.ticket else {
+                    self.join(&mut w.line, slots, &holders).await?;
+                    return Ok(Step::Again);
+                };
+                match w.lost_at {
+                    // Taken out of the line and no slot came: its releaser died in between.
+                    Some(lost) if lost + LOST_TICKET_GRACE <= now => {
+                        tracing::warn!(ticket = %ticket.name, "taken out of the restart line but never handed a slot; taking the same place again");
+                        let again = ticket.name.clone();
+                        w.line.ticket = Some(self.queue.join(self.me(), None, Some(&again)).await?);
+                        w.lost_at = None;
+                        Ok(Step::Again)
+                    }
+                    Some(lost) => Ok(Step::Sleep(Some(
+                        expires.map_or(lost + LOST_TICKET_GRACE, |e| {
+                            e.min(lost + LOST_TICKET_GRACE)
+                        }),
+                    ))),
+                    None => Ok(Step::Sleep(expires)),
+                }
+            }
+        }
+    }
+
+    async fn join(&self, line: &mut Line, slots: u32, holders: &[String]) -> anyhow::Result<()> {
+        let ticket = self.queue.join(self.me(), self.owner().await, None).await?;
+        let msg = format!(
+            "waiting to restart containerd: all {slots} restart slot(s) are held (by {}); in line as {}",
+            holders.join(", "),
+            ticket.name
+        );
+        line.ticket = Some(ticket);
+        line.queue = Some(self.queue.clone());
+        tracing::info!("{msg}");
+        (self.observer)(GateEvent::Waiting(msg)).await;
+        Ok(())
+    }
 }
 
-/// How long to wait before looking again, after `looked` looks that found every slot held: a
-/// fraction of the lease duration at first, growing by half each time up to the lease duration,
-/// jittered so waiting agents spread their requests. A short wait (a small fleet) stays quick; in a
-/// large fleet the many long waiters poll slowly — the API server sees about one request per waiting
-/// node per lease duration — while a freed slot is still noticed within a fraction of a second,
-/// because one of that many waiters looks soon.
-fn poll_after(duration: Duration, looked: u32) -> Duration {
-    let base = (duration / 12).clamp(Duration::from_secs(1), Duration::from_secs(10));
-    let grown = base.mul_f64(1.5f64.powi(looked.min(16) as i32));
-    grown
-        .min(duration.max(base))
-        .mul_f64(rand::thread_rng().gen_range(0.5..1.5))
+/// How long a node whose ticket was taken out of the line waits for the slot that should follow
+/// before it takes its place again (a releaser hands the slot over right after).
+const LOST_TICKET_GRACE: Duration = Duration::from_secs(5);
+
+enum Step {
+    /// Holding this slot.
+    Done(String),
+    Again,
+    Sleep(Option<Instant>),
+}
+
+/// What a waiting node knows: the slots as watched, its place in line, and its pending decisions.
+#[derive(Default)]
+struct Waiting {
+    view: SlotView,
+    listing: Option<Vec<Lease>>,
+    listed: bool,
+    line: Line,
+    /// When to act on a slot seen open.
+    act_at: Option<Instant>,
+    /// When this node's ticket was seen taken out of the line.
+    lost_at: Option<Instant>,
+}
+
+impl Waiting {
+    fn apply(&mut self, ev: Event<Lease>) {
+        let now = Instant::now();
+        let mine = self.line.ticket.as_ref().map(|t| t.name.clone());
+        let is_mine = |l: &Lease| mine.is_some() && l.metadata.name == mine;
+        match ev {
+            Event::Init => self.listing = Some(Vec::new()),
+            Event::InitApply(l) => self.listing.get_or_insert_with(Vec::new).push(l),
+            Event::InitDone => {
+                let listing = self.listing.take().unwrap_or_default();
+                if mine.is_some() && !listing.iter().any(is_mine) {
+                    self.lost_at.get_or_insert(now);
+                }
+                self.view.replace_all(listing, now);
+                self.listed = true;
+            }
+            Event::Apply(l) if is_mine(&l) => self.lost_at = None,
+            Event::Delete(l) if is_mine(&l) => {
+                self.lost_at.get_or_insert(now);
+            }
+            Event::Apply(l) => self.view.apply(l, now),
+            Event::Delete(l) => self
+                .view
+                .delete(l.metadata.name.as_deref().unwrap_or_default()),
+        }
+    }
+}
+
+/// This node's place in line while it waits; left when the wait ends, however it ends.
+#[derive(Default)]
+struct Line {
+    ticket: Option<Ticket>,
+    /// Set with the ticket, so that dropping a waiting line can still leave it.
+    queue: Option<RestartQueue>,
+}
+
+impl Line {
+    /// When to act on a slot seen open: at once on a first look, else after a random fraction of a
+    /// few seconds, so the waiters that all saw it open do not all act.
+    fn act_after(&self, duration: Duration) -> Instant {
+        if self.ticket.is_none() {
+            return Instant::now();
+        }
+        let spread = (duration / 4).clamp(Duration::from_millis(500), Duration::from_secs(10));
+        Instant::now() + spread.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
+    }
+
+    async fn leave(&mut self, queue: &RestartQueue) {
+        if let Some(t) = self.ticket.take() {
+            if let Err(e) = queue.leave(&t.name).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not leave the restart line; whoever hands it a slot finds it done");
+            }
+        }
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        // A wait cancelled (the node stopped asking, the agent stopping) leaves the line too.
+        if let (Some(t), Some(queue)) = (self.ticket.take(), self.queue.take()) {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move { queue.leave(&t.name).await });
+            }
+        }
+    }
+}
+
+enum Passed {
+    Kept(Box<Lease>),
+    To(String),
+    Cleared,
+}
+
+/// How many of the oldest waiters a releaser reads at once: with many releasers at the same moment
+/// (a percentage of a large fleet), those that lose the oldest to another try the rest in a random
+/// order, so they rarely contend twice, and the line stays oldest-first to within that many places.
+const HEAD: u32 = 8;
+
+/// The oldest first, then the others of the head from a random one on.
+fn contention_order(head: &[Ticket]) -> impl Iterator<Item = &Ticket> {
+    let rest = head.len().saturating_sub(1).max(1);
+    let start = rand::thread_rng().gen_range(0..rest);
+    head.iter().take(1).chain(
+        head.iter()
+            .skip(1)
+            .cycle()
+            .skip(start)
+            .take(head.len().saturating_sub(1)),
+    )
+}
+
+/// How a slot is passed on: by its holder done with it, or by a node that just took an open one
+/// (and keeps it unless somebody waited longer; `ticket` is its own place in line, if it has one).
+enum Passing<'a> {
+    Release,
+    Keep { ticket: Option<&'a str> },
+}
+
+/// Give a held slot to the node that has waited longest: take its ticket out of the line (only one
+/// releaser can), then write it as the holder; or keep it, or clear it when nobody waits.
+async fn pass_on(
+    holder: &LeaseHolder,
+    queue: &RestartQueue,
+    held: Lease,
+    passing: Passing<'_>,
+) -> anyhow::Result<Passed> {
+    let me = holder.holder.as_str();
+    let current = match passing {
+        Passing::Keep { ticket } => ticket,
+        Passing::Release => None,
+    };
+    loop {
+        let head = queue.oldest(HEAD).await?;
+        let oldest_is_me = head.first().is_some_and(|t| t.node == me);
+        match passing {
+            Passing::Keep { .. } if head.is_empty() || oldest_is_me => {
+                return Ok(Passed::Kept(Box::new(held)))
+            }
+            Passing::Release if head.is_empty() => {
+                holder.hand_over(&held, None).await?;
+                return Ok(Passed::Cleared);
+            }
+            _ => {}
+        }
+        for t in contention_order(&head) {
+            if t.node == me {
+                if Some(t.name.as_str()) != current {
+                    // Left by an earlier run of this agent: not a waiter now.
+                    queue.leave(&t.name).await?;
+                }
+                continue;
+            }
+            if !queue.take_out(t).await? {
+                continue;
+            }
+            return match holder.hand_over(&held, Some(&t.node)).await? {
+                Some(_) => Ok(Passed::To(t.node.clone())),
+                None => anyhow::bail!(
+                    "the restart slot changed before it could be handed to {} (who takes its place in line again)",
+                    t.node
+                ),
+            };
+        }
+    }
 }
 
 impl RestartGate for LeaseGate {
     fn enter(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn Permit>>> {
         Box::pin(async move {
-            let mut announced = false;
-            let mut looked = 0u32;
-            loop {
-                let slots = self.slot_count().await?;
-                match self.try_take(slots).await? {
-                    Ok(permit) => {
-                        if announced {
-                            (self.observer)(GateEvent::Acquired).await;
-                        }
-                        return Ok(Box::new(permit) as Box<dyn Permit>);
-                    }
-                    Err(holders) if !announced => {
-                        announced = true;
-                        let msg = format!(
-                            "waiting to restart containerd: all {slots} restart slot(s) are held (by {})",
-                            holders.join(", ")
-                        );
-                        tracing::info!("{msg}");
-                        (self.observer)(GateEvent::Waiting(msg)).await;
-                    }
-                    Err(_) => {}
-                }
-                tokio::time::sleep(poll_after(self.lease.duration, looked)).await;
-                looked += 1;
+            let slots = self.slot_count().await?;
+            let (lease, waited) = self.wait_for_slot(slots).await?;
+            if waited {
+                (self.observer)(GateEvent::Acquired).await;
             }
+            Ok(Box::new(self.permit(lease)) as Box<dyn Permit>)
         })
     }
 }
 
 struct LeasePermit {
     lease: LeaseHolder,
+    queue: RestartQueue,
     name: String,
     renew: tokio::task::JoinHandle<()>,
 }
@@ -205,31 +460,24 @@ impl Permit for LeasePermit {
     fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.renew.abort();
-            let cleared = self.lease.release(&self.name);
-            match cleared.await {
-                Ok(()) => tracing::info!(lease = %self.name, "restart slot released"),
+            let passed = async {
+                let held = self.lease.leases.get(&self.name).await?;
+                if !self.lease.holds(&held) {
+                    return Ok(None);
+                }
+                pass_on(&self.lease, &self.queue, held, Passing::Release)
+                    .await
+                    .map(Some)
+            };
+            match passed.await {
+                Ok(Some(Passed::To(node))) => {
+                    tracing::info!(lease = %self.name, to = %node, "restart slot handed to the node that waited longest")
+                }
+                Ok(_) => tracing::info!(lease = %self.name, "restart slot released"),
                 Err(e) => {
                     tracing::warn!(lease = %self.name, error = %format!("{e:#}"), "could not release the restart slot; it expires on its own")
                 }
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn waiting_polls_start_quick_and_slow_down_to_the_lease_duration() {
-        let d = Duration::from_secs(60);
-        for _ in 0..50 {
-            let first = poll_after(d, 0);
-            assert!(first >= Duration::from_millis(2500) && first <= Duration::from_millis(7500));
-            let late = poll_after(d, 40);
-            assert!(late >= Duration::from_secs(30) && late <= Duration::from_secs(90));
-        }
-        // Short leases keep a one-second floor.
-        assert!(poll_after(Duration::from_secs(5), 0) >= Duration::from_millis(500));
     }
 }
