@@ -107,18 +107,34 @@ impl LeaseHolder {
 
     /// Renew a Lease this holder holds; an error when it does not (any more).
     pub async fn renew(&self, name: &str) -> anyhow::Result<()> {
-        let mut lease = self.leases.get(name).await?;
-        let spec = lease.spec.get_or_insert_with(Default::default);
-        anyhow::ensure!(
-            spec.holder_identity.as_deref() == Some(self.holder.as_str()),
-            "the Lease is held by {:?} now",
-            spec.holder_identity
-        );
-        spec.renew_time = Some(MicroTime(Timestamp::now()));
-        self.leases
-            .replace(name, &PostParams::default(), &lease)
-            .await?;
-        Ok(())
+        let lease = self.leases.get(name).await?;
+        self.renew_from(&lease).await.map(drop)
+    }
+
+    /// Renew starting from the copy last seen (read again only when it changed since); the Lease as
+    /// written.
+    pub async fn renew_from(&self, known: &Lease) -> anyhow::Result<Lease> {
+        let name = known.metadata.name.clone().unwrap_or_default();
+        let mut lease = known.clone();
+        for _ in 0..2 {
+            let spec = lease.spec.get_or_insert_with(Default::default);
+            anyhow::ensure!(
+                spec.holder_identity.as_deref() == Some(self.holder.as_str()),
+                "the Lease is held by {:?} now",
+                spec.holder_identity
+            );
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            match self
+                .leases
+                .replace(&name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(written) => return Ok(written),
+                Err(kube::Error::Api(s)) if s.code == 409 => lease = self.leases.get(&name).await?,
+                Err(e) => return Err(e).with_context(|| format!("renewing Lease {name}")),
+            }
+        }
+        anyhow::bail!("Lease {name} kept changing under its renewal")
     }
 
     /// Clear the holder so the next one need not wait for the Lease to expire; a no-op when

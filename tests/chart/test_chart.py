@@ -303,6 +303,49 @@ class WhoMayWriteShims(unittest.TestCase):
         self.assertIn("mirror", refusal(shim("https://github.com/spinframework/spin.tar.gz")))
 
 
+class Monitoring(unittest.TestCase):
+    """The optional PodMonitor and PrometheusRule, checked against the Prometheus Operator's own
+    schemas (its CRDs as cloudcoil's models) and against the metrics the agent exports."""
+
+    VALUES = {"metrics": {"podMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                          "prometheusRule": {"enabled": True, "waitingFor": "45m"}}}
+
+    def test_off_by_default(self):
+        kinds = {d["kind"] for d in render({})}
+        self.assertFalse(kinds & {"PodMonitor", "PrometheusRule"})
+
+    def test_they_validate_against_the_operators_schemas(self):
+        from cloudcoil.models.prometheus_operator import v1 as prom
+        docs = render(self.VALUES)
+        (monitor,) = by_kind(docs, "PodMonitor")
+        (rule,) = by_kind(docs, "PrometheusRule")
+        prom.PodMonitor.model_validate(monitor)
+        prom.PrometheusRule.model_validate(rule)
+        self.assertEqual(monitor["metadata"]["labels"]["release"], "prom")
+        (ds,) = by_kind(docs, "DaemonSet")
+        self.assertEqual(monitor["spec"]["selector"]["matchLabels"], ds["spec"]["selector"]["matchLabels"])
+        ports = {p["name"] for c in ds["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+        self.assertIn(monitor["spec"]["podMetricsEndpoints"][0]["port"], ports)
+        # A field the Operator does not know is refused: the check is not a formality.
+        broken = copy.deepcopy(rule)
+        broken["spec"]["groups"][0]["rules"][0]["for"] = {"minutes": 10}
+        with self.assertRaises(Exception):
+            prom.PrometheusRule.model_validate(broken)
+
+    def test_the_alerts_name_metrics_the_agent_exports(self):
+        exported = (ROOT / "agent" / "src" / "controller" / "metrics.rs").read_text()
+        (rule,) = by_kind(render(self.VALUES), "PrometheusRule")
+        alerts = {r["alert"]: r for r in rule["spec"]["groups"][0]["rules"]}
+        self.assertEqual(set(alerts), {"KwasmNodeFailed", "KwasmWaitingForRestartSlotTooLong",
+                                       "KwasmDriftRepairedRepeatedly"})
+        self.assertEqual(alerts["KwasmWaitingForRestartSlotTooLong"]["for"], "45m")
+        import re
+        for name, r in alerts.items():
+            for metric in re.findall(r"\bkwasm_[a-z_]+", r["expr"]):
+                with self.subTest(alert=name, metric=metric):
+                    self.assertIn(f'"{metric}"', exported)
+
+
 class InvalidValuesAreRefused(unittest.TestCase):
     def test_each_invalid_values_file_is_refused_at_render_time(self):
         files = sorted((HERE / "invalid").glob("*.yaml"))

@@ -44,11 +44,12 @@ STATE = {
     # kind -> ([rv, ...], [(rv, type, object), ...]): what each kind's watches replay, searched by rv
     # (a watch wakes only for its own kind, and for its own object when it selects one by name).
     "hist": {},
-    "watch_bytes": {},  # user agent -> bytes streamed to its watches (the requests log has the rest)
+    "watch_bytes": {},  # "user agent|resource" -> bytes streamed to watches (the requests log has the rest)
     "simulated": None,  # the simulated kubelets' thread, once started
     "simulated_writes": 0,  # what they wrote (not requests on this socket, but load on a real server)
 }
 WATCHERS = {}  # (kind, name or None) -> {threading.Event}
+EVENT_CACHE = {}  # (kind, rv, rendering) -> the event's bytes, shared by every watch that streams it
 
 
 def remember(kind, rv, type_, obj):
@@ -768,7 +769,7 @@ class Handler(BaseHTTPRequestHandler):
 
         api_version = "%s/%s" % (d["group"], version)
         return self.serve_watch(q, (d["group"], d["plural"]), keep, lambda o: self.as_version(o, d, version),
-                                {"kind": d["kind"], "apiVersion": api_version})
+                                {"kind": d["kind"], "apiVersion": api_version}, render_key=version)
 
     def watch_nodes(self, q):
         since = int(q.get("resourceVersion") or 0)
@@ -783,7 +784,7 @@ class Handler(BaseHTTPRequestHandler):
             return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}
         return o
 
-    def serve_watch(self, q, kind, keep, render, bookmark):
+    def serve_watch(self, q, kind, keep, render, bookmark, render_key=""):
         """One watch, as the API server streams it: every event of `kind` after the asked
         resourceVersion that `keep` and the selectors let through, `render`ed; a bookmark every ten
         seconds while idle when asked (a real server: about every minute); ended at the timeout or
@@ -796,6 +797,7 @@ class Handler(BaseHTTPRequestHandler):
         # A real API server ends a watch after its --min-request-timeout (30 to 60 minutes by default).
         deadline = time.time() + min(int(q.get("timeoutSeconds") or 1800), STATE["watch_cap"])
         woken = threading.Event()
+        self._watch_kind = kind if isinstance(kind, str) else kind[1]
         with LOCK:
             generation = STATE["watch_generation"]
             WATCHERS.setdefault((kind, only), set()).add(woken)
@@ -817,7 +819,7 @@ class Handler(BaseHTTPRequestHandler):
                 for rv, t, o in pending:
                     sent = rv
                     if keep(o) and field_match(o, selector) and label_match(o, labels):
-                        self.chunk({"type": t, "object": render(o)})
+                        self.chunk_bytes(self.event_bytes((kind, render_key), rv, t, o, render))
                         idle_since = time.time()
                 if pending:
                     continue
@@ -834,11 +836,27 @@ class Handler(BaseHTTPRequestHandler):
                 WATCHERS[(kind, only)].discard(woken)
         self.close_connection = True
 
+    def event_bytes(self, kind, rv, type_, obj, render):
+        """A watch event serialized once for every watcher that renders it the same way (as the API
+        server's watch cache does): fanning an event out to many watches costs a copy, not an encode."""
+        variant = "meta" if "as=PartialObjectMetadata" in (self.headers.get("Accept") or "") else "full"
+        key = (kind, rv, variant)
+        data = EVENT_CACHE.get(key)
+        if data is None:
+            data = (json.dumps({"type": type_, "object": render(obj)}) + "\n").encode()
+            with LOCK:
+                if len(EVENT_CACHE) > 20000:
+                    EVENT_CACHE.clear()
+                EVENT_CACHE[key] = data
+        return data
+
     def chunk(self, obj):
-        data = (json.dumps(obj) + "\n").encode()
+        self.chunk_bytes((json.dumps(obj) + "\n").encode())
+
+    def chunk_bytes(self, data):
+        key = "%s|%s" % (self.headers.get("User-Agent", ""), getattr(self, "_watch_kind", ""))
         with LOCK:
-            ua = self.headers.get("User-Agent", "")
-            STATE["watch_bytes"][ua] = STATE["watch_bytes"].get(ua, 0) + len(data)
+            STATE["watch_bytes"][key] = STATE["watch_bytes"].get(key, 0) + len(data)
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 

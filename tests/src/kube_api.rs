@@ -75,6 +75,11 @@ impl KubeApi {
         }
     }
 
+    /// The stand-in's process (its CPU time is part of a benchmark's measure).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// A test-control call (POST /_test/...), answered with JSON.
     pub fn control(&self, path_and_query: &str, body: &str) -> serde_json::Value {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();

@@ -2,6 +2,7 @@
 //! binary, a real containerd), except the Kubernetes API stand-in.
 
 pub mod agent;
+pub mod api_load;
 pub mod archive;
 pub mod artifact_server;
 pub mod built;
@@ -9,6 +10,7 @@ pub mod containerd;
 pub mod cri;
 pub mod daemonset;
 pub mod fault;
+pub mod fleet_parts;
 pub mod kube_api;
 pub mod node_host;
 pub mod oci;

@@ -4,10 +4,11 @@
 //! every node must end ready with its container undisturbed. An agent killed while it holds a restart
 //! slot blocks the fleet only until its Lease expires.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kwasm_tests::agent::{eventually, RunningAgent};
+use kwasm_tests::fleet_parts::{max_overlap, restart_windows as windows};
 use kwasm_tests::kube_api::KubeApi;
 use kwasm_tests::node_host::{cluster_node, NodeHost};
 
@@ -83,38 +84,6 @@ fn fleet_of(
             }
         })
         .collect()
-}
-
-/// (down, up) in nanoseconds, per restart of one node.
-fn windows(log: &Path) -> Vec<(u128, u128)> {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let mut out = Vec::new();
-    let mut down = None;
-    for line in text.lines() {
-        match line.split_once(' ') {
-            Some(("down", t)) => down = t.parse().ok(),
-            Some(("up", t)) => {
-                if let (Some(d), Ok(u)) = (down.take(), t.parse()) {
-                    out.push((d, u));
-                }
-            }
-            _ => {}
-        }
-    }
-    out
-}
-
-/// The most containerds down at the same instant.
-fn max_overlap(all: &[(u128, u128)]) -> usize {
-    let mut edges: Vec<(u128, i32)> = all.iter().flat_map(|(d, u)| [(*d, 1), (*u, -1)]).collect();
-    // At equal times an "up" comes before a "down": touching windows do not overlap.
-    edges.sort_by_key(|(t, delta)| (*t, *delta));
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, delta) in edges {
-        now += delta;
-        most = most.max(now);
-    }
-    most as usize
 }
 
 fn all_ready(api: &KubeApi, nodes: &[FleetNode]) -> bool {

@@ -19,6 +19,10 @@ pub struct Metrics {
     pub ready: AtomicBool,
     /// Waiting for a cluster-wide restart slot ([fleet]).
     pub waiting_for_restart: AtomicBool,
+    /// The last reconcile failed (the Node's phase reads Failed until one succeeds).
+    pub failed: AtomicBool,
+    /// Times the node was found drifted from what the agent provisioned, and re-applied.
+    pub drift_repairs: AtomicU64,
 }
 
 impl Metrics {
@@ -32,6 +36,7 @@ impl Metrics {
     }
 
     pub fn count_failure(&self, after_step: &'static str) {
+        self.failed.store(true, Relaxed);
         if let Ok(mut f) = self.failures.lock() {
             *f.entry(after_step).or_default() += 1;
         }
@@ -39,54 +44,69 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut s = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+        // (name, type, help, value)
+        let plain: [(&str, &str, &str, String); 9] = [
+            (
+                "kwasm_reconciles_total",
+                "counter",
+                "Reconciles run.",
+                self.reconciles.load(Relaxed).to_string(),
+            ),
+            (
+                "kwasm_reconcile_duration_seconds_total",
+                "counter",
+                "Time spent reconciling (divide by kwasm_reconciles_total for the mean).",
+                format!("{:.6}", self.duration_micros.load(Relaxed) as f64 / 1e6),
+            ),
+            (
+                "kwasm_bytes_downloaded_total",
+                "counter",
+                "Artifact bytes downloaded.",
+                self.bytes_downloaded.load(Relaxed).to_string(),
+            ),
+            (
+                "kwasm_containerd_restarts_total",
+                "counter",
+                "containerd restarts made by the agent.",
+                self.restarts.load(Relaxed).to_string(),
+            ),
+            (
+                "kwasm_last_success_timestamp_seconds",
+                "gauge",
+                "Unix time of the last successful reconcile (0: none yet).",
+                self.last_success_unix.load(Relaxed).to_string(),
+            ),
+            (
+                "kwasm_ready",
+                "gauge",
+                "1 when the agent watches its Node.",
+                u8::from(self.ready.load(Relaxed)).to_string(),
+            ),
+            (
+                "kwasm_failed",
+                "gauge",
+                "1 while the last reconcile failed (it is retried with backoff).",
+                u8::from(self.failed.load(Relaxed)).to_string(),
+            ),
+            (
+                "kwasm_drift_repairs_total",
+                "counter",
+                "Times the node had drifted from its provisioned state and the agent re-applied it.",
+                self.drift_repairs.load(Relaxed).to_string(),
+            ),
+            (
+                "kwasm_waiting_for_restart_slot",
+                "gauge",
+                "1 while the agent waits for a cluster-wide containerd restart slot.",
+                u8::from(self.waiting_for_restart.load(Relaxed)).to_string(),
+            ),
+        ];
+        for (name, kind, help, value) in plain {
             let _ = writeln!(
                 s,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
-        };
-        metric(
-            "kwasm_reconciles_total",
-            "counter",
-            "Reconciles run.",
-            self.reconciles.load(Relaxed).to_string(),
-        );
-        metric(
-            "kwasm_reconcile_duration_seconds_total",
-            "counter",
-            "Time spent reconciling (divide by kwasm_reconciles_total for the mean).",
-            format!("{:.6}", self.duration_micros.load(Relaxed) as f64 / 1e6),
-        );
-        metric(
-            "kwasm_bytes_downloaded_total",
-            "counter",
-            "Artifact bytes downloaded.",
-            self.bytes_downloaded.load(Relaxed).to_string(),
-        );
-        metric(
-            "kwasm_containerd_restarts_total",
-            "counter",
-            "containerd restarts made by the agent.",
-            self.restarts.load(Relaxed).to_string(),
-        );
-        metric(
-            "kwasm_last_success_timestamp_seconds",
-            "gauge",
-            "Unix time of the last successful reconcile (0: none yet).",
-            self.last_success_unix.load(Relaxed).to_string(),
-        );
-        metric(
-            "kwasm_ready",
-            "gauge",
-            "1 when the agent watches its Node.",
-            u8::from(self.ready.load(Relaxed)).to_string(),
-        );
-        metric(
-            "kwasm_waiting_for_restart_slot",
-            "gauge",
-            "1 while the agent waits for a cluster-wide containerd restart slot.",
-            u8::from(self.waiting_for_restart.load(Relaxed)).to_string(),
-        );
+        }
         let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
         let by_step: Vec<String> = failures
             .iter()

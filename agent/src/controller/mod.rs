@@ -12,6 +12,7 @@ mod report;
 mod restart_queue;
 mod restart_slots;
 mod shim_objects;
+mod slot_count;
 mod slot_view;
 mod uninstall;
 
@@ -149,6 +150,7 @@ impl NodeLoop {
                 ctx.metrics
                     .last_success_unix
                     .store(crate::clock::unix_now().max(0) as u64, Relaxed);
+                ctx.metrics.failed.store(false, Relaxed);
                 self.backoff.reset();
                 self.wake = tokio::time::Instant::now() + ctx.settings.agent.resync;
             }
@@ -251,18 +253,23 @@ fn restart_gate(
             match event {
                 restart_slots::GateEvent::Waiting(msg) => {
                     ctx.metrics.waiting_for_restart.store(true, Relaxed);
-                    if let Err(e) = ctx.nodes.set_phase(Phase::WaitingForRestart).await {
-                        tracing::warn!(error = %format!("{e:#}"), "could not show the wait on the node");
-                    }
-                    if let Ok(node) = ctx.nodes.get().await {
-                        ctx.events
-                            .publish(&node, events::Reason::WaitingForRestart, &msg)
-                            .await;
+                    match ctx.nodes.set_phase(Phase::WaitingForRestart).await {
+                        Ok(node) => {
+                            ctx.events
+                                .publish(&node, events::Reason::WaitingForRestart, &msg)
+                                .await
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), "could not show the wait on the node")
+                        }
                     }
                 }
                 restart_slots::GateEvent::Acquired => {
                     ctx.metrics.waiting_for_restart.store(false, Relaxed);
-                    let _ = ctx.nodes.set_phase(Phase::Provisioning).await;
+                    let _ = ctx
+                        .nodes
+                        .set_phase_from(Some(Phase::WaitingForRestart), Phase::Provisioning)
+                        .await;
                 }
             }
         })

@@ -155,11 +155,22 @@ impl NodeClient {
     }
 
     /// Set the status annotation's phase (keeping what else it says); labels stay as they are.
-    pub async fn set_phase(&self, phase: Phase) -> anyhow::Result<()> {
+    /// Returns the Node as patched.
+    pub async fn set_phase(&self, phase: Phase) -> anyhow::Result<Node> {
+        self.set_phase_from(None, phase).await
+    }
+
+    /// `set_phase`, only while the phase is `from` (when given): a change made off the reconcile's
+    /// path never overwrites a phase the reconcile reported since.
+    pub async fn set_phase_from(&self, from: Option<Phase>, phase: Phase) -> anyhow::Result<Node> {
         for _ in 0..CONFLICT_ATTEMPTS {
             let node = self.get().await?;
-            let mut doc: StatusDoc = annotation(&node, STATUS_ANNOTATION)
-                .and_then(|a| serde_json::from_str(a).ok())
+            let current: Option<StatusDoc> =
+                annotation(&node, STATUS_ANNOTATION).and_then(|a| serde_json::from_str(a).ok());
+            if from.is_some_and(|f| current.as_ref().map(|d| d.phase) != Some(f)) {
+                return Ok(node);
+            }
+            let mut doc = current
                 .unwrap_or_else(|| super::report::status_doc(&Default::default(), phase, None));
             doc.phase = phase;
             doc.error = None;
@@ -175,7 +186,7 @@ impl NodeClient {
                 .patch(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(patched) => return Ok(patched),
                 Err(kube::Error::Api(s)) if s.code == 409 => continue,
                 Err(e) => return Err(e).with_context(|| format!("patching node {}", self.name)),
             }

@@ -168,6 +168,14 @@ async fn report_drift(ctx: &Context, node: &Node, plan: &HostPlan, loaded: bool,
         periodic,
         "node drifted from its provisioned state; re-applying"
     );
+    let drifted =
+        plan.changes() || !loaded || plan.config.as_ref().map(|c| c.changes()).unwrap_or(true);
+    if drifted {
+        // A changed request is not drift: only the host moving under the agent counts.
+        ctx.metrics
+            .drift_repairs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     ctx.events
         .publish(node, Reason::DriftDetected, &format!("{what}; re-applying"))
         .await;

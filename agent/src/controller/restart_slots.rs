@@ -11,27 +11,25 @@
 //! as another has; whoever acts still hands the slot to the longest waiter, not to itself. A dead
 //! holder blocks its slot for one lease duration at most.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::ListParams;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Resource};
 use rand::Rng;
 
 use super::restart_queue::{self, RestartQueue, Ticket};
+use super::slot_count::{SlotCounter, COUNT_LABEL_VALUE, COUNT_NAME, RECOUNT_SPREAD};
 use super::slot_view::{Look, Opening, SlotView, SLOT_LABEL};
 use crate::containerd::gate::{Permit, RestartGate};
 use crate::lease::LeaseHolder;
-use crate::node_contract::labels::PROVISIONED_LABEL;
-use crate::settings::{Concurrency, FleetSettings};
+use crate::settings::FleetSettings;
 
 /// What the gate tells the controller while it waits, so the Node and the metrics can say so.
 pub enum GateEvent {
@@ -45,11 +43,12 @@ pub struct LeaseGate {
     lease: LeaseHolder,
     queue: RestartQueue,
     nodes: Api<Node>,
-    concurrency: Concurrency,
-    /// (when counted, slots): a percentage is of the nodes asking for shims, counted at most once
-    /// per lease duration.
-    slots: Mutex<Option<(Instant, u32)>>,
+    counter: SlotCounter,
+    /// The slots as last known (how many may release at once: see `head_size`).
+    slots_seen: std::sync::atomic::AtomicU32,
     observer: GateObserver,
+    /// This node's Node as an owner, read once (a Node's uid does not change).
+    owner: tokio::sync::OnceCell<Option<OwnerReference>>,
 }
 
 impl LeaseGate {
@@ -67,40 +66,20 @@ impl LeaseGate {
                 holder: holder.to_owned(),
                 duration: fleet.lease_duration,
             },
-            queue: RestartQueue { leases },
-            nodes: Api::all(client),
-            concurrency: fleet.max_concurrent_restarts,
-            slots: Mutex::new(None),
+            queue: RestartQueue {
+                leases: leases.clone(),
+            },
+            nodes: Api::all(client.clone()),
+            counter: SlotCounter {
+                nodes: Api::all(client),
+                leases,
+                concurrency: fleet.max_concurrent_restarts,
+                me: holder.to_owned(),
+            },
+            slots_seen: Default::default(),
             observer,
+            owner: tokio::sync::OnceCell::new(),
         }
-    }
-
-    async fn slot_count(&self) -> anyhow::Result<u32> {
-        if let Concurrency::Count(n) = self.concurrency {
-            return Ok(n.max(1));
-        }
-        if let Ok(cached) = self.slots.lock() {
-            if let Some((at, n)) = *cached {
-                // The fleet's size changes slowly; each agent counts it at most every few minutes
-                // (a list of every asking node's metadata is the costliest request here).
-                if at.elapsed() < self.lease.duration.max(Duration::from_secs(300)) {
-                    return Ok(n);
-                }
-            }
-        }
-        // Every node that asks for shims carries the provisioned label from its first claim on.
-        let asking = self
-            .nodes
-            .list_metadata(&ListParams::default().labels(PROVISIONED_LABEL))
-            .await
-            .context("counting the nodes that ask for shims")?
-            .items
-            .len();
-        let n = self.concurrency.of(asking.max(1));
-        if let Ok(mut cached) = self.slots.lock() {
-            *cached = Some((Instant::now(), n));
-        }
-        Ok(n)
     }
 
     fn me(&self) -> &str {
@@ -113,7 +92,7 @@ impl LeaseGate {
         &self,
         opening: Opening,
         ticket: Option<&Ticket>,
-    ) -> anyhow::Result<Option<String>> {
+    ) -> anyhow::Result<Option<Box<Lease>>> {
         let held = match opening {
             Opening::Missing(name) => {
                 let labels = [(SLOT_LABEL.to_owned(), "true".to_owned())].into();
@@ -127,8 +106,8 @@ impl LeaseGate {
         let passing = Passing::Keep {
             ticket: ticket.map(|t| t.name.as_str()),
         };
-        match pass_on(&self.lease, &self.queue, held, passing).await? {
-            Passed::Kept(lease) => Ok(lease.metadata.name),
+        match pass_on(&self.lease, &self.queue, held, passing, self.head_size()).await? {
+            Passed::Kept(lease) => Ok(Some(lease)),
             Passed::To(_) | Passed::Cleared => Ok(None),
         }
     }
@@ -136,21 +115,36 @@ impl LeaseGate {
     /// This node's Node as the owner of its place in line (best effort: a ticket without it is only
     /// not collected with a deleted node).
     async fn owner(&self) -> Option<OwnerReference> {
-        let node = self.nodes.get_metadata(self.me()).await.ok()?;
-        node.controller_owner_ref(&()).map(|mut o| {
-            o.controller = None;
-            o
-        })
+        self.owner
+            .get_or_init(|| async {
+                let node = self.nodes.get_metadata(self.me()).await.ok()?;
+                node.controller_owner_ref(&()).map(|mut o| {
+                    o.controller = None;
+                    o
+                })
+            })
+            .await
+            .clone()
     }
 
-    fn permit(&self, name: String) -> LeasePermit {
-        let (holder, every) = (self.lease.clone(), self.lease.duration / 3);
-        let renew_name = name.clone();
+    fn head_size(&self) -> u32 {
+        head_size(self.slots_seen.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn permit(&self, lease: Lease) -> LeasePermit {
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        let known = Arc::new(tokio::sync::Mutex::new(lease));
+        let (holder, every, renewed) = (self.lease.clone(), self.lease.duration / 3, known.clone());
         let renew = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                if let Err(e) = holder.renew(&renew_name).await {
-                    tracing::warn!(lease = %renew_name, error = %format!("{e:#}"), "could not renew the restart Lease; it expires unless a renewal gets through");
+                let mut known = renewed.lock().await;
+                match holder.renew_from(&known).await {
+                    Ok(written) => *known = written,
+                    Err(e) => {
+                        let name = known.metadata.name.as_deref().unwrap_or_default();
+                        tracing::warn!(lease = %name, error = %format!("{e:#}"), "could not renew the restart Lease; it expires unless a renewal gets through")
+                    }
                 }
             }
         });
@@ -159,27 +153,31 @@ impl LeaseGate {
             lease: self.lease.clone(),
             queue: self.queue.clone(),
             name,
+            known,
             renew,
+            head: self.head_size(),
         }
     }
 
     /// Wait until this node holds one of the first `slots` slots, acting only as described at the
     /// top of this file; the slot, and whether this node had to wait in line for it.
-    async fn wait_for_slot(&self, slots: u32) -> anyhow::Result<(String, bool)> {
+    async fn wait_for_slot(&self) -> anyhow::Result<(Box<Lease>, bool)> {
         let selector = format!(
-            "{SLOT_LABEL} in (true,{})",
+            "{SLOT_LABEL} in (true,{COUNT_LABEL_VALUE},{})",
             restart_queue::ticket_label(self.me())
         );
         let stream = watcher(
             self.lease.leases.clone(),
-            watcher::Config::default().labels(&selector),
+            // Renewed when the server ends it (30-60 min), not at kube's default 290 s: a long
+            // wait in a large fleet must not turn into polling.
+            watcher::Config::default().labels(&selector).timeout(3600),
         )
         .default_backoff();
         futures_util::pin_mut!(stream);
         let mut w = Waiting::default();
         loop {
             let wake = match w.listed {
-                true => match self.step(slots, &mut w).await? {
+                true => match self.step(&mut w).await? {
                     Step::Done(slot) => {
                         let waited = w.line.ticket.is_some();
                         if w.lost_at.is_some() {
@@ -208,10 +206,11 @@ impl LeaseGate {
     }
 
     /// One decision on what the watch shows.
-    async fn step(&self, slots: u32, w: &mut Waiting) -> anyhow::Result<Step> {
+    async fn step(&self, w: &mut Waiting) -> anyhow::Result<Step> {
+        let slots = self.slots(w).await?;
         let now = Instant::now();
         match w.view.look(slots, self.me(), self.lease.duration, now) {
-            Look::Mine(lease) => Ok(Step::Done(lease.metadata.name.unwrap_or_default())),
+            Look::Mine(lease) => Ok(Step::Done(lease)),
             Look::Open(opening) => {
                 let at = *w
                     .act_at
@@ -222,7 +221,8 @@ impl LeaseGate {
                 w.act_at = None;
                 Ok(match self.claim(opening, w.line.ticket.as_ref()).await? {
                     Some(lease) => Step::Done(lease),
-                    None => Step::Again,
+                    // Taken by another, or handed to a longer waiter: the watch shows which.
+                    None => Step::Sleep(None),
                 })
             }
             Look::Held { holders, expires } => {
@@ -240,13 +240,38 @@ impl LeaseGate {
                         w.lost_at = None;
                         Ok(Step::Again)
                     }
-                    Some(lost) => Ok(Step::Sleep(Some(
-                        expires.map_or(lost + LOST_TICKET_GRACE, |e| {
-                            e.min(lost + LOST_TICKET_GRACE)
-                        }),
+                    Some(lost) => Ok(Step::Sleep(earliest(
+                        earliest(expires, Some(lost + LOST_TICKET_GRACE)),
+                        w.recount_at,
                     ))),
-                    None => Ok(Step::Sleep(expires)),
+                    None => Ok(Step::Sleep(earliest(expires, w.recount_at))),
                 }
+            }
+        }
+    }
+
+    /// How many slots there are now: fixed, or what the fleet's shared count says as the watch
+    /// delivers it, or counted here when that is missing or stale (see `slot_count`).
+    async fn slots(&self, w: &mut Waiting) -> anyhow::Result<u32> {
+        let shared = w.view.lease(COUNT_NAME);
+        if let Some(n) = self.counter.known(shared) {
+            self.slots_seen
+                .store(n, std::sync::atomic::Ordering::Relaxed);
+            w.slots = Some(n);
+            w.recount_at = None;
+            return Ok(n);
+        }
+        let spread = RECOUNT_SPREAD.mul_f64(rand::thread_rng().gen_range(0.0..1.0));
+        let due = *w.recount_at.get_or_insert(Instant::now() + spread);
+        match w.slots {
+            Some(n) if due > Instant::now() => Ok(n),
+            // The first count of a wait is not put off: nothing else says how many slots there are.
+            _ => {
+                let n = self.counter.count(shared).await?;
+                self.slots_seen
+                    .store(n, std::sync::atomic::Ordering::Relaxed);
+                w.recount_at = None;
+                Ok(*w.slots.insert(n))
             }
         }
     }
@@ -270,9 +295,16 @@ impl LeaseGate {
 /// before it takes its place again (a releaser hands the slot over right after).
 const LOST_TICKET_GRACE: Duration = Duration::from_secs(5);
 
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 enum Step {
     /// Holding this slot.
-    Done(String),
+    Done(Box<Lease>),
     Again,
     Sleep(Option<Instant>),
 }
@@ -283,6 +315,10 @@ struct Waiting {
     view: SlotView,
     listing: Option<Vec<Lease>>,
     listed: bool,
+    /// How many slots there are, as last known.
+    slots: Option<u32>,
+    /// When to count the asking nodes again, the shared count being stale.
+    recount_at: Option<Instant>,
     line: Line,
     /// When to act on a slot seen open.
     act_at: Option<Instant>,
@@ -363,10 +399,13 @@ enum Passed {
     Cleared,
 }
 
-/// How many of the oldest waiters a releaser reads at once: with many releasers at the same moment
-/// (a percentage of a large fleet), those that lose the oldest to another try the rest in a random
-/// order, so they rarely contend twice, and the line stays oldest-first to within that many places.
-const HEAD: u32 = 8;
+/// How many of the oldest waiters a releaser reads at once: twice the slots (as many releasers may
+/// pass slots on at the same moment), at least 8 and at most 200. Those that lose the oldest to
+/// another try the rest in a random order, so they rarely contend twice, and the line stays
+/// oldest-first to within that many places.
+fn head_size(slots: u32) -> u32 {
+    slots.saturating_mul(2).clamp(8, 200)
+}
 
 /// The oldest first, then the others of the head from a random one on.
 fn contention_order(head: &[Ticket]) -> impl Iterator<Item = &Ticket> {
@@ -395,24 +434,21 @@ async fn pass_on(
     queue: &RestartQueue,
     held: Lease,
     passing: Passing<'_>,
+    head_size: u32,
 ) -> anyhow::Result<Passed> {
     let me = holder.holder.as_str();
-    let current = match passing {
-        Passing::Keep { ticket } => ticket,
-        Passing::Release => None,
+    let (releasing, current) = match passing {
+        Passing::Keep { ticket } => (false, ticket),
+        Passing::Release => (true, None),
     };
     loop {
-        let head = queue.oldest(HEAD).await?;
+        let head = queue.oldest(head_size).await?;
         let oldest_is_me = head.first().is_some_and(|t| t.node == me);
-        match passing {
-            Passing::Keep { .. } if head.is_empty() || oldest_is_me => {
-                return Ok(Passed::Kept(Box::new(held)))
-            }
-            Passing::Release if head.is_empty() => {
-                holder.hand_over(&held, None).await?;
-                return Ok(Passed::Cleared);
-            }
-            _ => {}
+        if head.is_empty() && releasing {
+            return hand_to(holder, held, None).await;
+        }
+        if !releasing && (head.is_empty() || oldest_is_me) {
+            return Ok(Passed::Kept(Box::new(held)));
         }
         for t in contention_order(&head) {
             if t.node == me {
@@ -425,24 +461,46 @@ async fn pass_on(
             if !queue.take_out(t).await? {
                 continue;
             }
-            return match holder.hand_over(&held, Some(&t.node)).await? {
-                Some(_) => Ok(Passed::To(t.node.clone())),
-                None => anyhow::bail!(
-                    "the restart slot changed before it could be handed to {} (who takes its place in line again)",
-                    t.node
-                ),
-            };
+            return hand_to(holder, held, Some(&t.node)).await;
         }
     }
+}
+
+/// Write `node` as the holder of a slot this node holds, or clear it (read again if the copy was
+/// stale: a renewal since). A node's ticket is already out of the line, so only losing the slot
+/// stops it.
+async fn hand_to(
+    holder: &LeaseHolder,
+    mut held: Lease,
+    node: Option<&str>,
+) -> anyhow::Result<Passed> {
+    for _ in 0..3 {
+        if !holder.holds(&held) {
+            break;
+        }
+        if holder.hand_over(&held, node).await?.is_some() {
+            return Ok(node.map_or(Passed::Cleared, |n| Passed::To(n.to_owned())));
+        }
+        held = holder
+            .leases
+            .get(held.metadata.name.as_deref().unwrap_or_default())
+            .await?;
+    }
+    anyhow::bail!(
+        "the restart slot was no longer this node's to pass on{}",
+        node.map(|n| format!(" to {n} (who takes its place in line again)"))
+            .unwrap_or_default()
+    )
 }
 
 impl RestartGate for LeaseGate {
     fn enter(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn Permit>>> {
         Box::pin(async move {
-            let slots = self.slot_count().await?;
-            let (lease, waited) = self.wait_for_slot(slots).await?;
+            let (lease, waited) = self.wait_for_slot().await?;
+            let lease = *lease;
             if waited {
-                (self.observer)(GateEvent::Acquired).await;
+                // Shown off the restart's path: the restart need not wait for a Node patch.
+                tokio::spawn((self.observer)(GateEvent::Acquired));
             }
             Ok(Box::new(self.permit(lease)) as Box<dyn Permit>)
         })
@@ -453,19 +511,20 @@ struct LeasePermit {
     lease: LeaseHolder,
     queue: RestartQueue,
     name: String,
+    /// The slot as last written by this node (passed on from it, read again only if it changed).
+    known: Arc<tokio::sync::Mutex<Lease>>,
     renew: tokio::task::JoinHandle<()>,
+    /// How many of the line's oldest to read when passing the slot on.
+    head: u32,
 }
 
 impl Permit for LeasePermit {
     fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.renew.abort();
+            let held = self.known.lock().await.clone();
             let passed = async {
-                let held = self.lease.leases.get(&self.name).await?;
-                if !self.lease.holds(&held) {
-                    return Ok(None);
-                }
-                pass_on(&self.lease, &self.queue, held, Passing::Release)
+                pass_on(&self.lease, &self.queue, held, Passing::Release, self.head)
                     .await
                     .map(Some)
             };

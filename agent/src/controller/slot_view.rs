@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::Timestamp;
 
+use rand::Rng;
+
 use crate::lease::live_holder;
 
 pub const SLOT_PREFIX: &str = "kwasm-agent-restart-";
@@ -55,6 +57,11 @@ impl SlotView {
         self.slots.insert(name, (lease, observed));
     }
 
+    /// Any Lease the watch delivered, by name (the count Lease beside the slots).
+    pub fn lease(&self, name: &str) -> Option<&Lease> {
+        self.slots.get(name).map(|(l, _)| l)
+    }
+
     pub fn delete(&mut self, name: &str) {
         self.slots.remove(name);
     }
@@ -76,11 +83,11 @@ impl SlotView {
     /// The first `slots` slots as `me` may use them.
     pub fn look(&self, slots: u32, me: &str, duration: Duration, now: Instant) -> Look {
         let wall = Timestamp::now();
-        let (mut holders, mut expires, mut open) = (Vec::new(), None::<Instant>, None);
+        let (mut holders, mut expires, mut open) = (Vec::new(), None::<Instant>, Vec::new());
         for i in 0..slots {
             let name = format!("{SLOT_PREFIX}{i}");
             let Some((lease, seen)) = self.slots.get(&name) else {
-                open.get_or_insert(Opening::Missing(name));
+                open.push(Opening::Missing(name));
                 continue;
             };
             let by_observation = *seen + duration;
@@ -93,13 +100,15 @@ impl SlotView {
                     expires = Some(expires.map_or(first, |e| e.min(first)));
                 }
                 _ => {
-                    open.get_or_insert(Opening::Free(Box::new(lease.clone())));
+                    open.push(Opening::Free(Box::new(lease.clone())));
                 }
             }
         }
-        match open {
-            Some(o) => Look::Open(o),
-            None => Look::Held { holders, expires },
+        // Any of the open ones, at random: nodes that see several open at once (a fleet's first
+        // look, slots added as a percentage grows) then rarely race for the same one.
+        match open.len() {
+            0 => Look::Held { holders, expires },
+            n => Look::Open(open.swap_remove(rand::thread_rng().gen_range(0..n))),
         }
     }
 }

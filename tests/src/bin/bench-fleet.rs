@@ -14,8 +14,12 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use kwasm_tests::agent::agent;
+use kwasm_tests::api_load::{
+    component, count_kinds, kind, measured_requests, peak_per_second, ready, rss_kib, time_span,
+};
 use kwasm_tests::archive::{fake_binary, release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
+use kwasm_tests::fleet_parts::spawn_catalog;
 use kwasm_tests::kube_api::{free_port, KubeApi};
 use kwasm_tests::sandbox::{artifact_settings, Sandbox, ShimSpec};
 
@@ -184,20 +188,7 @@ fn start_catalog(api: &KubeApi, dir: &std::path::Path, shim: &ShimSpec) -> Catal
     let file = dir.join("shim.json");
     std::fs::write(&file, object.to_string()).unwrap();
     api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
-    let settings = dir.join("catalog.toml");
-    std::fs::write(
-        &settings,
-        "[catalog]\nlease_namespace = \"kwasm\"\nstatus_interval = \"1s\"\n",
-    )
-    .unwrap();
-    let child = agent(&["catalog", "--config", settings.to_str().unwrap()])
-        .env("KUBECONFIG", &api.kubeconfig)
-        .env("POD_NAME", "catalog-0")
-        .env("KWASM_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = spawn_catalog(api, dir, "1s", None);
     Catalog {
         child,
         handler: shim.name.clone(),
@@ -311,50 +302,6 @@ fn catalog_requests(api: &KubeApi) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn count_kinds(reqs: &[serde_json::Value]) -> std::collections::BTreeMap<String, usize> {
-    let mut kinds = std::collections::BTreeMap::new();
-    for r in reqs {
-        *kinds.entry(kind(r)).or_default() += 1;
-    }
-    kinds
-}
-
-fn time_span(reqs: &[serde_json::Value]) -> f64 {
-    let ts: Vec<f64> = reqs.iter().filter_map(|r| r["t"].as_f64()).collect();
-    let lo = ts.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = ts.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if ts.is_empty() {
-        0.0
-    } else {
-        hi - lo
-    }
-}
-
-fn ready(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = write!(
-        s,
-        "GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    out.starts_with("HTTP/1.1 200")
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 /// Nodes whose status annotation says Provisioned (restart = "none": installed and configured; the
 /// handlers load at containerd's next start).
 fn provisioned(api: &KubeApi) -> usize {
@@ -373,50 +320,4 @@ fn provisioned(api: &KubeApi) -> usize {
                 .count()
         })
         .unwrap_or(0)
-}
-
-/// Which kwasm-agent component made a request: "node", "catalog" (from the User-Agent).
-fn component(r: &serde_json::Value) -> &str {
-    let ua = r["user_agent"].as_str().unwrap_or("");
-    match ua.rsplit_once('(') {
-        Some((_, rest)) => rest.trim_end_matches(')'),
-        None => "node",
-    }
-}
-
-/// Requests made by kwasm-agent (not by kubectl or this benchmark).
-fn measured_requests(api: &KubeApi) -> Vec<serde_json::Value> {
-    api.requests()
-        .into_iter()
-        .filter(|r| {
-            let ua = r["user_agent"].as_str().unwrap_or("");
-            !ua.starts_with("kubectl") && !r["path"].as_str().unwrap_or("").starts_with("/_test")
-        })
-        .collect()
-}
-
-fn kind(r: &serde_json::Value) -> String {
-    let path = r["path"].as_str().unwrap_or("");
-    let resource = ["events", "leases", "shims", "runtimeclasses", "nodes"]
-        .into_iter()
-        .find(|k| path.contains(&format!("/{k}")))
-        .unwrap_or("discovery");
-    let what = if path.ends_with("/status") {
-        format!("{resource}-status")
-    } else if r["query"]["watch"].as_str().is_some() {
-        format!("{resource}-watch")
-    } else {
-        resource.to_owned()
-    };
-    format!("{}-{what}", r["method"].as_str().unwrap_or("?"))
-}
-
-fn peak_per_second(reqs: &[serde_json::Value]) -> usize {
-    let mut per: std::collections::BTreeMap<i64, usize> = Default::default();
-    for r in reqs {
-        if let Some(t) = r["t"].as_f64() {
-            *per.entry(t as i64).or_default() += 1;
-        }
-    }
-    per.values().copied().max().unwrap_or(0)
 }

@@ -1,0 +1,631 @@
+//! The fleet at AKS's size limit (issue 27): one API stand-in holding TOTAL Nodes, AGENTS of them run
+//! by real agent processes, the rest simulated in the stand-in (their kubelets renew node Leases every
+//! 10 s and write status every 5 min, as kubelet does by default). The catalog controller runs with
+//! the shim as a Shim object. Each agent runs in a mount namespace of its own where `/opt` is its own
+//! directory (so every agent installs to the same host path, as on real nodes, and nothing of this
+//! machine's `/opt` is touched), edits its own containerd config, and restarts with a command that
+//! takes RESTART seconds (logging when "containerd" is down), so restart pacing really engages. Every
+//! agent proves its handler through CRI against one real containerd (Debian's) that has it loaded —
+//! its restart is the script's, not containerd's: 500 containerds do not fit on this machine.
+//!
+//! Phases, each measured the same way from the stand-in's request log (requests and response bytes
+//! by component and kind) and its watch byte counters: idle; a rollout (`kubectl annotate` of the
+//! agents' nodes); a Shim upgrade (a new version applied: every node rolls again, paced). Printed:
+//! `key value` lines, then `goal …` lines (PASS/FAIL) for the issue's goals.
+//!
+//! Usage: bench-rollout [--agents N] [--nodes TOTAL] [--pacing P] [--restart SECONDS] [--idle SECONDS]
+//!        (defaults: 500 agents, 5000 nodes, pacing 2, 1 s restarts, 30 s idle)
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kwasm_tests::agent::agent_bin;
+use kwasm_tests::api_load::{
+    component, count_kinds, cpu_seconds, kind, measured_requests, open_watches, peak_rss_kib,
+    ready, response_bytes, rss_kib, watch_bytes, within,
+};
+use kwasm_tests::archive::{fake_binary, release, sha256};
+use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
+use kwasm_tests::containerd::Containerd;
+use kwasm_tests::fleet_parts::{max_overlap, restart_windows, spawn_catalog};
+use kwasm_tests::kube_api::{free_port, KubeApi};
+use kwasm_tests::sandbox::Sandbox;
+
+const SHIM: &str = "kwfleet";
+const BIN: &str = "containerd-shim-kwfleet-v2";
+
+struct Args {
+    agents: usize,
+    nodes: usize,
+    pacing: String,
+    restart_s: f64,
+    idle_s: u64,
+}
+
+fn args() -> Args {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let get = |key: &str| {
+        raw.iter()
+            .position(|a| a == key)
+            .and_then(|i| raw.get(i + 1).cloned())
+    };
+    Args {
+        agents: get("--agents").and_then(|v| v.parse().ok()).unwrap_or(500),
+        nodes: get("--nodes").and_then(|v| v.parse().ok()).unwrap_or(5000),
+        pacing: get("--pacing").unwrap_or_else(|| "2".into()),
+        restart_s: get("--restart").and_then(|v| v.parse().ok()).unwrap_or(1.0),
+        idle_s: get("--idle").and_then(|v| v.parse().ok()).unwrap_or(30),
+    }
+}
+
+struct RolloutAgent {
+    sb: Sandbox,
+    child: Child,
+    port: u16,
+    windows: PathBuf,
+}
+
+impl Drop for RolloutAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Catalog(Child);
+
+impl Drop for Catalog {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn main() {
+    let a = args();
+    let dir = tempfile::Builder::new()
+        .prefix("kw.")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let api = KubeApi::start(dir.path());
+    // The one real containerd every agent proves its handler against.
+    let shared = Sandbox::new();
+    let cd = Containerd::start(&shared);
+    load_handler(&cd);
+    let server = ArtifactServer::start();
+    let versions = [shim_version(&server, "v1"), shim_version(&server, "v2")];
+    apply_shim(&api, dir.path(), &versions[0]);
+    let simulated = a.nodes.saturating_sub(a.agents);
+    api.control(
+        "/_test/simulate",
+        &format!("{{\"nodes\": {simulated}, \"prefix\": \"sim-\"}}"),
+    );
+    let catalog = start_catalog(&api, dir.path());
+    let agents = start_agents(&api, &a, &cd);
+    println!("agents {}", a.agents);
+    println!("nodes {}", a.nodes);
+    println!("simulated_nodes {simulated}");
+    println!("pacing {}", a.pacing);
+    println!("restart_s {}", a.restart_s);
+    let idle_rss = report_processes("idle_start", &agents, &catalog);
+
+    let idle = Window::measure(&api, "idle", || {
+        std::thread::sleep(Duration::from_secs(a.idle_s))
+    });
+    idle.report(a.agents);
+
+    let rollout = Window::measure(&api, "rollout", || {
+        api.kubectl_ok(&[
+            "annotate",
+            "node",
+            "-l",
+            "bench/agent=true",
+            "kwasm.sh/kwasm-node=true",
+        ]);
+        wait_for(&api, a.agents, "v1");
+    });
+    rollout.report(a.agents);
+    let paced = pacing_report("rollout", &agents, &a, &rollout);
+    report_processes("after_rollout", &agents, &catalog);
+
+    let upgrade = Window::measure(&api, "upgrade", || {
+        apply_shim(&api, dir.path(), &versions[1]);
+        wait_for(&api, a.agents, "v2");
+    });
+    upgrade.report(a.agents);
+    let paced_upgrade = pacing_report("upgrade", &agents, &a, &upgrade);
+    report_processes("after_upgrade", &agents, &catalog);
+    fan_out(&rollout, &upgrade, a.agents);
+    goals(
+        &a,
+        &idle,
+        &rollout,
+        &[paced, paced_upgrade],
+        idle_rss,
+        &catalog,
+    );
+    drop(agents);
+    drop(catalog);
+    drop(cd);
+}
+
+struct ShimVersion {
+    version: String,
+    url: String,
+    digest: String,
+}
+
+fn shim_version(server: &ArtifactServer, version: &str) -> ShimVersion {
+    let archive = release(BIN, &fake_binary(&format!("fleet-{version}"), 50_000));
+    let path = format!("/shim-{version}.tar.gz");
+    server.route(&path, vec![Behavior::Serve(archive.clone())]);
+    ShimVersion {
+        version: version.into(),
+        url: server.url(&path),
+        digest: sha256(&archive),
+    }
+}
+
+/// The handler every agent writes, as containerd loads it: the shared containerd's config holds it
+/// from the start (nothing of it runs; CRI lists it, which is what an agent's proof reads).
+fn load_handler(cd: &Containerd) {
+    let text = std::fs::read_to_string(&cd.config).unwrap();
+    let table = format!(
+        "\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{SHIM}]\n  runtime_type = \"/opt/kwasm/bin/{BIN}\"\n"
+    );
+    std::fs::write(&cd.config, text + &table).unwrap();
+    cd.restart();
+}
+
+fn apply_shim(api: &KubeApi, dir: &std::path::Path, v: &ShimVersion) {
+    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../manifests/helm/kwasm-agent/crds/shims.kwasm.sh.yaml");
+    api.kubectl_ok(&["apply", "-f", crd.to_str().unwrap()]);
+    let object = serde_json::json!({
+        "apiVersion": "kwasm.sh/v1alpha1", "kind": "Shim", "metadata": {"name": SHIM},
+        "spec": {"runtimeType": format!("io.containerd.{SHIM}.v2"), "binary": BIN, "version": v.version,
+                 "platforms": [{"arch": "amd64", "url": v.url, "sha256": v.digest}]}
+    });
+    let file = dir.join(format!("shim-{}.json", v.version));
+    std::fs::write(&file, object.to_string()).unwrap();
+    api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+}
+
+fn start_catalog(api: &KubeApi, dir: &std::path::Path) -> Catalog {
+    Catalog(spawn_catalog(
+        api,
+        dir,
+        "5s",
+        Some(&dir.join("catalog.log")),
+    ))
+}
+
+/// The restart command: as long as a real node's restart, logging when "containerd" was down.
+fn restart_script(sb: &Sandbox, seconds: f64) -> (PathBuf, PathBuf) {
+    let log = sb.path().join("down-windows.log");
+    let script = sb.path().join("restart.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"down $(date +%s%N)\" >> {log}\nsleep {seconds}\necho \"up $(date +%s%N)\" >> {log}\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (script, log)
+}
+
+fn agent_settings(sb: &Sandbox, port: u16, pacing: &str, script: &Path, cd: &Containerd) -> String {
+    let pacing = match pacing.ends_with('%') {
+        true => format!("{pacing:?}"),
+        false => pacing.to_owned(),
+    };
+    format!(
+        "[host]\nroot = \"/\"\ninstall_dir = \"/opt/kwasm\"\n\n[artifacts]\nallow_http = true\n\n[agent]\nlisten = \"127.0.0.1:{port}\"\n\n[fleet]\nmax_concurrent_restarts = {pacing}\nlease_namespace = \"kwasm\"\n\n[catalog]\nshim_objects = true\n\n[containerd]\nconfig = {config:?}\nsocket = {socket:?}\nrestart = [{script:?}]\ntimeout = \"60s\"\n",
+        config = sb.host("/etc/containerd/config.toml"),
+        socket = cd.socket,
+    )
+}
+
+/// `kwasm-agent run` in a mount namespace of its own, with `opt` mounted on `/opt`.
+fn spawn_agent(sb: &Sandbox, name: &str, api: &KubeApi) -> Child {
+    let opt = sb.path().join("opt");
+    std::fs::create_dir_all(&opt).unwrap();
+    let log = std::fs::File::create(sb.path().join("agent.log")).unwrap();
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount --bind \"$0\" /opt && exec \"$@\"")
+        .arg(&opt)
+        .arg(agent_bin())
+        .args(["run", "--config"])
+        .arg(&sb.settings)
+        .env("NODE_NAME", name)
+        .env("KUBECONFIG", &api.kubeconfig)
+        .env("KWASM_LOG", "warn")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap()
+}
+
+fn start_agents(api: &KubeApi, a: &Args, cd: &Containerd) -> Vec<RolloutAgent> {
+    let agents: Vec<RolloutAgent> = (0..a.agents)
+        .map(|i| {
+            let name = format!("n{i:04}");
+            api.control(
+                "/_test/nodes",
+                &format!("{{\"name\":\"{name}\",\"labels\":{{\"bench/agent\":\"true\"}}}}"),
+            );
+            let sb = Sandbox::new();
+            let port = free_port();
+            let (script, windows) = restart_script(&sb, a.restart_s);
+            sb.write_settings(&agent_settings(&sb, port, &a.pacing, &script, cd));
+            let child = spawn_agent(&sb, &name, api);
+            RolloutAgent {
+                sb,
+                child,
+                port,
+                windows,
+            }
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    for a in &agents {
+        while !ready(a.port) {
+            assert!(
+                Instant::now() < deadline,
+                "an agent never became ready: {}",
+                std::fs::read_to_string(a.sb.path().join("agent.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    agents
+}
+
+/// The most watches open at once, sampled while a phase waits.
+static MOST_WATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Every agent's node shows the shim ready at `version` (its labels, as a scheduler reads them).
+fn wait_for(api: &KubeApi, agents: usize, version: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3 * 3600);
+    let selector =
+        format!("bench/agent=true,kwasm.sh/shim.{SHIM}=true,kwasm.sh/version.{SHIM}={version}");
+    loop {
+        let out = api.kubectl_ok(&["get", "nodes", "-l", &selector, "-o", "name"]);
+        MOST_WATCHES.fetch_max(open_watches(api), std::sync::atomic::Ordering::Relaxed);
+        if out.lines().count() >= agents {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fleet never reached {version}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A phase, and what kwasm-agent asked of the API server during it.
+struct Window {
+    name: &'static str,
+    from: f64,
+    to: f64,
+    requests: Vec<serde_json::Value>,
+    watch_bytes: BTreeMap<String, u64>,
+}
+
+fn epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+impl Window {
+    fn measure(api: &KubeApi, name: &'static str, phase: impl FnOnce()) -> Self {
+        let before = watch_bytes(api);
+        let stand_in_cpu = cpu_seconds(api.pid());
+        let machine = machine_cpu();
+        MOST_WATCHES.store(0, std::sync::atomic::Ordering::Relaxed);
+        let from = epoch();
+        phase();
+        let to = epoch();
+        let after = watch_bytes(api);
+        let watch_bytes = after
+            .iter()
+            .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+            .collect();
+        let requests = within(&measured_requests(api), from, to);
+        println!("{name}_open_watches {}", open_watches(api));
+        println!(
+            "{name}_most_watches_open {}",
+            MOST_WATCHES.load(std::sync::atomic::Ordering::Relaxed)
+        );
+        // This machine carries every agent's own work (on a cluster, each node's): how busy it was.
+        let (busy, total) = machine_cpu();
+        println!(
+            "{name}_machine_cpu_busy {:.2}",
+            (busy - machine.0) / (total - machine.1).max(1.0)
+        );
+        // The stand-in is part of the measure: how busy it was (1.0 = one core all the time).
+        println!(
+            "{name}_stand_in_cpu_share {:.2}",
+            (cpu_seconds(api.pid()) - stand_in_cpu) / (to - from).max(0.001)
+        );
+        Self {
+            name,
+            from,
+            to,
+            requests,
+            watch_bytes,
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        (self.to - self.from).max(0.001)
+    }
+
+    /// Requests that are not a node's own provisioning: what the fleet costs beyond the fixed work
+    /// each node does for itself once (`own_provisioning`).
+    fn overhead(&self) -> Vec<serde_json::Value> {
+        self.requests
+            .iter()
+            .filter(|r| !(component(r) == "node" && own_provisioning(&kind(r))))
+            .cloned()
+            .collect()
+    }
+
+    fn report(&self, agents: usize) {
+        let n = self.name;
+        let s = self.seconds();
+        println!("{n}_s {s:.1}");
+        println!("{n}_requests_per_s {:.2}", self.requests.len() as f64 / s);
+        println!(
+            "{n}_overhead_requests_per_s {:.2}",
+            self.overhead().len() as f64 / s
+        );
+        println!(
+            "{n}_response_bytes_per_s {:.0}",
+            response_bytes(&self.requests) as f64 / s
+        );
+        let mut by: BTreeMap<(String, String), (usize, u64)> = BTreeMap::new();
+        for r in &self.requests {
+            let e = by.entry((component(r).to_owned(), kind(r))).or_default();
+            e.0 += 1;
+            e.1 += r["bytes"].as_u64().unwrap_or(0);
+        }
+        for ((who, k), (count, bytes)) in &by {
+            println!(
+                "{n}_requests {who} {k} {count} per_node {:.2} per_s {:.2} bytes_per_s {:.0}",
+                *count as f64 / agents as f64,
+                *count as f64 / s,
+                *bytes as f64 / s
+            );
+        }
+        for (k, b) in &self.watch_bytes {
+            println!("{n}_watch_bytes_per_s {k} {:.0}", *b as f64 / s);
+        }
+    }
+}
+
+/// A node's own provisioning: reading and patching its Node, its Events, and its turn at a
+/// restart slot (joining the line, taking or being handed a slot, passing it on) — a fixed number
+/// of requests per node, however long it waits (`pacing_requests_per_node` shows how many).
+fn own_provisioning(kind: &str) -> bool {
+    kind == "GET-nodes"
+        || kind.starts_with("PATCH-nodes")
+        || kind.contains("events")
+        || kind.contains("leases")
+}
+
+/// (down, up) in ns of every restart the agents' scripts logged within the window.
+fn restarts(agents: &[RolloutAgent], w: &Window) -> Vec<(u128, u128)> {
+    let (from, to) = ((w.from * 1e9) as u128, (w.to * 1e9) as u128);
+    agents
+        .iter()
+        .flat_map(|a| restart_windows(&a.windows))
+        .filter(|(d, u)| *d >= from && *u <= to)
+        .collect()
+}
+
+/// Pacing as the restart scripts saw it: containerds down at once, time to converge against the
+/// ideal (every slot busy from the first restart to the last).
+struct Paced {
+    restarts: usize,
+    slots: usize,
+    most_down: usize,
+    converge_ratio: f64,
+    lease_requests_per_node: f64,
+}
+
+fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> Paced {
+    let all = restarts(agents, w);
+    let slots = match a.pacing.strip_suffix('%') {
+        Some(p) => {
+            ((a.agents as f64 * p.parse::<f64>().unwrap_or(10.0) / 100.0).ceil() as usize).max(1)
+        }
+        None => a.pacing.parse().unwrap_or(2),
+    };
+    let mean_restart =
+        all.iter().map(|(d, u)| (u - d) as f64 / 1e9).sum::<f64>() / all.len().max(1) as f64;
+    let first_down = all.iter().map(|(d, _)| *d).min().unwrap_or(0) as f64 / 1e9;
+    let last_up = all.iter().map(|(_, u)| *u).max().unwrap_or(0) as f64 / 1e9;
+    let rounds = a.agents.div_ceil(slots) as f64;
+    let ideal = rounds * mean_restart;
+    let took = last_up - first_down;
+    let lease_requests = w
+        .requests
+        .iter()
+        .filter(|r| kind(r).contains("leases") && component(r) == "node")
+        .count();
+    let paced = Paced {
+        restarts: all.len(),
+        slots,
+        most_down: max_overlap(&all),
+        converge_ratio: took / ideal.max(0.001),
+        lease_requests_per_node: lease_requests as f64 / a.agents as f64,
+    };
+    println!("{name}_restarts {}", all.len());
+    // How the restarts spread: how many began in each second of the phase.
+    let first = all.iter().map(|(d, _)| *d).min().unwrap_or(0);
+    let mut per_second = vec![0usize; 1];
+    for (d, _) in &all {
+        let i = ((d - first) / 1_000_000_000) as usize;
+        per_second.resize(per_second.len().max(i + 1), 0);
+        per_second[i] += 1;
+    }
+    println!("{name}_restarts_begun_per_second {per_second:?}");
+    println!("{name}_slots {slots}");
+    println!("{name}_most_down_at_once {}", paced.most_down);
+    println!("{name}_mean_restart_s {mean_restart:.3}");
+    println!("{name}_first_down_to_last_up_s {took:.1}");
+    println!("{name}_ideal_s {ideal:.1}");
+    println!("{name}_converge_ratio {:.3}", paced.converge_ratio);
+    println!(
+        "{name}_lease_requests_per_node {:.2}",
+        paced.lease_requests_per_node
+    );
+    println!("{name}_lease_kinds {:?}", lease_kinds(&w.requests));
+    paced
+}
+
+fn lease_kinds(reqs: &[serde_json::Value]) -> BTreeMap<String, usize> {
+    let leases: Vec<_> = reqs
+        .iter()
+        .filter(|r| kind(r).contains("leases"))
+        .cloned()
+        .collect();
+    count_kinds(&leases)
+}
+
+/// Memory and CPU of the agents and the catalog controller; the largest agent RSS, KiB.
+fn report_processes(when: &str, agents: &[RolloutAgent], catalog: &Catalog) -> u64 {
+    let rss: Vec<u64> = agents.iter().map(|a| rss_kib(a.child.id())).collect();
+    let mean = rss.iter().sum::<u64>() / rss.len().max(1) as u64;
+    let cpu: f64 = agents
+        .iter()
+        .map(|a| cpu_seconds(a.child.id()))
+        .sum::<f64>();
+    println!("{when}_agent_rss_kib_mean {mean}");
+    println!(
+        "{when}_agent_rss_kib_max {}",
+        rss.iter().max().unwrap_or(&0)
+    );
+    println!(
+        "{when}_agent_cpu_s_mean {:.3}",
+        cpu / agents.len().max(1) as f64
+    );
+    println!("{when}_catalog_rss_kib {}", rss_kib(catalog.0.id()));
+    println!(
+        "{when}_catalog_peak_rss_kib {}",
+        peak_rss_kib(catalog.0.id())
+    );
+    println!("{when}_catalog_cpu_s {:.2}", cpu_seconds(catalog.0.id()));
+    rss.iter().copied().max().unwrap_or(0)
+}
+
+/// What one Shim status write costs the agents' Shim watches: the bytes streamed to them during
+/// a phase, over the status writes the catalog made in it.
+fn fan_out(rollout: &Window, upgrade: &Window, agents: usize) {
+    for w in [rollout, upgrade] {
+        let writes = w
+            .requests
+            .iter()
+            .filter(|r| component(r) == "catalog" && kind(r).contains("shims-status"))
+            .count();
+        let to_agents = w.watch_bytes.get("node shims").copied().unwrap_or(0);
+        println!("{}_shim_status_writes {writes}", w.name);
+        println!(
+            "{}_shim_watch_bytes_per_status_write_per_agent {:.0}",
+            w.name,
+            to_agents as f64 / writes.max(1) as f64 / agents as f64
+        );
+    }
+}
+
+fn goals(
+    a: &Args,
+    idle: &Window,
+    rollout: &Window,
+    paced: &[Paced],
+    idle_rss_kib: u64,
+    catalog: &Catalog,
+) {
+    let goal = |name: &str, value: f64, limit: f64| {
+        let ok = value <= limit;
+        println!(
+            "goal {name} {value:.3} <= {limit} {}",
+            if ok { "PASS" } else { "FAIL" }
+        );
+    };
+    // The overhead at 5,000 nodes: the waiting costs nothing per waiter, so it does not scale
+    // with the fleet; the per-node requests scale with the rate nodes finish, which the pacing
+    // sets (same slots, same restart time at 5,000 nodes), so the rate measured here holds.
+    goal(
+        "rollout_overhead_requests_per_s",
+        rollout.overhead().len() as f64 / rollout.seconds(),
+        10.0,
+    );
+    // Idle, each agent's requests scale with the agents; the catalog's do not. An agent's only
+    // idle requests are its two watches' renewals (its Node, the Shims), which a real API server
+    // forces every 30 to 60 minutes — rarer than this window shows, so they are added at the most
+    // they can be: two per agent per 30 minutes.
+    let idle_rate = |who: &str| {
+        idle.requests.iter().filter(|r| component(r) == who).count() as f64 / idle.seconds()
+    };
+    let renewals = 2.0 * 5000.0 / 1800.0;
+    println!("idle_watch_renewals_per_s_at_5000_at_most {renewals:.2}");
+    goal(
+        "idle_requests_per_s_at_5000_nodes",
+        idle_rate("node") * 5000.0 / a.agents as f64 + idle_rate("catalog") + renewals,
+        10.0,
+    );
+    for (i, p) in paced.iter().enumerate() {
+        let phase = ["rollout", "upgrade"][i.min(1)];
+        if p.restarts == 0 {
+            println!("{phase}_needed_no_restart true");
+            continue;
+        }
+        goal(&format!("{phase}_converge_ratio"), p.converge_ratio, 1.1);
+        // As many down at once as the pacing allows (fewer only if fewer nodes than slots).
+        let want = p.slots.min(a.agents);
+        println!(
+            "goal {phase}_most_down_at_once {} == {want} {}",
+            p.most_down,
+            if p.most_down == want { "PASS" } else { "FAIL" }
+        );
+        goal(
+            &format!("{phase}_pacing_requests_per_node"),
+            p.lease_requests_per_node,
+            7.0,
+        );
+    }
+    goal(
+        "catalog_rss_mib",
+        peak_rss_kib(catalog.0.id()) as f64 / 1024.0,
+        64.0,
+    );
+    goal("idle_agent_rss_mib_max", idle_rss_kib as f64 / 1024.0, 10.0);
+}
+
+/// (busy, total) jiffies of every CPU of this machine so far.
+fn machine_cpu() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    let total: f64 = cpu.iter().sum();
+    // idle and iowait are the 4th and 5th.
+    let idle = cpu.get(3).copied().unwrap_or(0.0) + cpu.get(4).copied().unwrap_or(0.0);
+    (total - idle, total)
+}

@@ -1,0 +1,71 @@
+//! What the fleet tests and benchmarks share: the catalog controller started against the stand-in,
+//! and the restart windows the nodes' restart scripts log ("down <ns>" / "up <ns>"), with the most
+//! containerds down at the same instant.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use crate::agent::agent;
+use crate::kube_api::KubeApi;
+
+/// `kwasm-agent catalog` with its Lease in `kwasm`, folding status writes by `status_interval`;
+/// its log in `log` (None: dropped).
+pub fn spawn_catalog(
+    api: &KubeApi,
+    dir: &Path,
+    status_interval: &str,
+    log: Option<&Path>,
+) -> Child {
+    let settings = dir.join("catalog.toml");
+    std::fs::write(
+        &settings,
+        format!(
+            "[catalog]\nlease_namespace = \"kwasm\"\nstatus_interval = \"{status_interval}\"\n"
+        ),
+    )
+    .unwrap();
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::null(),
+    };
+    agent(&["catalog", "--config", settings.to_str().unwrap()])
+        .env("KUBECONFIG", &api.kubeconfig)
+        .env("POD_NAME", "catalog-0")
+        .env("KWASM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap()
+}
+
+/// (down, up) in nanoseconds, per restart a node's script logged.
+pub fn restart_windows(log: &Path) -> Vec<(u128, u128)> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut down = None;
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("down", t)) => down = t.parse().ok(),
+            Some(("up", t)) => {
+                if let (Some(d), Ok(u)) = (down.take(), t.parse()) {
+                    out.push((d, u));
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The most containerds down at the same instant.
+pub fn max_overlap(all: &[(u128, u128)]) -> usize {
+    let mut edges: Vec<(u128, i32)> = all.iter().flat_map(|(d, u)| [(*d, 1), (*u, -1)]).collect();
+    // At equal times an "up" comes before a "down": touching windows do not overlap.
+    edges.sort_by_key(|(t, delta)| (*t, *delta));
+    let (mut now, mut most) = (0i32, 0i32);
+    for (_, delta) in edges {
+        now += delta;
+        most = most.max(now);
+    }
+    most as usize
+}
