@@ -185,7 +185,7 @@ impl LeaseGate {
                             // on the same watch).
                             w.line.ticket = None;
                         }
-                        w.line.leave(&self.queue).await;
+                        w.line.leave().await;
                         return Ok((slot, waited));
                     }
                     Step::Again => continue,
@@ -358,7 +358,7 @@ impl Waiting {
 #[derive(Default)]
 struct Line {
     ticket: Option<Ticket>,
-    /// Set with the ticket, so that dropping a waiting line can still leave it.
+    /// Set with the first ticket: the line the ticket stands in (left through it, also on drop).
     queue: Option<RestartQueue>,
 }
 
@@ -373,8 +373,8 @@ impl Line {
         Instant::now() + spread.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
     }
 
-    async fn leave(&mut self, queue: &RestartQueue) {
-        if let Some(t) = self.ticket.take() {
+    async fn leave(&mut self) {
+        if let (Some(t), Some(queue)) = (self.ticket.take(), &self.queue) {
             if let Err(e) = queue.leave(&t.name).await {
                 tracing::warn!(error = %format!("{e:#}"), "could not leave the restart line; whoever hands it a slot finds it done");
             }
