@@ -309,8 +309,15 @@ def spec_of(obj):
 CORE = {"Node": "nodes", "Namespace": "namespaces", "Event": "events", "Pod": "pods"}
 
 
+# Built-in group-versions beyond the core one that tests write with kubectl (which validates
+# against the server's OpenAPI before it sends).
+BUILTIN_GVS = {
+    "apis/coordination.k8s.io/v1": [("coordination.k8s.io", "v1", "leases", {"kind": "Lease", "namespaced": True})],
+}
+
+
 def openapi_root(defs):
-    gvs = {"api/v1"} | {"apis/%s/%s" % (g, v) for (g, v, _) in defs}
+    gvs = {"api/v1"} | set(BUILTIN_GVS) | {"apis/%s/%s" % (g, v) for (g, v, _) in defs}
     return {"paths": {gv: {"serverRelativeURL": "/openapi/v3/%s?hash=0" % gv} for gv in sorted(gvs)}}
 
 
@@ -318,6 +325,8 @@ def openapi_gv(defs, gv):
     """The paths of one group-version: each resource's PATCH with its kind and fieldValidation."""
     if gv == "api/v1":
         kinds = [("", "v1", plural, {"kind": kind, "namespaced": kind in ("Event", "Pod")}) for kind, plural in CORE.items()]
+    elif gv in BUILTIN_GVS:
+        kinds = BUILTIN_GVS[gv]
     else:
         kinds = [(g, v, p, d) for (g, v, p), d in defs.items() if "apis/%s/%s" % (g, v) == gv]
     if not kinds:

@@ -541,6 +541,12 @@ class Handler(BaseHTTPRequestHandler):
                 STATE["leases"][(ns, name)] = lease
                 changed("MODIFIED", lease)
                 return self.send_json(200, copy.deepcopy(lease))
+            if method == "PATCH" and "merge-patch" in (self.headers.get("Content-Type") or ""):
+                lease = merge_patch(copy.deepcopy(cur), json.loads(self.body() or b"{}"))
+                lease["metadata"].update(name=name, namespace=ns, uid=cur["metadata"]["uid"], resourceVersion=next_rv())
+                STATE["leases"][(ns, name)] = lease
+                changed("MODIFIED", lease)
+                return self.send_json(200, copy.deepcopy(lease))
         return self.send_json(405, status(405, "MethodNotAllowed", "method not allowed"))
 
     # --- resources served from definitions (custom_resources.py) ---------------------------------

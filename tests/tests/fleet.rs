@@ -315,6 +315,95 @@ fn waiting_nodes_make_no_requests_and_are_served_oldest_first() {
     assert!(!leases.contains("kwasm-agent-wait-"), "{leases}");
 }
 
+/// The slot as the stand-in holds it: its holder, if any.
+fn slot_holder(api: &KubeApi, name: &str) -> Option<String> {
+    let out = api.kubectl(&["get", "lease", "-n", "kwasm", name, "-o", "json"]);
+    let lease: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+}
+
+fn tickets(api: &KubeApi) -> Vec<String> {
+    api.kubectl_ok(&[
+        "get",
+        "leases",
+        "-n",
+        "kwasm",
+        "-l",
+        "kwasm.sh/restart-waiter",
+        "-o",
+        "jsonpath={.items[*].spec.holderIdentity}",
+    ])
+    .split_whitespace()
+    .map(str::to_owned)
+    .collect()
+}
+
+/// A node that finds a slot open while an older node waits takes it only to hand it over — and its
+/// watch, which still delivers the version naming it, must not make it restart on that slot too
+/// (two nodes down on one slot: the pacing violation once seen in the 400-node benchmark). It waits
+/// in line instead, and takes the slot when it is its turn.
+#[test]
+fn a_node_that_hands_an_open_slot_to_an_older_waiter_waits_its_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    let older = "elsewhere";
+    let setup = dir.path().join("line.yaml");
+    std::fs::write(
+        &setup,
+        format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: kwasm-agent-restart-0\n  namespace: kwasm\n  labels:\n    kwasm.sh/restart-slot: \"true\"\nspec:\n  leaseDurationSeconds: 30\n---\napiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: kwasm-agent-wait-000000000000001-{older}\n  namespace: kwasm\n  labels:\n    kwasm.sh/restart-waiter: \"true\"\nspec:\n  holderIdentity: {older}\n"
+        ),
+    )
+    .unwrap();
+    api.kubectl_ok(&["create", "-f", setup.to_str().unwrap()]);
+    let nodes = fleet_of(&api, 1, 1, "30s", 0.3);
+    let me = &nodes[0];
+    me.agent.wait_ready();
+    api.kubectl_ok(&["annotate", "node", &me.name, "kwasm.sh/kwasm-node=true"]);
+
+    eventually("the node to join the line or restart", || {
+        (tickets(&api).contains(&me.name) || !windows(&me.windows).is_empty()).then_some(())
+    });
+    assert_eq!(
+        slot_holder(&api, "kwasm-agent-restart-0").as_deref(),
+        Some(older),
+        "the open slot went to the node that waited longer"
+    );
+    assert!(
+        windows(&me.windows).is_empty(),
+        "restarted on a slot it had handed to {older}: {:?}",
+        windows(&me.windows)
+    );
+    assert_eq!(
+        tickets(&api),
+        vec![me.name.as_str()],
+        "in line, behind nobody now"
+    );
+
+    // The older node is done: its slot cleared, as its release with nobody else in line would.
+    api.kubectl_ok(&[
+        "patch",
+        "lease",
+        "-n",
+        "kwasm",
+        "kwasm-agent-restart-0",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"holderIdentity":null}}"#,
+    ]);
+    eventually("the node to be ready", || {
+        all_ready(&api, &nodes).then_some(())
+    });
+    assert_eq!(windows(&me.windows).len(), 1);
+    assert!(
+        tickets(&api).is_empty(),
+        "left the line: {:?}",
+        tickets(&api)
+    );
+    assert_eq!(slot_holder(&api, "kwasm-agent-restart-0"), None, "released");
+}
+
 #[test]
 fn overlap_counts_touching_windows_as_apart() {
     assert_eq!(max_overlap(&[(0, 10), (10, 20), (5, 15)]), 2);

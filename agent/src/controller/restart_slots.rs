@@ -87,12 +87,8 @@ impl LeaseGate {
     }
 
     /// Take an open slot, then give it to whoever has waited longer than this node (if anybody
-    /// has); the slot when this node keeps it.
-    async fn claim(
-        &self,
-        opening: Opening,
-        ticket: Option<&Ticket>,
-    ) -> anyhow::Result<Option<Box<Lease>>> {
+    /// has): see `Claimed`.
+    async fn claim(&self, opening: Opening, ticket: Option<&Ticket>) -> anyhow::Result<Claimed> {
         let held = match opening {
             Opening::Missing(name) => {
                 let labels = [(SLOT_LABEL.to_owned(), "true".to_owned())].into();
@@ -101,15 +97,18 @@ impl LeaseGate {
             Opening::Free(current) => self.lease.hand_over(&current, Some(self.me())).await?,
         };
         let Some(held) = held else {
-            return Ok(None);
+            return Ok(Claimed::Lost);
         };
         let passing = Passing::Keep {
             ticket: ticket.map(|t| t.name.as_str()),
         };
-        match pass_on(&self.lease, &self.queue, held, passing, self.head_size()).await? {
-            Passed::Kept(lease) => Ok(Some(lease)),
-            Passed::To(_) | Passed::Cleared => Ok(None),
-        }
+        let written = held.clone();
+        Ok(
+            match pass_on(&self.lease, &self.queue, held, passing, self.head_size()).await? {
+                Passed::Kept(lease) => Claimed::Kept(lease),
+                Passed::To(_) | Passed::Cleared => Claimed::PassedOn(Box::new(written)),
+            },
+        )
     }
 
     /// This node's Node as the owner of its place in line (best effort: a ticket without it is only
@@ -220,9 +219,17 @@ impl LeaseGate {
                 }
                 w.act_at = None;
                 Ok(match self.claim(opening, w.line.ticket.as_ref()).await? {
-                    Some(lease) => Step::Done(lease),
-                    // Taken by another, or handed to a longer waiter: the watch shows which.
-                    None => Step::Sleep(None),
+                    Claimed::Kept(lease) => {
+                        // Out of the line already (`pass_on` took its ticket out to keep the slot).
+                        w.line.ticket = None;
+                        Step::Done(lease)
+                    }
+                    Claimed::PassedOn(written) => {
+                        w.view.passed_on(&written);
+                        Step::Sleep(None)
+                    }
+                    // Taken by another: the watch shows it.
+                    Claimed::Lost => Step::Sleep(None),
                 })
             }
             Look::Held { holders, expires } => {
@@ -393,6 +400,18 @@ impl Drop for Line {
     }
 }
 
+/// What came of taking an open slot.
+enum Claimed {
+    /// This node keeps it: nobody waited longer, and its own ticket (if it had one) is out of the line.
+    Kept(Box<Lease>),
+    /// Handed to a node that waited longer (or cleared, this node's own slot being on its way): the
+    /// slot as this node wrote it when it took it. The watch still delivers that version, and it
+    /// must not read as this node's slot — that was two nodes restarting on one slot.
+    PassedOn(Box<Lease>),
+    /// Somebody else took it first.
+    Lost,
+}
+
 enum Passed {
     Kept(Box<Lease>),
     To(String),
@@ -437,23 +456,30 @@ async fn pass_on(
     head_size: u32,
 ) -> anyhow::Result<Passed> {
     let me = holder.holder.as_str();
-    let (releasing, current) = match passing {
-        Passing::Keep { ticket } => (false, ticket),
-        Passing::Release => (true, None),
+    let mut keeping = match passing {
+        Passing::Keep { ticket } => Some(ticket),
+        Passing::Release => None,
     };
     loop {
         let head = queue.oldest(head_size).await?;
-        let oldest_is_me = head.first().is_some_and(|t| t.node == me);
-        if head.is_empty() && releasing {
+        if let Some(ticket) = keeping {
+            match keep(queue, me, ticket, &head).await? {
+                Keep::Yes => return Ok(Passed::Kept(Box::new(held))),
+                Keep::LookAgain => continue,
+                Keep::PassOn => {}
+                // Its ticket is out of the line: a releaser is handing this node a slot already.
+                Keep::NoTicketLeft => keeping = None,
+            }
+        }
+        if head.is_empty() {
             return hand_to(holder, held, None).await;
         }
-        if !releasing && (head.is_empty() || oldest_is_me) {
-            return Ok(Passed::Kept(Box::new(held)));
-        }
+        let current = keeping.flatten();
         for t in contention_order(&head) {
             if t.node == me {
                 if Some(t.name.as_str()) != current {
-                    // Left by an earlier run of this agent: not a waiter now.
+                    // Left by an earlier run of this agent, or this node's own place given up
+                    // (its slot is on its way): not a waiter now.
                     queue.leave(&t.name).await?;
                 }
                 continue;
@@ -464,6 +490,42 @@ async fn pass_on(
             return hand_to(holder, held, Some(&t.node)).await;
         }
     }
+}
+
+enum Keep {
+    Yes,
+    PassOn,
+    LookAgain,
+    NoTicketLeft,
+}
+
+/// Whether a node that took an open slot keeps it, the line's `head` being as read: when nobody
+/// waited longer, and — if it stood in line — once it took its own ticket out, so that no releaser
+/// can take it out and hand it a second slot meanwhile.
+async fn keep(
+    queue: &RestartQueue,
+    me: &str,
+    ticket: Option<&str>,
+    head: &[Ticket],
+) -> anyhow::Result<Keep> {
+    let Some(first) = head.first() else {
+        return Ok(match ticket {
+            Some(_) => Keep::NoTicketLeft,
+            None => Keep::Yes,
+        });
+    };
+    if first.node != me {
+        return Ok(Keep::PassOn);
+    }
+    if ticket != Some(first.name.as_str()) {
+        // Left by an earlier run of this agent.
+        queue.leave(&first.name).await?;
+        return Ok(Keep::LookAgain);
+    }
+    Ok(match queue.take_out(first).await? {
+        true => Keep::Yes,
+        false => Keep::NoTicketLeft,
+    })
 }
 
 /// Write `node` as the holder of a slot this node holds, or clear it (read again if the copy was

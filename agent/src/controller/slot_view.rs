@@ -22,6 +22,8 @@ pub const SLOT_LABEL: &str = "kwasm.sh/restart-slot";
 pub struct SlotView {
     /// name → (the Lease, when this agent saw its holder or renewal change).
     slots: BTreeMap<String, (Lease, Instant)>,
+    /// name → the version of that slot this node wrote naming itself, then passed on.
+    passed_on: BTreeMap<String, String>,
 }
 
 /// A slot this node may use.
@@ -62,12 +64,31 @@ impl SlotView {
         self.slots.get(name).map(|(l, _)| l)
     }
 
+    /// This node wrote `lease` naming itself and has passed it on since: the watch may still deliver
+    /// that version, which is not this node's slot.
+    pub fn passed_on(&mut self, lease: &Lease) {
+        if let (Some(name), Some(version)) =
+            (&lease.metadata.name, &lease.metadata.resource_version)
+        {
+            self.passed_on.insert(name.clone(), version.clone());
+        }
+    }
+
+    fn passed_on_already(&self, name: &str, lease: &Lease) -> bool {
+        self.passed_on
+            .get(name)
+            .is_some_and(|version| lease.metadata.resource_version.as_ref() == Some(version))
+    }
+
     pub fn delete(&mut self, name: &str) {
         self.slots.remove(name);
     }
 
     pub fn replace_all(&mut self, leases: Vec<Lease>, now: Instant) {
-        let mut fresh = SlotView::default();
+        let mut fresh = SlotView {
+            passed_on: std::mem::take(&mut self.passed_on),
+            ..SlotView::default()
+        };
         for l in leases {
             let name = l.metadata.name.clone().unwrap_or_default();
             match self.slots.remove(&name) {
@@ -92,7 +113,9 @@ impl SlotView {
             };
             let by_observation = *seen + duration;
             match live_holder(lease, wall) {
-                Some(h) if h == me => return Look::Mine(Box::new(lease.clone())),
+                Some(h) if h == me && !self.passed_on_already(&name, lease) => {
+                    return Look::Mine(Box::new(lease.clone()))
+                }
                 Some(h) if by_observation > now => {
                     holders.push(h.to_owned());
                     let by_renewal = renewal_expiry(lease, wall, now).unwrap_or(by_observation);
@@ -202,6 +225,27 @@ mod tests {
             ahead.look(1, "me", D, now + D + Duration::from_millis(1)),
             Look::Open(Opening::Free(_))
         ));
+    }
+
+    #[test]
+    fn a_slot_this_node_passed_on_is_not_read_as_its_own_until_it_comes_back() {
+        let now = Instant::now();
+        let versioned = |holder, rv: &str| {
+            let mut l = slot(0, Some(holder), 0);
+            l.metadata.resource_version = Some(rv.into());
+            l
+        };
+        let mut v = view(vec![versioned("me", "5")], now);
+        v.passed_on(&versioned("me", "5"));
+        assert!(matches!(v.look(1, "me", D, now), Look::Held { .. }));
+        // The same version again in a new listing: still not this node's.
+        v.replace_all(vec![versioned("me", "5")], now);
+        assert!(matches!(v.look(1, "me", D, now), Look::Held { .. }));
+        v.apply(versioned("older", "6"), now);
+        assert!(matches!(v.look(1, "me", D, now), Look::Held { .. }));
+        // Handed back to it later (its turn in line): its own.
+        v.apply(versioned("me", "9"), now);
+        assert!(matches!(v.look(1, "me", D, now), Look::Mine(_)));
     }
 
     #[test]

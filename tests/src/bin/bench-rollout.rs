@@ -433,6 +433,38 @@ fn restarts(agents: &[RolloutAgent], w: &Window) -> Vec<(u128, u128)> {
         .collect()
 }
 
+/// The moment more containerds were down than `slots`, if ever.
+fn pacing_exceeded(all: &[(u128, u128)], slots: usize) -> Option<u128> {
+    let mut edges: Vec<(u128, i32)> = all.iter().flat_map(|(d, u)| [(*d, 1), (*u, -1)]).collect();
+    edges.sort_by_key(|(t, delta)| (*t, *delta));
+    let mut now = 0i32;
+    edges.into_iter().find_map(|(t, delta)| {
+        now += delta;
+        (now as usize > slots).then_some(t)
+    })
+}
+
+/// A pacing violation is a bug in the gate: say which agents overlapped and what their logs say
+/// about the slots, before the sandboxes (and their logs) go.
+fn explain_overlap(phase: &str, agents: &[RolloutAgent], at: u128) {
+    eprintln!("{phase}: too many containerds down at {at} ns; the agents down then:");
+    for a in agents {
+        let down = restart_windows(&a.windows)
+            .into_iter()
+            .any(|(d, u)| d <= at && at < u);
+        if !down {
+            continue;
+        }
+        let log = std::fs::read_to_string(a.sb.path().join("agent.log")).unwrap_or_default();
+        eprintln!("--- {} ---", a.sb.path().display());
+        for line in log.lines().filter(|l| {
+            l.contains("slot") || l.contains("line") || l.contains("WARN") || l.contains("restart")
+        }) {
+            eprintln!("{line}");
+        }
+    }
+}
+
 /// Pacing as the restart scripts saw it: containerds down at once, time to converge against the
 /// ideal (every slot busy from the first restart to the last).
 struct Paced {
@@ -463,6 +495,9 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
         .iter()
         .filter(|r| kind(r).contains("leases") && component(r) == "node")
         .count();
+    if let Some(worst) = pacing_exceeded(&all, slots) {
+        explain_overlap(name, agents, worst);
+    }
     let paced = Paced {
         restarts: all.len(),
         slots,
