@@ -44,7 +44,7 @@ pub struct LeaseGate {
     queue: RestartQueue,
     nodes: Api<Node>,
     counter: SlotCounter,
-    /// The slots as last known (how many may release at once: see `head_size`).
+    /// The slots as last known (how many may release at once: see `head_size`, `contention_order`).
     slots_seen: std::sync::atomic::AtomicU32,
     observer: GateObserver,
     /// This node's Node as an owner, read once (a Node's uid does not change).
@@ -104,7 +104,7 @@ impl LeaseGate {
         };
         let written = held.clone();
         Ok(
-            match pass_on(&self.lease, &self.queue, held, passing, self.head_size()).await? {
+            match pass_on(&self.lease, &self.queue, held, passing, self.slots_known()).await? {
                 Passed::Kept(lease) => Claimed::Kept(lease),
                 Passed::To(_) | Passed::Cleared => Claimed::PassedOn(Box::new(written)),
             },
@@ -126,8 +126,8 @@ impl LeaseGate {
             .clone()
     }
 
-    fn head_size(&self) -> u32 {
-        head_size(self.slots_seen.load(std::sync::atomic::Ordering::Relaxed))
+    fn slots_known(&self) -> u32 {
+        self.slots_seen.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn permit(&self, lease: Lease) -> LeasePermit {
@@ -154,7 +154,7 @@ impl LeaseGate {
             name,
             known,
             renew,
-            head: self.head_size(),
+            slots: self.slots_known(),
         }
     }
 
@@ -419,24 +419,26 @@ enum Passed {
 }
 
 /// How many of the oldest waiters a releaser reads at once: twice the slots (as many releasers may
-/// pass slots on at the same moment), at least 8 and at most 200. Those that lose the oldest to
-/// another try the rest in a random order, so they rarely contend twice, and the line stays
-/// oldest-first to within that many places.
+/// pass slots on at the same moment), at least 8 and at most 200; the line stays oldest-first to
+/// within that many places.
 fn head_size(slots: u32) -> u32 {
     slots.saturating_mul(2).clamp(8, 200)
 }
 
-/// The oldest first, then the others of the head from a random one on.
-fn contention_order(head: &[Ticket]) -> impl Iterator<Item = &Ticket> {
-    let rest = head.len().saturating_sub(1).max(1);
-    let start = rand::thread_rng().gen_range(0..rest);
-    head.iter().take(1).chain(
-        head.iter()
-            .skip(1)
-            .cycle()
-            .skip(start)
-            .take(head.len().saturating_sub(1)),
-    )
+/// The order a releaser tries the head of the line in. The `slots` oldest are all served in this
+/// round of releases anyway, so it tries them first in a random order (with one slot: the oldest
+/// alone), then the rest of the head in a random order. Many releasers finishing together (a
+/// percentage of a large fleet) then rarely reach for the same ticket; with few slots the line is
+/// served strictly oldest first.
+fn contention_order(head: &[Ticket], slots: u32) -> Vec<&Ticket> {
+    use rand::seq::SliceRandom;
+    let mut rng = rand::thread_rng();
+    let mut order: Vec<&Ticket> = head.iter().collect();
+    let served_now = (slots as usize).clamp(1, order.len().max(1));
+    let (now, later) = order.split_at_mut(served_now.min(head.len()));
+    now.shuffle(&mut rng);
+    later.shuffle(&mut rng);
+    order
 }
 
 /// How a slot is passed on: by its holder done with it, or by a node that just took an open one
@@ -453,7 +455,7 @@ async fn pass_on(
     queue: &RestartQueue,
     held: Lease,
     passing: Passing<'_>,
-    head_size: u32,
+    slots: u32,
 ) -> anyhow::Result<Passed> {
     let me = holder.holder.as_str();
     let mut keeping = match passing {
@@ -461,7 +463,7 @@ async fn pass_on(
         Passing::Release => None,
     };
     loop {
-        let head = queue.oldest(head_size).await?;
+        let head = queue.oldest(head_size(slots)).await?;
         if let Some(ticket) = keeping {
             match keep(queue, me, ticket, &head).await? {
                 Keep::Yes => return Ok(Passed::Kept(Box::new(held))),
@@ -475,7 +477,7 @@ async fn pass_on(
             return hand_to(holder, held, None).await;
         }
         let current = keeping.flatten();
-        for t in contention_order(&head) {
+        for t in contention_order(&head, slots) {
             if t.node == me {
                 if Some(t.name.as_str()) != current {
                     // Left by an earlier run of this agent, or this node's own place given up
@@ -576,8 +578,8 @@ struct LeasePermit {
     /// The slot as last written by this node (passed on from it, read again only if it changed).
     known: Arc<tokio::sync::Mutex<Lease>>,
     renew: tokio::task::JoinHandle<()>,
-    /// How many of the line's oldest to read when passing the slot on.
-    head: u32,
+    /// How many slots there were when it was taken (how to pass it on: see `pass_on`).
+    slots: u32,
 }
 
 impl Permit for LeasePermit {
@@ -586,7 +588,7 @@ impl Permit for LeasePermit {
             self.renew.abort();
             let held = self.known.lock().await.clone();
             let passed = async {
-                pass_on(&self.lease, &self.queue, held, Passing::Release, self.head)
+                pass_on(&self.lease, &self.queue, held, Passing::Release, self.slots)
                     .await
                     .map(Some)
             };
@@ -600,5 +602,38 @@ impl Permit for LeasePermit {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(n: usize) -> Vec<Ticket> {
+        (0..n)
+            .map(|i| Ticket {
+                name: format!("t{i}"),
+                node: format!("n{i}"),
+                uid: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn releasers_try_the_waiters_served_this_round_first_and_each_waiter_once() {
+        let head = line(8);
+        for _ in 0..50 {
+            let one = contention_order(&head, 1);
+            assert_eq!(one[0].name, "t0", "one slot: strictly the oldest first");
+            let three = contention_order(&head, 3);
+            let mut first: Vec<&str> = three[..3].iter().map(|t| t.name.as_str()).collect();
+            first.sort();
+            assert_eq!(first, ["t0", "t1", "t2"]);
+            let mut all: Vec<&str> = three.iter().map(|t| t.name.as_str()).collect();
+            all.sort();
+            assert_eq!(all, ["t0", "t1", "t2", "t3", "t4", "t5", "t6", "t7"]);
+        }
+        assert!(contention_order(&[], 3).is_empty());
+        assert_eq!(contention_order(&line(2), 50).len(), 2);
     }
 }
