@@ -125,7 +125,16 @@ impl Drop for ArtifactServer {
     }
 }
 
-fn handle(conn: TcpStream, shared: &Arc<(Mutex<Shared>, Condvar)>) -> std::io::Result<()> {
+/// A request's line and the one header the server acts on.
+struct Asked {
+    method: String,
+    target: String,
+    /// The path, also when the target is absolute (as a proxy is asked).
+    path: String,
+    range: Option<String>,
+}
+
+fn read_request(conn: &TcpStream) -> std::io::Result<Asked> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
@@ -151,6 +160,21 @@ fn handle(conn: TcpStream, shared: &Arc<(Mutex<Shared>, Condvar)>) -> std::io::R
             .unwrap_or_else(|| "/".into()),
         None => target.clone(),
     };
+    Ok(Asked {
+        method,
+        target,
+        path,
+        range,
+    })
+}
+
+fn handle(conn: TcpStream, shared: &Arc<(Mutex<Shared>, Condvar)>) -> std::io::Result<()> {
+    let Asked {
+        method,
+        target,
+        path,
+        range,
+    } = read_request(&conn)?;
     let behavior = {
         let mut s = shared.0.lock().unwrap();
         s.log.push(Request {

@@ -233,62 +233,9 @@ impl Cri {
 
     /// CreateContainer + StartContainer; returns the container ID.
     pub fn start(&mut self, pod: &Pod, c: &Container) -> anyhow::Result<String> {
-        let config = ContainerConfig {
-            metadata: Some(ContainerMetadata {
-                name: c.name.into(),
-                attempt: 0,
-            }),
-            image: Some(ImageSpec {
-                image: c.image.into(),
-                ..Default::default()
-            }),
-            args: c.args.iter().map(|a| a.to_string()).collect(),
-            envs: c
-                .env
-                .iter()
-                .map(|(k, v)| KeyValue {
-                    key: k.to_string(),
-                    value: v.clone(),
-                })
-                .collect(),
-            mounts: c
-                .mounts
-                .iter()
-                .map(|(cp, hp)| Mount {
-                    container_path: cp.to_string(),
-                    host_path: hp.to_string_lossy().into_owned(),
-                    propagation: if c.host_propagation {
-                        MountPropagation::PropagationHostToContainer as i32
-                    } else {
-                        MountPropagation::PropagationPrivate as i32
-                    },
-                    ..Default::default()
-                })
-                .chain(c.spec_mounts.iter().cloned())
-                .collect(),
-            linux: Some(LinuxContainerConfig {
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: pod
-                        .config
-                        .linux
-                        .as_ref()
-                        .and_then(|l| l.security_context.as_ref())
-                        .and_then(|s| s.namespace_options.clone()),
-                    ..c.security.clone().unwrap_or(LinuxContainerSecurityContext {
-                        privileged: c.privileged,
-                        readonly_rootfs: c.privileged,
-                        ..Default::default()
-                    })
-                }),
-                ..Default::default()
-            }),
-            log_path: format!("{}.log", c.name),
-            annotations: HashMap::new(),
-            ..Default::default()
-        };
         let req = CreateContainerRequest {
             pod_sandbox_id: pod.id.clone(),
-            config: Some(config),
+            config: Some(container_config(pod, c)),
             sandbox_config: Some(pod.config.clone()),
         };
         let id = self
@@ -414,5 +361,62 @@ impl Cri {
                     .remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id }),
             );
         }
+    }
+}
+
+/// What CRI is asked to create for `c` in `pod`.
+fn container_config(pod: &Pod, c: &Container) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: c.name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: c.image.into(),
+            ..Default::default()
+        }),
+        args: c.args.iter().map(|a| a.to_string()).collect(),
+        envs: c
+            .env
+            .iter()
+            .map(|(k, v)| KeyValue {
+                key: k.to_string(),
+                value: v.clone(),
+            })
+            .collect(),
+        mounts: c
+            .mounts
+            .iter()
+            .map(|(cp, hp)| Mount {
+                container_path: cp.to_string(),
+                host_path: hp.to_string_lossy().into_owned(),
+                propagation: if c.host_propagation {
+                    MountPropagation::PropagationHostToContainer as i32
+                } else {
+                    MountPropagation::PropagationPrivate as i32
+                },
+                ..Default::default()
+            })
+            .chain(c.spec_mounts.iter().cloned())
+            .collect(),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: pod
+                    .config
+                    .linux
+                    .as_ref()
+                    .and_then(|l| l.security_context.as_ref())
+                    .and_then(|s| s.namespace_options.clone()),
+                ..c.security.clone().unwrap_or(LinuxContainerSecurityContext {
+                    privileged: c.privileged,
+                    readonly_rootfs: c.privileged,
+                    ..Default::default()
+                })
+            }),
+            ..Default::default()
+        }),
+        log_path: format!("{}.log", c.name),
+        annotations: HashMap::new(),
+        ..Default::default()
     }
 }

@@ -104,41 +104,22 @@ impl Fetcher {
             attempt += 1;
             match self.attempt(source, &mut run).await {
                 Ok(()) => {
-                    let digest = hex::encode(run.hasher.clone().finalize());
-                    if let Some(want) = expected.filter(|w| !w.eq_ignore_ascii_case(&digest)) {
-                        if run.resumed_from > 0 && !restarted_after_mismatch {
-                            // The leftover partial may predate a change upstream: one clean try.
-                            tracing::warn!(url = %source.display(), "digest mismatch after resuming; downloading again from the start");
-                            restarted_after_mismatch = true;
-                            run.reset()?;
-                            continue;
+                    match check_digest(&mut run, expected, source, &mut restarted_after_mismatch)? {
+                        DigestCheck::StartOver => continue,
+                        DigestCheck::Matches(digest) => {
+                            let dest = cache_path(&digest);
+                            let fetched = keep(run, digest, &dest).await?;
+                            let secs = started.elapsed().as_secs_f64();
+                            tracing::info!(
+                                url = %source.display(), bytes = fetched.size, sha256 = %fetched.archive_sha256,
+                                seconds = format!("{secs:.3}"),
+                                mib_per_s = format!("{:.1}", fetched.size as f64 / 1048576.0 / secs.max(1e-9)),
+                                attempts = attempt,
+                                "artifact downloaded and verified"
+                            );
+                            return Ok(fetched);
                         }
-                        let _ = std::fs::remove_file(partial);
-                        return Err(anyhow!(
-                            "sha256 mismatch for {}: expected {want}, got {digest}; nothing was installed",
-                            source.display()
-                        ));
                     }
-                    let size = run.fed;
-                    let (unpacked, binary) = run.finish().await?;
-                    let dest = cache_path(&digest);
-                    std::fs::rename(partial, &dest).with_context(|| {
-                        format!("moving {} to {}", partial.display(), dest.display())
-                    })?;
-                    let secs = started.elapsed().as_secs_f64();
-                    tracing::info!(
-                        url = %source.display(), bytes = size, sha256 = %digest,
-                        seconds = format!("{secs:.3}"),
-                        mib_per_s = format!("{:.1}", size as f64 / 1048576.0 / secs.max(1e-9)),
-                        attempts = attempt,
-                        "artifact downloaded and verified"
-                    );
-                    return Ok(Fetched {
-                        archive_sha256: digest,
-                        size,
-                        unpacked,
-                        binary,
-                    });
                 }
                 Err(Failure::Fatal(e)) => {
                     if run.unpack_failed {
@@ -229,6 +210,76 @@ impl Fetcher {
             .map(|r| r.map_err(std::io::Error::other));
         Ok((Box::pin(body), total))
     }
+}
+
+/// The body's next chunk (None at its end); silence for `idle` is a failure worth retrying.
+async fn next_chunk(
+    body: &mut Body,
+    idle: Duration,
+    source: &Source,
+    fed: u64,
+) -> Result<Option<Bytes>, Failure> {
+    let silent = || {
+        Failure::Retry(anyhow!(
+            "no data from {} for {} (artifacts.read_timeout) after {fed} bytes",
+            source.display(),
+            humantime::format_duration(idle),
+        ))
+    };
+    match tokio::time::timeout(idle, body.next()).await {
+        Err(_) => Err(silent()),
+        Ok(None) => Ok(None),
+        Ok(Some(Ok(c))) => Ok(Some(c)),
+        Ok(Some(Err(e))) if is_timeout(&e) => Err(silent()),
+        Ok(Some(Err(e))) => Err(Failure::Retry(
+            anyhow!(e).context(format!("reading {} after {fed} bytes", source.display())),
+        )),
+    }
+}
+
+enum DigestCheck {
+    Matches(String),
+    /// A resumed download did not match: once, it is fetched again from the start.
+    StartOver,
+}
+
+/// The whole body arrived: does it hash to what was asked? A mismatch removes the download.
+fn check_digest(
+    run: &mut Run<'_>,
+    expected: Option<&str>,
+    source: &Source,
+    restarted_after_mismatch: &mut bool,
+) -> anyhow::Result<DigestCheck> {
+    let digest = hex::encode(run.hasher.clone().finalize());
+    let Some(want) = expected.filter(|w| !w.eq_ignore_ascii_case(&digest)) else {
+        return Ok(DigestCheck::Matches(digest));
+    };
+    if run.resumed_from > 0 && !*restarted_after_mismatch {
+        // The leftover partial may predate a change upstream: one clean try.
+        tracing::warn!(url = %source.display(), "digest mismatch after resuming; downloading again from the start");
+        *restarted_after_mismatch = true;
+        run.reset()?;
+        return Ok(DigestCheck::StartOver);
+    }
+    let _ = std::fs::remove_file(run.partial);
+    Err(anyhow!(
+        "sha256 mismatch for {}: expected {want}, got {digest}; nothing was installed",
+        source.display()
+    ))
+}
+
+/// A verified download: its unpacked binary, and the archive kept under `dest` in the cache.
+async fn keep(run: Run<'_>, digest: String, dest: &Path) -> anyhow::Result<Fetched> {
+    let (size, partial) = (run.fed, run.partial);
+    let (unpacked, binary) = run.finish().await?;
+    std::fs::rename(partial, dest)
+        .with_context(|| format!("moving {} to {}", partial.display(), dest.display()))?;
+    Ok(Fetched {
+        archive_sha256: digest,
+        size,
+        unpacked,
+        binary,
+    })
 }
 
 /// Is a rustls certificate rejection somewhere in the chain? io::Error's `source()` skips the error
@@ -383,54 +434,8 @@ impl<'a> Run<'a> {
         source: &Source,
     ) -> Result<(), Failure> {
         let mut last_log = Instant::now();
-        loop {
-            let next = match tokio::time::timeout(idle, body.next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    return Err(Failure::Retry(anyhow!(
-                        "no data from {} for {} (artifacts.read_timeout) after {} bytes",
-                        source.display(),
-                        humantime::format_duration(idle),
-                        self.fed
-                    )))
-                }
-            };
-            let chunk = match next {
-                None => break,
-                Some(Ok(c)) => c,
-                Some(Err(e)) if is_timeout(&e) => {
-                    return Err(Failure::Retry(anyhow!(
-                        "no data from {} for {} (artifacts.read_timeout) after {} bytes",
-                        source.display(),
-                        humantime::format_duration(idle),
-                        self.fed
-                    )))
-                }
-                Some(Err(e)) => {
-                    return Err(Failure::Retry(anyhow!(e).context(format!(
-                        "reading {} after {} bytes",
-                        source.display(),
-                        self.fed
-                    ))))
-                }
-            };
-            if self.fed + chunk.len() as u64 > self.max {
-                return Err(Failure::Fatal(anyhow!(
-                    "{} is larger than artifacts.max_size ({} bytes)",
-                    source.display(),
-                    self.max
-                )));
-            }
-            self.file
-                .write_all(&chunk)
-                .map_err(|e| Failure::Fatal(anyhow!(e).context("writing the download")))?;
-            self.hasher.update(&chunk);
-            self.fed += chunk.len() as u64;
-            if !self.job.feed(chunk).await && self.job.failed_early().await {
-                self.unpack_failed = true;
-                let err = self.job.take_error().await;
-                return Err(Failure::Fatal(err));
-            }
+        while let Some(chunk) = next_chunk(&mut body, idle, source, self.fed).await? {
+            self.take(chunk, source).await?;
             if last_log.elapsed() > Duration::from_secs(5) {
                 last_log = Instant::now();
                 tracing::info!(url = %source.display(), bytes = self.fed, total, "downloading");
@@ -444,6 +449,28 @@ impl<'a> Run<'a> {
             ))),
             _ => Ok(()),
         }
+    }
+
+    /// One chunk into the partial file, the digest and the unpacker.
+    async fn take(&mut self, chunk: Bytes, source: &Source) -> Result<(), Failure> {
+        if self.fed + chunk.len() as u64 > self.max {
+            return Err(Failure::Fatal(anyhow!(
+                "{} is larger than artifacts.max_size ({} bytes)",
+                source.display(),
+                self.max
+            )));
+        }
+        self.file
+            .write_all(&chunk)
+            .map_err(|e| Failure::Fatal(anyhow!(e).context("writing the download")))?;
+        self.hasher.update(&chunk);
+        self.fed += chunk.len() as u64;
+        if !self.job.feed(chunk).await && self.job.failed_early().await {
+            self.unpack_failed = true;
+            let err = self.job.take_error().await;
+            return Err(Failure::Fatal(err));
+        }
+        Ok(())
     }
 
     async fn finish(self) -> anyhow::Result<(Unpacked, PendingFile)> {

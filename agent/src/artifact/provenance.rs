@@ -234,32 +234,19 @@ impl Requirement<'_> {
         };
         let presented =
             pem_certificates(&certificate_pem(bytes).map_err(malformed)?).map_err(malformed)?;
-        let roots = pem_certificates(roots_pem).map_err(|reason| ProvenanceError::TrustRoot {
+        let bad_roots = |reason: String| ProvenanceError::TrustRoot {
             source_name: roots_source.to_owned(),
             reason,
-        })?;
+        };
+        let roots = pem_certificates(roots_pem).map_err(bad_roots)?;
         let (leaf_der, extra_der) = presented
             .split_first()
             .ok_or_else(|| malformed("no certificate in it".into()))?;
         let leaf = parse(leaf_der).map_err(malformed)?;
-        let extra = extra_der
-            .iter()
-            .map(|d| parse(d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(malformed)?;
-        let trusted = roots
-            .iter()
-            .map(|d| parse(d))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|reason| ProvenanceError::TrustRoot {
-                source_name: roots_source.to_owned(),
-                reason,
-            })?;
+        let extra = parse_all(extra_der).map_err(malformed)?;
+        let trusted = parse_all(&roots).map_err(bad_roots)?;
         if trusted.is_empty() {
-            return Err(ProvenanceError::TrustRoot {
-                source_name: roots_source.to_owned(),
-                reason: "holds no certificate".into(),
-            });
+            return Err(bad_roots("holds no certificate".into()));
         }
 
         let identities = identities(&leaf);
@@ -297,6 +284,10 @@ impl Requirement<'_> {
             )),
         ))
     }
+}
+
+fn parse_all(ders: &[Vec<u8>]) -> Result<Vec<X509Certificate<'_>>, String> {
+    ders.iter().map(|d| parse(d)).collect()
 }
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {

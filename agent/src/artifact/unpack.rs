@@ -379,41 +379,28 @@ mod tests {
 
     use sha2::Digest;
 
-    #[test]
-    fn refuses_hostile_archives() {
-        let cases: Vec<(Vec<u8>, &str)> = vec![
-            (
-                tar_with(&[("../../etc/shim", tar::EntryType::Regular, b"x")]),
-                "escapes",
-            ),
-            (
-                tar_with(&[("/usr/bin/shim", tar::EntryType::Regular, b"x")]),
-                "absolute",
-            ),
-            (
-                tar_with(&[("shim", tar::EntryType::Symlink, b"")]),
-                "symbolic link",
-            ),
-            (
-                tar_with(&[("shim", tar::EntryType::Char, b"")]),
-                "character device",
-            ),
-            (
-                tar_with(&[
-                    ("a/shim", tar::EntryType::Regular, b"x"),
-                    ("b/shim", tar::EntryType::Regular, b"y"),
-                ]),
-                "twice",
-            ),
-            (
-                tar_with(&[("other", tar::EntryType::Regular, b"x")]),
-                "not found",
-            ),
-        ];
-        for (t, want) in cases {
-            let e = run(&gz(&t), 1 << 20).unwrap_err().to_string();
-            assert!(e.contains(want), "wanted {want:?} in {e:?}");
-        }
+    #[rstest::rstest]
+    #[case::path_traversal(&[("../../etc/shim", tar::EntryType::Regular, "x")], "escapes")]
+    #[case::absolute_path(&[("/usr/bin/shim", tar::EntryType::Regular, "x")], "absolute")]
+    #[case::symlink_as_the_binary(&[("shim", tar::EntryType::Symlink, "")], "symbolic link")]
+    #[case::device_node(&[("shim", tar::EntryType::Char, "")], "character device")]
+    #[case::binary_twice(
+        &[("a/shim", tar::EntryType::Regular, "x"), ("b/shim", tar::EntryType::Regular, "y")],
+        "twice"
+    )]
+    #[case::binary_missing(&[("other", tar::EntryType::Regular, "x")], "not found")]
+    fn refuses_hostile_archives(
+        #[case] entries: &[(&str, tar::EntryType, &str)],
+        #[case] want: &str,
+    ) {
+        let entries: Vec<_> = entries
+            .iter()
+            .map(|(path, kind, data)| (*path, *kind, data.as_bytes()))
+            .collect();
+        let e = run(&gz(&tar_with(&entries)), 1 << 20)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "wanted {want:?} in {e:?}");
     }
 
     #[test]

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 
 use super::PinArgs;
 use crate::arch::Arch;
-use crate::artifact::fetch::{Extract, Fetcher};
+use crate::artifact::fetch::{Extract, Fetched, Fetcher};
 use crate::artifact::provenance::{Requirement, Signer, Trust};
 use crate::artifact::source::Source;
 use crate::artifact::unpack::{self, ANY_SHIM};
@@ -78,27 +78,8 @@ pub async fn pin(a: PinArgs) -> anyhow::Result<()> {
         allow_http: a.allow_http,
         ..Default::default()
     };
-    let ca = match &a.ca_bundle {
-        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
-        None => None,
-    };
-    let source = Source::resolve(&a.url, &settings)?;
     let dir = tempfile::Builder::new().prefix("kwasm-pin.").tempdir()?;
-    let extract = Extract {
-        binary: a.binary.clone().unwrap_or_else(|| ANY_SHIM.to_owned()),
-        members: vec![],
-        staging_dir: dir.path().to_owned(),
-        dest: dir.path().join("binary"),
-    };
-    let fetched = Fetcher::new(&settings, ca.as_deref())?
-        .fetch(
-            &source,
-            None,
-            &dir.path().join("download.part"),
-            |d| dir.path().join(d),
-            &extract,
-        )
-        .await?;
+    let fetched = download(&a, &settings, dir.path()).await?;
     let binary = match (&a.binary, fetched.unpacked.binary_name.as_str()) {
         (Some(b), _) => b.clone(),
         (None, "") => {
@@ -132,6 +113,31 @@ pub async fn pin(a: PinArgs) -> anyhow::Result<()> {
     println!();
     print!("{}", pinned.helm());
     Ok(())
+}
+
+/// The artifact at `a.url`, downloaded into `dir` the way the agent downloads it (digest and
+/// unpacking as it goes).
+async fn download(a: &PinArgs, settings: &ArtifactSettings, dir: &Path) -> anyhow::Result<Fetched> {
+    let ca = match &a.ca_bundle {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("reading {}", p.display()))?),
+        None => None,
+    };
+    let source = Source::resolve(&a.url, settings)?;
+    let extract = Extract {
+        binary: a.binary.clone().unwrap_or_else(|| ANY_SHIM.to_owned()),
+        members: vec![],
+        staging_dir: dir.to_owned(),
+        dest: dir.join("binary"),
+    };
+    Fetcher::new(settings, ca.as_deref())?
+        .fetch(
+            &source,
+            None,
+            &dir.join("download.part"),
+            |d| dir.join(d),
+            &extract,
+        )
+        .await
 }
 
 impl Pinned {

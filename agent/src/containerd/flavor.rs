@@ -68,6 +68,56 @@ fn kind_at(host: &HostRoot) -> Kind {
     }
 }
 
+/// Where a flavor keeps things unless the settings say otherwise.
+struct Defaults {
+    config: &'static str,
+    socket: &'static str,
+    /// Its systemd units, the most likely first.
+    units: &'static [&'static str],
+    binaries: &'static [&'static str],
+}
+
+impl Kind {
+    fn defaults(self) -> Defaults {
+        match self {
+            Kind::Containerd => Defaults {
+                config: "/etc/containerd/config.toml",
+                socket: "/run/containerd/containerd.sock",
+                units: &["containerd"],
+                binaries: &[
+                    "/usr/bin/containerd",
+                    "/usr/local/bin/containerd",
+                    "/bin/containerd",
+                ],
+            },
+            Kind::K3s => Defaults {
+                config: "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
+                socket: "/run/k3s/containerd/containerd.sock",
+                units: &["k3s", "k3s-agent"],
+                binaries: &["/var/lib/rancher/k3s/data/current/bin/containerd"],
+            },
+            Kind::Rke2 => Defaults {
+                config: "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
+                socket: "/run/k3s/containerd/containerd.sock",
+                units: &["rke2-server", "rke2-agent"],
+                binaries: &["/var/lib/rancher/rke2/bin/containerd"],
+            },
+            Kind::K0s => Defaults {
+                config: "/etc/k0s/containerd.d/kwasm.toml",
+                socket: "/run/k0s/containerd.sock",
+                units: &["k0sworker", "k0scontroller"],
+                binaries: &["/var/lib/k0s/bin/containerd"],
+            },
+            Kind::Microk8s => Defaults {
+                config: MICROK8S_TEMPLATE,
+                socket: "/var/snap/microk8s/common/run/containerd.sock",
+                units: &["snap.microk8s.daemon-containerd"],
+                binaries: &["/snap/microk8s/current/bin/containerd"],
+            },
+        }
+    }
+}
+
 /// Detects the flavor under the host root; explicit settings override each part.
 pub fn detect(host: &HostRoot, s: &ContainerdSettings) -> anyhow::Result<Flavor> {
     let explicit_config = s.config.given().cloned();
@@ -75,62 +125,22 @@ pub fn detect(host: &HostRoot, s: &ContainerdSettings) -> anyhow::Result<Flavor>
         Some(p) => kind_of_path(p),
         None => kind_at(host),
     };
-    let (config, socket, units, binaries): (&str, &str, &[&str], &[&str]) = match kind {
-        Kind::Containerd => (
-            "/etc/containerd/config.toml",
-            "/run/containerd/containerd.sock",
-            &["containerd"],
-            &[
-                "/usr/bin/containerd",
-                "/usr/local/bin/containerd",
-                "/bin/containerd",
-            ],
-        ),
-        Kind::K3s => (
-            "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
-            "/run/k3s/containerd/containerd.sock",
-            &["k3s", "k3s-agent"],
-            &["/var/lib/rancher/k3s/data/current/bin/containerd"],
-        ),
-        Kind::Rke2 => (
-            "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
-            "/run/k3s/containerd/containerd.sock",
-            &["rke2-server", "rke2-agent"],
-            &["/var/lib/rancher/rke2/bin/containerd"],
-        ),
-        Kind::K0s => (
-            "/etc/k0s/containerd.d/kwasm.toml",
-            "/run/k0s/containerd.sock",
-            &["k0sworker", "k0scontroller"],
-            &["/var/lib/k0s/bin/containerd"],
-        ),
-        Kind::Microk8s => (
-            MICROK8S_TEMPLATE,
-            "/var/snap/microk8s/common/run/containerd.sock",
-            &["snap.microk8s.daemon-containerd"],
-            &["/snap/microk8s/current/bin/containerd"],
-        ),
-    };
-    let (unit, unit_alternatives) = match s.unit.given() {
-        Some(u) => (u.clone(), vec![]),
-        None => match units.iter().find(|u| unit_installed(host, u)) {
-            Some(u) => (u.to_string(), vec![]),
-            None => (
-                units[0].to_string(),
-                units[1..].iter().map(|u| u.to_string()).collect(),
-            ),
-        },
-    };
+    let defaults = kind.defaults();
+    let (unit, unit_alternatives) = unit(host, s, defaults.units);
     let binary = match s.binary.given() {
         Some(b) => Some(b.clone()),
-        None => binaries.iter().map(PathBuf::from).find(|b| host.exists(b)),
+        None => defaults
+            .binaries
+            .iter()
+            .map(PathBuf::from)
+            .find(|b| host.exists(b)),
     };
     let socket = s
         .socket
         .given()
         .cloned()
-        .unwrap_or_else(|| PathBuf::from(socket));
-    let config = explicit_config.unwrap_or_else(|| PathBuf::from(config));
+        .unwrap_or_else(|| PathBuf::from(defaults.socket));
+    let config = explicit_config.unwrap_or_else(|| PathBuf::from(defaults.config));
     if !config.is_absolute() {
         bail!(
             "containerd.config must be an absolute host path, found {}",
@@ -145,6 +155,21 @@ pub fn detect(host: &HostRoot, s: &ContainerdSettings) -> anyhow::Result<Flavor>
         unit_alternatives,
         binary,
     })
+}
+
+/// The unit to restart: as set, else the first of the flavor's that is installed, else the most
+/// likely one with the others as alternatives (a restricted pod may not see the unit files).
+fn unit(host: &HostRoot, s: &ContainerdSettings, units: &[&str]) -> (String, Vec<String>) {
+    if let Some(u) = s.unit.given() {
+        return (u.clone(), vec![]);
+    }
+    match units.iter().find(|u| unit_installed(host, u)) {
+        Some(u) => (u.to_string(), vec![]),
+        None => (
+            units[0].to_string(),
+            units[1..].iter().map(|u| u.to_string()).collect(),
+        ),
+    }
 }
 
 /// An explicit config path still tells the flavor (a k3s template path means k3s).
@@ -189,62 +214,34 @@ mod tests {
         (d, h)
     }
 
-    #[test]
-    fn detects_each_flavor_with_its_paths() {
-        let s = ContainerdSettings::default();
-        let cases: &[(&[&str], Kind, &str, &str)] = &[
-            (
-                &["/etc/containerd/config.toml"],
-                Kind::Containerd,
-                "/run/containerd/containerd.sock",
-                "containerd",
-            ),
-            (
-                &[
-                    "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
-                    "/etc/systemd/system/k3s-agent.service",
-                ],
-                Kind::K3s,
-                "/run/k3s/containerd/containerd.sock",
-                "k3s-agent",
-            ),
-            (
-                &[
-                    "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
-                    "/usr/lib/systemd/system/rke2-agent.service",
-                ],
-                Kind::Rke2,
-                "/run/k3s/containerd/containerd.sock",
-                "rke2-agent",
-            ),
-            (
-                &["/etc/k0s/k0s.yaml"],
-                Kind::K0s,
-                "/run/k0s/containerd.sock",
-                "k0sworker",
-            ),
-            (
-                &["/var/snap/microk8s/current/args/containerd-template.toml"],
-                Kind::Microk8s,
-                "/var/snap/microk8s/common/run/containerd.sock",
-                "snap.microk8s.daemon-containerd",
-            ),
-            (
-                &[],
-                Kind::Containerd,
-                "/run/containerd/containerd.sock",
-                "containerd",
-            ),
-        ];
-        for (files, kind, socket, unit) in cases {
-            let (_d, h) = host_with(files);
-            let f = detect(&h, &s).unwrap();
-            assert_eq!(
-                (f.kind, f.socket.to_str().unwrap(), f.unit.as_str()),
-                (*kind, *socket, *unit),
-                "{files:?}"
-            );
-        }
+    #[rstest::rstest]
+    #[case::plain_containerd(&["/etc/containerd/config.toml"], Kind::Containerd, "/run/containerd/containerd.sock", "containerd")]
+    #[case::k3s_agent(
+        &["/var/lib/rancher/k3s/agent/etc/containerd/config.toml", "/etc/systemd/system/k3s-agent.service"],
+        Kind::K3s, "/run/k3s/containerd/containerd.sock", "k3s-agent"
+    )]
+    #[case::rke2_agent(
+        &["/var/lib/rancher/rke2/agent/etc/containerd/config.toml", "/usr/lib/systemd/system/rke2-agent.service"],
+        Kind::Rke2, "/run/k3s/containerd/containerd.sock", "rke2-agent"
+    )]
+    #[case::k0s_worker(&["/etc/k0s/k0s.yaml"], Kind::K0s, "/run/k0s/containerd.sock", "k0sworker")]
+    #[case::microk8s(
+        &["/var/snap/microk8s/current/args/containerd-template.toml"],
+        Kind::Microk8s, "/var/snap/microk8s/common/run/containerd.sock", "snap.microk8s.daemon-containerd"
+    )]
+    #[case::nothing_seen_means_plain_containerd(&[], Kind::Containerd, "/run/containerd/containerd.sock", "containerd")]
+    fn detects_each_flavor_with_its_paths(
+        #[case] files: &[&str],
+        #[case] kind: Kind,
+        #[case] socket: &str,
+        #[case] unit: &str,
+    ) {
+        let (_d, h) = host_with(files);
+        let f = detect(&h, &ContainerdSettings::default()).unwrap();
+        assert_eq!(
+            (f.kind, f.socket.to_str().unwrap(), f.unit.as_str()),
+            (kind, socket, unit)
+        );
     }
 
     #[test]

@@ -44,8 +44,28 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut s = String::new();
-        // (name, type, help, value)
-        let plain: [(&str, &str, &str, String); 9] = [
+        for (name, kind, help, value) in self.unlabelled() {
+            let _ = writeln!(
+                s,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
+        let by_step: Vec<String> = failures
+            .iter()
+            .map(|(step, n)| format!("kwasm_reconcile_failures_total{{after_step=\"{step}\"}} {n}"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "# HELP kwasm_reconcile_failures_total Reconciles that failed, by the last step that finished before the failure.\n# TYPE kwasm_reconcile_failures_total counter{}",
+            by_step.iter().map(|l| format!("\n{l}")).collect::<String>()
+        );
+        s
+    }
+
+    /// The metrics without labels: (name, type, help, value).
+    fn unlabelled(&self) -> [(&'static str, &'static str, &'static str, String); 9] {
+        [
             (
                 "kwasm_reconciles_total",
                 "counter",
@@ -100,24 +120,7 @@ impl Metrics {
                 "1 while the agent waits for a cluster-wide containerd restart slot.",
                 u8::from(self.waiting_for_restart.load(Relaxed)).to_string(),
             ),
-        ];
-        for (name, kind, help, value) in plain {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        }
-        let failures = self.failures.lock().map(|f| f.clone()).unwrap_or_default();
-        let by_step: Vec<String> = failures
-            .iter()
-            .map(|(step, n)| format!("kwasm_reconcile_failures_total{{after_step=\"{step}\"}} {n}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "# HELP kwasm_reconcile_failures_total Reconciles that failed, by the last step that finished before the failure.\n# TYPE kwasm_reconcile_failures_total counter{}",
-            by_step.iter().map(|l| format!("\n{l}")).collect::<String>()
-        );
-        s
+        ]
     }
 }
 

@@ -307,39 +307,31 @@ mod tests {
         assert_eq!(s.spec.platforms[0].sha256.as_deref(), Some(DIGEST));
     }
 
+    #[rstest::rstest]
+    #[case::unknown_rollout("/spec/rolloutStrategy/type", json!("blue-green"), "unknown")]
+    #[case::handler_containerd_cannot_name(
+        "/spec/runtimeClass/handler",
+        json!("spin"),
+        "containerd-shim-spin, which containerd cannot name"
+    )]
+    #[case::max_update_is_cluster_wide("/spec/rolloutStrategy/rolling/maxUpdate", json!(2), "cluster-wide")]
+    #[case::oci_fetch("/spec/fetchStrategy/oci", json!({"ref": "x"}), "spec.fetchStrategy.oci: not a field")]
+    #[case::unknown_field("/spec/extra", json!(1), "spec.extra: not a field")]
+    #[case::other_api_version("/apiVersion", json!("runtime.kwasm.sh/v1beta1"), "expected apiVersion")]
+    fn what_cannot_be_honoured_is_refused_with_the_reason(
+        #[case] path: &str,
+        #[case] value: Value,
+        #[case] want: &str,
+    ) {
+        let mut v = documented();
+        let (parent, key) = path.rsplit_once('/').unwrap();
+        v.pointer_mut(parent).unwrap()[key] = value;
+        let err = import(&v, &allow()).unwrap_err();
+        assert!(err.contains(want), "{path}: {err}");
+    }
+
     #[test]
-    fn what_cannot_be_honoured_is_refused_with_the_reason() {
-        let cases: Vec<(&str, Value, &str)> = vec![
-            ("/spec/rolloutStrategy/type", json!("blue-green"), "unknown"),
-            (
-                "/spec/runtimeClass/handler",
-                json!("spin"),
-                "containerd-shim-spin, which containerd cannot name",
-            ),
-            (
-                "/spec/rolloutStrategy/rolling/maxUpdate",
-                json!(2),
-                "cluster-wide",
-            ),
-            (
-                "/spec/fetchStrategy/oci",
-                json!({"ref": "x"}),
-                "spec.fetchStrategy.oci: not a field",
-            ),
-            ("/spec/extra", json!(1), "spec.extra: not a field"),
-            (
-                "/apiVersion",
-                json!("runtime.kwasm.sh/v1beta1"),
-                "expected apiVersion",
-            ),
-        ];
-        for (path, value, want) in cases {
-            let mut v = documented();
-            let (parent, key) = path.rsplit_once('/').unwrap();
-            v.pointer_mut(parent).unwrap()[key] = value;
-            let err = import(&v, &allow()).unwrap_err();
-            assert!(err.contains(want), "{path}: {err}");
-        }
+    fn a_location_without_the_node_arch_is_refused() {
         let mut v = documented();
         v["spec"]["fetchStrategy"]["anonHttp"]["location"] = "https://h/shim.tar.gz".into();
         let err = import(&v, &allow()).unwrap_err();

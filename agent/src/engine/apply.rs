@@ -97,29 +97,13 @@ impl Engine {
         facts: HostFacts,
     ) -> anyhow::Result<ApplyReport> {
         self.store.clean_staging();
-        // A config that cannot be changed (unknown version, not TOML, a handler someone else owns)
-        // is known before anything is downloaded: install nothing then.
-        if let Err(e) = &plan.config {
-            if !plan.shims.is_empty() {
-                return Err(anyhow::anyhow!("{e:#}"));
-            }
-        }
-        if plan.config.as_ref().is_ok_and(|e| e.changes()) {
-            self.containerd.preflight().await?;
-        }
+        self.refuse_early(&plan).await?;
         let HostFacts {
             mut state, config, ..
         } = facts;
         let before: BTreeSet<String> = state.shims.keys().cloned().collect();
         let (shims, installed) = self.install_all(&plan, &mut state).await?;
-        let mut notes = Vec::new();
-        for s in plan
-            .shims
-            .iter()
-            .filter(|s| installed.contains(&s.shim.name))
-        {
-            notes.extend(self.sync_link(&s.shim, &mut state)?);
-        }
+        let mut notes = self.link_installed(&plan, &installed, &mut state)?;
         self.drop_unused_versions(&mut state).await?;
         mark("links");
         let nothing_owned = installed.is_empty() && state.containerd.is_none();
@@ -160,6 +144,39 @@ impl Engine {
             }),
             Err(e) => Err(self.take_back_new_binaries(e, &before, &mut state)),
         }
+    }
+
+    /// A config that cannot be changed (unknown version, not TOML, a handler someone else owns) is
+    /// known before anything is downloaded: install nothing then. Nor when containerd could not take
+    /// a changed config.
+    async fn refuse_early(&self, plan: &HostPlan) -> anyhow::Result<()> {
+        if let Err(e) = &plan.config {
+            if !plan.shims.is_empty() {
+                return Err(anyhow::anyhow!("{e:#}"));
+            }
+        }
+        if plan.config.as_ref().is_ok_and(|e| e.changes()) {
+            self.containerd.preflight().await?;
+        }
+        Ok(())
+    }
+
+    /// Each installed shim's runtime-name link as the settings ask (`links`); the notes that makes.
+    fn link_installed(
+        &self,
+        plan: &HostPlan,
+        installed: &[String],
+        state: &mut State,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut notes = Vec::new();
+        for s in plan
+            .shims
+            .iter()
+            .filter(|s| installed.contains(&s.shim.name))
+        {
+            notes.extend(self.sync_link(&s.shim, state)?);
+        }
+        Ok(notes)
     }
 
     /// Install every shim of the plan that can be; one failing does not stop the others. Returns each

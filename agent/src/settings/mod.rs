@@ -605,29 +605,26 @@ options = { SystemdCgroup = true }
         assert!(parse("[artifacts]\nmax_size = 'big'\n").is_err());
     }
 
+    #[rstest::rstest]
+    #[case::zero_timeout("[containerd]\ntimeout = '0s'\n", "containerd.timeout")]
+    #[case::timeout_beyond_any_clock(
+        "[containerd]\ntimeout = '18446744073709551615s'\n",
+        "containerd.timeout"
+    )]
+    #[case::zero_resync("[agent]\nresync = '0s'\n", "agent.resync")]
+    #[case::backoff_of_years("[agent]\nmax_backoff = '1000d'\n", "agent.max_backoff")]
+    #[case::zero_read_timeout("[artifacts]\nread_timeout = '0s'\n", "artifacts.read_timeout")]
+    #[case::no_attempts("[artifacts]\nattempts = 0\n", "artifacts.attempts")]
+    #[case::attempts_beyond_reason("[artifacts]\nattempts = 4294967295\n", "artifacts.attempts")]
+    #[case::zero_max_size("[artifacts]\nmax_size = '0B'\n", "artifacts.max_size")]
+    #[case::petabyte_max_size("[artifacts]\nmax_size = '1PiB'\n", "artifacts.max_size")]
+    fn durations_sizes_and_counts_must_be_in_range(#[case] toml: &str, #[case] key: &str) {
+        let e = parse(toml).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains("expected"), "{toml}: {e}");
+    }
+
     #[test]
-    fn durations_sizes_and_counts_must_be_in_range() {
-        for (toml, key) in [
-            ("[containerd]\ntimeout = '0s'\n", "containerd.timeout"),
-            (
-                "[containerd]\ntimeout = '18446744073709551615s'\n",
-                "containerd.timeout",
-            ),
-            ("[agent]\nresync = '0s'\n", "agent.resync"),
-            ("[agent]\nmax_backoff = '1000d'\n", "agent.max_backoff"),
-            (
-                "[artifacts]\nread_timeout = '0s'\n",
-                "artifacts.read_timeout",
-            ),
-            ("[artifacts]\nattempts = 0\n", "artifacts.attempts"),
-            ("[artifacts]\nattempts = 4294967295\n", "artifacts.attempts"),
-            ("[artifacts]\nmax_size = '0B'\n", "artifacts.max_size"),
-            ("[artifacts]\nmax_size = '1PiB'\n", "artifacts.max_size"),
-        ] {
-            let e = parse(toml).unwrap_err().to_string();
-            assert!(e.contains(key) && e.contains("expected"), "{toml}: {e}");
-        }
-        // Huge numbers TOML cannot hold are parse errors, not panics.
+    fn numbers_toml_cannot_hold_are_parse_errors_not_panics() {
         assert!(parse("[artifacts]\nattempts = 99999999999999999999\n").is_err());
         assert!(parse("[containerd]\ntimeout = '999999999999999999999999s'\n").is_err());
     }
