@@ -977,9 +977,15 @@ class Handler(BaseHTTPRequestHandler):
         self.route("DELETE")
 
 
+class Server(ThreadingHTTPServer):
+    # socketserver's default backlog is 5: hundreds of agents connecting at once (a fleet benchmark)
+    # overflowed it and connections were reset. A real API server listens with the system's maximum.
+    request_queue_size = 4096
+
+
 def main():
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server = Server(("127.0.0.1", port), Handler)
     server.daemon_threads = True
     print("PORT %d" % server.server_address[1], flush=True)
     server.serve_forever()

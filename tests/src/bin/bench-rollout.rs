@@ -506,6 +506,17 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
         lease_requests_per_node: lease_requests as f64 / a.agents as f64,
     };
     println!("{name}_restarts {}", all.len());
+    // The agents' Lease requests by what they were and how they were answered (409/404: lost a race).
+    let mut answered = BTreeMap::<String, usize>::new();
+    for r in w
+        .requests
+        .iter()
+        .filter(|r| kind(r).contains("leases") && component(r) == "node")
+    {
+        let what = format!("{} {}", kind(r), r["code"]);
+        *answered.entry(what).or_default() += 1;
+    }
+    println!("{name}_lease_requests_by_answer {answered:?}");
     // How the restarts spread: how many began in each second of the phase.
     let first = all.iter().map(|(d, _)| *d).min().unwrap_or(0);
     let mut per_second = vec![0usize; 1];
