@@ -21,6 +21,12 @@ a=$(run 2 "$agents")
 b=$(run 10% "$agents")
 c=$(run 10% "$few")
 v() { awk -v k="$2" '$1 == k && NF == 2 {print $2}' <<<"$1"; }
+# The lines starting with KEY of the three runs, as a list labelled by run.
+each() {
+  { grep "^$1 " <<<"$a" || true; } | sed -e "s/^$1 /- 2: /"
+  { grep "^$1 " <<<"$b" || true; } | sed -e "s/^$1 /- 10%: /"
+  { grep "^$1 " <<<"$c" || true; } | sed -e "s/^$1 /- 10% of $few: /"
+}
 out=docs/fleet-benchmark.md
 {
   echo "# A 5,000-node fleet: what restart pacing and the catalog cost"
@@ -41,15 +47,11 @@ out=docs/fleet-benchmark.md
   echo
   echo "Goals (pacing 2, then 10%, then 10% of $few agents):"
   echo
-  grep '^goal ' <<<"$a" | sed -e 's/^goal /- 2: /'
-  grep '^goal ' <<<"$b" | sed -e 's/^goal /- 10%: /'
-  grep '^goal ' <<<"$c" | sed -e "s/^goal /- 10% of $few: /"
+  each goal
   echo
   echo "Lease requests of the agents during each rollout, by kind and answer (409, 404: a race lost):"
   echo
-  grep '^rollout_lease_requests_by_answer ' <<<"$a" | sed -e 's/^rollout_lease_requests_by_answer /- 2: /'
-  grep '^rollout_lease_requests_by_answer ' <<<"$b" | sed -e 's/^rollout_lease_requests_by_answer /- 10%: /'
-  grep '^rollout_lease_requests_by_answer ' <<<"$c" | sed -e "s/^rollout_lease_requests_by_answer /- 10% of $few: /"
+  each rollout_lease_requests_by_answer
   echo
   echo "Machine and stand-in CPU (share of all cores; stand-in: of one core) during each rollout: 2: $(v "$a" rollout_machine_cpu_busy) / $(v "$a" rollout_stand_in_cpu_share); 10%: $(v "$b" rollout_machine_cpu_busy) / $(v "$b" rollout_stand_in_cpu_share); 10% of $few: $(v "$c" rollout_machine_cpu_busy) / $(v "$c" rollout_stand_in_cpu_share)."
   echo
