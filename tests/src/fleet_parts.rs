@@ -1,5 +1,5 @@
-//! What the fleet tests and benchmarks share: the catalog controller started against the stand-in,
-//! and the restart windows the nodes' restart scripts log ("down <ns>" / "up <ns>"), with the most
+//! What the fleet tests and benchmarks share: processes stopped when their owner goes, the catalog
+//! controller started against the stand-in, and the restart windows the nodes' restart scripts log ("down <ns>" / "up <ns>"), with the most
 //! containerds down at the same instant.
 
 use std::path::Path;
@@ -8,6 +8,22 @@ use std::process::{Child, Stdio};
 use crate::agent::agent;
 use crate::kube_api::KubeApi;
 
+/// A child process killed and reaped when this goes (an agent, the catalog controller).
+pub struct Process(pub Child);
+
+impl Process {
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `kwasm-agent catalog` with its Lease in `kwasm`, folding status writes by `status_interval`;
 /// its log in `log` (None: dropped).
 pub fn spawn_catalog(
@@ -15,7 +31,7 @@ pub fn spawn_catalog(
     dir: &Path,
     status_interval: &str,
     log: Option<&Path>,
-) -> Child {
+) -> Process {
     let settings = dir.join("catalog.toml");
     std::fs::write(
         &settings,
@@ -35,6 +51,7 @@ pub fn spawn_catalog(
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
+        .map(Process)
         .unwrap()
 }
 
@@ -57,15 +74,26 @@ pub fn restart_windows(log: &Path) -> Vec<(u128, u128)> {
     out
 }
 
-/// The most containerds down at the same instant.
-pub fn max_overlap(all: &[(u128, u128)]) -> usize {
+/// How many containerds are down just after each moment one goes down or comes up, in time order.
+fn down_over_time(all: &[(u128, u128)]) -> impl Iterator<Item = (u128, usize)> {
     let mut edges: Vec<(u128, i32)> = all.iter().flat_map(|(d, u)| [(*d, 1), (*u, -1)]).collect();
     // At equal times an "up" comes before a "down": touching windows do not overlap.
     edges.sort_by_key(|(t, delta)| (*t, *delta));
-    let (mut now, mut most) = (0i32, 0i32);
-    for (_, delta) in edges {
+    let mut now = 0i32;
+    edges.into_iter().map(move |(t, delta)| {
         now += delta;
-        most = most.max(now);
-    }
-    most as usize
+        (t, now.max(0) as usize)
+    })
+}
+
+/// The most containerds down at the same instant.
+pub fn max_overlap(all: &[(u128, u128)]) -> usize {
+    down_over_time(all).map(|(_, n)| n).max().unwrap_or(0)
+}
+
+/// The first moment more than `limit` containerds were down, if ever.
+pub fn first_over(all: &[(u128, u128)], limit: usize) -> Option<u128> {
+    down_over_time(all)
+        .find(|(_, n)| *n > limit)
+        .map(|(t, _)| t)
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use kwasm_tests::agent::{eventually, RunningAgent};
-use kwasm_tests::fleet_parts::{max_overlap, restart_windows as windows};
+use kwasm_tests::fleet_parts::{first_over, max_overlap, restart_windows as windows};
 use kwasm_tests::kube_api::KubeApi;
 use kwasm_tests::node_host::{cluster_node, NodeHost};
 
@@ -409,4 +409,7 @@ fn overlap_counts_touching_windows_as_apart() {
     assert_eq!(max_overlap(&[(0, 10), (10, 20), (5, 15)]), 2);
     assert_eq!(max_overlap(&[(0, 10), (20, 30)]), 1);
     assert_eq!(max_overlap(&[]), 0);
+    assert_eq!(first_over(&[(0, 10), (10, 20), (5, 15)], 1), Some(5));
+    assert_eq!(first_over(&[(0, 10), (10, 20), (5, 15)], 2), None);
+    assert_eq!(first_over(&[(0, 10), (10, 20)], 1), None, "touching");
 }

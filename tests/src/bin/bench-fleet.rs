@@ -10,7 +10,7 @@
 //!
 //! Usage: bench-fleet [AGENTS] [--catalog]   (default 200); prints `key value` lines.
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use kwasm_tests::agent::agent;
@@ -19,7 +19,7 @@ use kwasm_tests::api_load::{
 };
 use kwasm_tests::archive::{fake_binary, release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
-use kwasm_tests::fleet_parts::spawn_catalog;
+use kwasm_tests::fleet_parts::{spawn_catalog, Process};
 use kwasm_tests::kube_api::{free_port, KubeApi};
 use kwasm_tests::sandbox::{artifact_settings, Sandbox, ShimSpec};
 
@@ -28,16 +28,10 @@ const BIN: &str = "containerd-shim-kwfleet-v2";
 const WATCH_CAP_S: u64 = 20;
 
 struct Agent {
+    /// First: the agent stops before its sandbox goes.
+    child: Process,
     _sb: Sandbox,
-    child: Child,
     port: u16,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Node changes measured in `--catalog` mode, of each kind.
@@ -158,8 +152,8 @@ fn start_agents(api: &KubeApi, n: usize, shim: &ShimSpec, shim_objects: bool) ->
             .spawn()
             .unwrap();
             Agent {
+                child: Process(child),
                 _sb: sb,
-                child,
                 port,
             }
         })
@@ -190,21 +184,14 @@ fn start_catalog(api: &KubeApi, dir: &std::path::Path, shim: &ShimSpec) -> Catal
     api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
     let child = spawn_catalog(api, dir, "1s", None);
     Catalog {
-        child,
+        _process: child,
         handler: shim.name.clone(),
     }
 }
 
 struct Catalog {
-    child: Child,
+    _process: Process,
     handler: String,
-}
-
-impl Drop for Catalog {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The catalog controller's requests per node change: changes that move the Shim's counts (one

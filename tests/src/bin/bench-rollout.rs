@@ -23,13 +23,13 @@ use std::time::{Duration, Instant};
 
 use kwasm_tests::agent::agent_bin;
 use kwasm_tests::api_load::{
-    component, count_kinds, cpu_seconds, kind, measured_requests, open_watches, peak_rss_kib,
-    ready, response_bytes, rss_kib, watch_bytes, within,
+    component, cpu_seconds, kind, measured_requests, open_watches, peak_rss_kib, ready,
+    response_bytes, rss_kib, watch_bytes, within,
 };
 use kwasm_tests::archive::{fake_binary, release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
 use kwasm_tests::containerd::Containerd;
-use kwasm_tests::fleet_parts::{max_overlap, restart_windows, spawn_catalog};
+use kwasm_tests::fleet_parts::{first_over, max_overlap, restart_windows, spawn_catalog, Process};
 use kwasm_tests::kube_api::{free_port, KubeApi};
 use kwasm_tests::sandbox::Sandbox;
 
@@ -61,27 +61,14 @@ fn args() -> Args {
 }
 
 struct RolloutAgent {
+    /// First: the agent stops before its sandbox goes.
+    child: Process,
     sb: Sandbox,
-    child: Child,
     port: u16,
     windows: PathBuf,
 }
 
-impl Drop for RolloutAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-struct Catalog(Child);
-
-impl Drop for Catalog {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+struct Catalog(Process);
 
 fn main() {
     let a = args();
@@ -267,8 +254,8 @@ fn start_agents(api: &KubeApi, a: &Args, cd: &Containerd) -> Vec<RolloutAgent> {
             sb.write_settings(&agent_settings(&sb, port, &a.pacing, &script, cd));
             let child = spawn_agent(&sb, &name, api);
             RolloutAgent {
+                child: Process(child),
                 sb,
-                child,
                 port,
                 windows,
             }
@@ -433,17 +420,6 @@ fn restarts(agents: &[RolloutAgent], w: &Window) -> Vec<(u128, u128)> {
         .collect()
 }
 
-/// The moment more containerds were down than `slots`, if ever.
-fn pacing_exceeded(all: &[(u128, u128)], slots: usize) -> Option<u128> {
-    let mut edges: Vec<(u128, i32)> = all.iter().flat_map(|(d, u)| [(*d, 1), (*u, -1)]).collect();
-    edges.sort_by_key(|(t, delta)| (*t, *delta));
-    let mut now = 0i32;
-    edges.into_iter().find_map(|(t, delta)| {
-        now += delta;
-        (now as usize > slots).then_some(t)
-    })
-}
-
 /// A pacing violation is a bug in the gate: say which agents overlapped and what their logs say
 /// about the slots, before the sandboxes (and their logs) go.
 fn explain_overlap(phase: &str, agents: &[RolloutAgent], at: u128) {
@@ -490,12 +466,12 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
     let rounds = a.agents.div_ceil(slots) as f64;
     let ideal = rounds * mean_restart;
     let took = last_up - first_down;
-    let lease_requests = w
+    let lease_requests: Vec<_> = w
         .requests
         .iter()
         .filter(|r| kind(r).contains("leases") && component(r) == "node")
-        .count();
-    if let Some(worst) = pacing_exceeded(&all, slots) {
+        .collect();
+    if let Some(worst) = first_over(&all, slots) {
         explain_overlap(name, agents, worst);
     }
     let paced = Paced {
@@ -503,16 +479,12 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
         slots,
         most_down: max_overlap(&all),
         converge_ratio: took / ideal.max(0.001),
-        lease_requests_per_node: lease_requests as f64 / a.agents as f64,
+        lease_requests_per_node: lease_requests.len() as f64 / a.agents as f64,
     };
     println!("{name}_restarts {}", all.len());
     // The agents' Lease requests by what they were and how they were answered (409/404: lost a race).
     let mut answered = BTreeMap::<String, usize>::new();
-    for r in w
-        .requests
-        .iter()
-        .filter(|r| kind(r).contains("leases") && component(r) == "node")
-    {
+    for r in &lease_requests {
         let what = format!("{} {}", kind(r), r["code"]);
         *answered.entry(what).or_default() += 1;
     }
@@ -536,17 +508,7 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
         "{name}_lease_requests_per_node {:.2}",
         paced.lease_requests_per_node
     );
-    println!("{name}_lease_kinds {:?}", lease_kinds(&w.requests));
     paced
-}
-
-fn lease_kinds(reqs: &[serde_json::Value]) -> BTreeMap<String, usize> {
-    let leases: Vec<_> = reqs
-        .iter()
-        .filter(|r| kind(r).contains("leases"))
-        .cloned()
-        .collect();
-    count_kinds(&leases)
 }
 
 /// Memory and CPU of the agents and the catalog controller; the largest agent RSS, KiB.
