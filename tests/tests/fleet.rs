@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use kwasm_tests::agent::{eventually, RunningAgent};
+use kwasm_tests::agent::{eventually, http_get, RunningAgent};
 use kwasm_tests::fleet_parts::{first_over, max_overlap, restart_windows as windows};
 use kwasm_tests::kube_api::KubeApi;
 use kwasm_tests::node_host::{cluster_node, NodeHost};
@@ -402,6 +402,13 @@ fn a_node_that_hands_an_open_slot_to_an_older_waiter_waits_its_turn() {
         tickets(&api)
     );
     assert_eq!(slot_holder(&api, "kwasm-agent-restart-0"), None, "released");
+    // It waited in line, then kept the slot it found open: it no longer says it waits.
+    eventually("the agent to stop reporting a wait", || {
+        let (_, metrics) = http_get(me.port, "/metrics")?;
+        metrics
+            .contains("\nkwasm_waiting_for_restart_slot 0")
+            .then_some(())
+    });
 }
 
 #[test]

@@ -178,7 +178,7 @@ impl LeaseGate {
             let wake = match w.listed {
                 true => match self.step(&mut w).await? {
                     Step::Done(slot) => {
-                        let waited = w.line.ticket.is_some();
+                        let waited = w.line.joined();
                         if w.lost_at.is_some() {
                             // Its releaser took the ticket out already (its deletion comes first
                             // on the same watch).
@@ -370,6 +370,12 @@ struct Line {
 }
 
 impl Line {
+    /// Whether this node stood in line during this wait (its ticket may be gone by now: taken out
+    /// by whoever handed it a slot, or by itself to keep one).
+    fn joined(&self) -> bool {
+        self.queue.is_some()
+    }
+
     /// When to act on a slot seen open: at once on a first look, else after a random fraction of a
     /// few seconds, so the waiters that all saw it open do not all act.
     fn act_after(&self, duration: Duration) -> Instant {
