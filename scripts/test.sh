@@ -35,6 +35,12 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+mkdir -p target
+# A cold run writes about 8 GB (see the end of this script's output); say so before a full disk does.
+free_gb=$(df -Pk target | awk 'NR == 2 { print int($4 / 1048576) }')
+echo "==> disk: ${free_gb} GB free under target/"
+[ "$free_gb" -ge 10 ] || echo "warning: a cold run needs about 10 GB free under target/; the build may fail with 'No space left on device'" >&2
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 cargo fmt --manifest-path tests/wasm-shim/Cargo.toml -- --check
@@ -78,3 +84,4 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast "$@"
 fi
+echo "==> disk used: $(du -sh target | cut -f1) target/, $(du -sh tests/wasm-shim/target | cut -f1) tests/wasm-shim/target/"
