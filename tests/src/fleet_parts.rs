@@ -91,9 +91,46 @@ pub fn max_overlap(all: &[(u128, u128)]) -> usize {
     down_over_time(all).map(|(_, n)| n).max().unwrap_or(0)
 }
 
+/// When a fleet would finish with `slots` slots and no time lost between restarts: the nodes served
+/// in the order they became ready to restart (`ready`, seconds), each restart taking `restart`
+/// seconds. The ideal once each node's own work before its restart — which no pacing can hurry — is
+/// counted.
+pub fn paced_finish(ready: &[f64], slots: usize, restart: f64) -> f64 {
+    let mut ready = ready.to_vec();
+    ready.sort_by(f64::total_cmp);
+    let mut free = vec![f64::NEG_INFINITY; slots.max(1)];
+    let mut finish = f64::NEG_INFINITY;
+    for at in ready {
+        let (slot, free_at) = free
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap();
+        free[slot] = at.max(free_at) + restart;
+        finish = finish.max(free[slot]);
+    }
+    finish
+}
+
 /// The first moment more than `limit` containerds were down, if ever.
 pub fn first_over(all: &[(u128, u128)], limit: usize) -> Option<u128> {
     down_over_time(all)
         .find(|(_, n)| *n > limit)
         .map(|(t, _)| t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::paced_finish;
+
+    #[test]
+    fn nodes_ready_together_finish_in_rounds_and_late_ones_when_they_are_ready() {
+        assert_eq!(paced_finish(&[0.0; 10], 2, 1.0), 5.0);
+        assert_eq!(paced_finish(&[0.0; 9], 2, 1.0), 5.0);
+        // Three slots: two ready at once, the third node ready only after both finished.
+        assert_eq!(paced_finish(&[0.0, 0.0, 4.0], 3, 1.0), 5.0);
+        // One slot: the second waits for the first.
+        assert_eq!(paced_finish(&[0.5, 0.0], 1, 1.0), 2.0);
+    }
 }

@@ -88,7 +88,12 @@ impl LeaseGate {
 
     /// Take an open slot, then give it to whoever has waited longer than this node (if anybody
     /// has): see `Claimed`.
-    async fn claim(&self, opening: Opening, ticket: Option<&Ticket>) -> anyhow::Result<Claimed> {
+    async fn claim(
+        &self,
+        opening: Opening,
+        ticket: Option<&Ticket>,
+        began: i64,
+    ) -> anyhow::Result<Claimed> {
         let held = match opening {
             Opening::Missing(name) => {
                 let labels = [(SLOT_LABEL.to_owned(), "true".to_owned())].into();
@@ -101,6 +106,7 @@ impl LeaseGate {
         };
         let passing = Passing::Keep {
             ticket: ticket.map(|t| t.name.as_str()),
+            began,
         };
         let written = held.clone();
         Ok(
@@ -173,7 +179,10 @@ impl LeaseGate {
         )
         .default_backoff();
         futures_util::pin_mut!(stream);
-        let mut w = Waiting::default();
+        let mut w = Waiting {
+            began: k8s_openapi::jiff::Timestamp::now().as_millisecond(),
+            ..Default::default()
+        };
         loop {
             let wake = match w.listed {
                 true => match self.step(&mut w).await? {
@@ -211,29 +220,41 @@ impl LeaseGate {
         match w.view.look(slots, self.me(), self.lease.duration, now) {
             Look::Mine(lease) => Ok(Step::Done(lease)),
             Look::Open(opening) => {
+                // The node whose count added slots takes them at once and hands them down the
+                // line (every waiter sees them open; the others hold back for a moment).
+                let first_try = (w.line.ticket.is_none() && !w.lost_a_race) || w.counted_more;
                 let at = *w
                     .act_at
-                    .get_or_insert_with(|| w.line.act_after(self.lease.duration));
+                    .get_or_insert_with(|| act_after(first_try, self.lease.duration));
                 if at > now {
                     return Ok(Step::Sleep(Some(at)));
                 }
                 w.act_at = None;
-                Ok(match self.claim(opening, w.line.ticket.as_ref()).await? {
-                    Claimed::Kept(lease) => {
-                        // Out of the line already (`pass_on` took its ticket out to keep the slot).
-                        w.line.ticket = None;
-                        Step::Done(lease)
-                    }
-                    Claimed::PassedOn(written) => {
-                        w.view.passed_on(&written);
-                        Step::Sleep(None)
-                    }
-                    // Taken by another: the watch shows it.
-                    Claimed::Lost => Step::Sleep(None),
-                })
+                Ok(
+                    match self.claim(opening, w.line.ticket.as_ref(), w.began).await? {
+                        Claimed::Kept(lease) => {
+                            // Out of the line already (`pass_on` took its ticket out to keep the slot).
+                            w.line.ticket = None;
+                            Step::Done(lease)
+                        }
+                        Claimed::PassedOn(written) => {
+                            w.view.passed_on(&written);
+                            Step::Sleep(None)
+                        }
+                        // Taken by another: the watch shows it. Slots added as a percentage grows
+                        // open several at once to every node; one that lost takes its time for the
+                        // next instead of racing again on every event (refused creates, at 10% of 100).
+                        Claimed::Lost => {
+                            w.lost_a_race = true;
+                            w.counted_more = false;
+                            Step::Sleep(None)
+                        }
+                    },
+                )
             }
             Look::Held { holders, expires } => {
                 w.act_at = None;
+                w.counted_more = false;
                 let Some(ticket) = &w.line.ticket else {
                     self.join(&mut w.line, slots, &holders).await?;
                     return Ok(Step::Again);
@@ -278,6 +299,7 @@ impl LeaseGate {
                 self.slots_seen
                     .store(n, std::sync::atomic::Ordering::Relaxed);
                 w.recount_at = None;
+                w.counted_more = w.slots.is_some_and(|before| n > before);
                 Ok(*w.slots.insert(n))
             }
         }
@@ -301,6 +323,16 @@ impl LeaseGate {
 /// How long a node whose ticket was taken out of the line waits for the slot that should follow
 /// before it takes its place again (a releaser hands the slot over right after).
 const LOST_TICKET_GRACE: Duration = Duration::from_secs(5);
+
+/// When to act on a slot seen open: at once on a node's first try, else after a random fraction of
+/// a few seconds, so the waiters that all saw it open do not all act.
+fn act_after(first_try: bool, duration: Duration) -> Instant {
+    if first_try {
+        return Instant::now();
+    }
+    let spread = (duration / 4).clamp(Duration::from_millis(500), Duration::from_secs(10));
+    Instant::now() + spread.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
+}
 
 fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     match (a, b) {
@@ -331,6 +363,12 @@ struct Waiting {
     act_at: Option<Instant>,
     /// When this node's ticket was seen taken out of the line.
     lost_at: Option<Instant>,
+    /// Whether another node took a slot this node tried for.
+    lost_a_race: bool,
+    /// Whether this node's last count made more slots than the one before.
+    counted_more: bool,
+    /// When this wait began (unix ms): where this node's ticket stands or would stand in line.
+    began: i64,
 }
 
 impl Waiting {
@@ -374,16 +412,6 @@ impl Line {
     /// by whoever handed it a slot, or by itself to keep one).
     fn joined(&self) -> bool {
         self.queue.is_some()
-    }
-
-    /// When to act on a slot seen open: at once on a first look, else after a random fraction of a
-    /// few seconds, so the waiters that all saw it open do not all act.
-    fn act_after(&self, duration: Duration) -> Instant {
-        if self.ticket.is_none() {
-            return Instant::now();
-        }
-        let spread = (duration / 4).clamp(Duration::from_millis(500), Duration::from_secs(10));
-        Instant::now() + spread.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
     }
 
     async fn leave(&mut self) {
@@ -451,7 +479,11 @@ fn contention_order(head: &[Ticket], slots: u32) -> Vec<&Ticket> {
 /// (and keeps it unless somebody waited longer; `ticket` is its own place in line, if it has one).
 enum Passing<'a> {
     Release,
-    Keep { ticket: Option<&'a str> },
+    /// `ticket`: this node's place in line, if it joined; `began`: when its wait began.
+    Keep {
+        ticket: Option<&'a str>,
+        began: i64,
+    },
 }
 
 /// Give a held slot to the node that has waited longest: take its ticket out of the line (only one
@@ -465,13 +497,13 @@ async fn pass_on(
 ) -> anyhow::Result<Passed> {
     let me = holder.holder.as_str();
     let mut keeping = match passing {
-        Passing::Keep { ticket } => Some(ticket),
+        Passing::Keep { ticket, began } => Some((ticket, began)),
         Passing::Release => None,
     };
     loop {
         let head = queue.oldest(head_size(slots)).await?;
-        if let Some(ticket) = keeping {
-            match keep(queue, me, ticket, &head).await? {
+        if let Some((ticket, began)) = keeping {
+            match keep(queue, me, ticket, began, &head).await? {
                 Keep::Yes => return Ok(Passed::Kept(Box::new(held))),
                 Keep::LookAgain => continue,
                 Keep::PassOn => {}
@@ -482,7 +514,7 @@ async fn pass_on(
         if head.is_empty() {
             return hand_to(holder, held, None).await;
         }
-        let current = keeping.flatten();
+        let current = keeping.and_then(|(ticket, _)| ticket);
         for t in contention_order(&head, slots) {
             if t.node == me {
                 if Some(t.name.as_str()) != current {
@@ -508,12 +540,14 @@ enum Keep {
 }
 
 /// Whether a node that took an open slot keeps it, the line's `head` being as read: when nobody
-/// waited longer, and — if it stood in line — once it took its own ticket out, so that no releaser
-/// can take it out and hand it a second slot meanwhile.
+/// waited longer (a node not in line yet compares the time its wait `began`: the nodes that lost the
+/// race for the same open slot join the line at once, after it), and — if it stood in line — once it
+/// took its own ticket out, so that no releaser can take it out and hand it a second slot meanwhile.
 async fn keep(
     queue: &RestartQueue,
     me: &str,
     ticket: Option<&str>,
+    began: i64,
     head: &[Ticket],
 ) -> anyhow::Result<Keep> {
     let Some(first) = head.first() else {
@@ -523,7 +557,12 @@ async fn keep(
         });
     };
     if first.node != me {
-        return Ok(Keep::PassOn);
+        let waited_longer = ticket.is_none() && restart_queue::ticket_name(me, began) < first.name;
+        return Ok(if waited_longer {
+            Keep::Yes
+        } else {
+            Keep::PassOn
+        });
     }
     if ticket != Some(first.name.as_str()) {
         // Left by an earlier run of this agent.
