@@ -37,6 +37,7 @@ out=docs/fleet-benchmark.md
   echo "| figure | pacing 2 | pacing 10% | 10%, $few agents |"
   echo "|---|---|---|---|"
   for k in rollout_slots rollout_most_down_at_once rollout_mean_restart_s rollout_first_down_to_last_up_s rollout_ideal_s rollout_converge_ratio \
+    rollout_ready_to_restart_over_s rollout_first_ready_to_last_up_s rollout_ideal_from_ready_s rollout_converge_ratio_from_ready \
     rollout_lease_requests_per_node rollout_requests_per_s rollout_overhead_requests_per_s rollout_response_bytes_per_s \
     idle_requests_per_s idle_open_watches rollout_open_watches \
     rollout_shim_status_writes rollout_shim_watch_bytes_per_status_write_per_agent upgrade_s upgrade_requests_per_s upgrade_restarts \
