@@ -5,7 +5,8 @@
 # "10%", each measured the same way: idle, a rollout, an in-place Shim upgrade; then "10%" again with a
 # fifth of the agents, where this machine's 2 cores are not the limit (500 agents' own pre-restart work
 # saturates them at 10%). Each run's goals are judged against its own baseline: the ideal rollout
-# ceil(agents / slots) × the mean restart its scripts measured. Writes docs/fleet-benchmark.md.
+# ceil(agents / slots) × the mean restart its scripts measured, and the ideal given when each node
+# became ready to restart. Writes docs/fleet-benchmark.md.
 #   scripts/bench-rollout.sh [AGENTS] [NODES]     (default 500 5000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ out=docs/fleet-benchmark.md
   echo "# A 5,000-node fleet: what restart pacing and the catalog cost"
   echo
   echo "Written by \`scripts/bench-rollout.sh $agents $nodes\` on $(date -u +%Y-%m-%dT%H:%M:%SZ); $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)."
-  echo "$nodes Nodes in the API stand-in: $agents run by real agent processes (release build), each in a mount namespace of its own with its own containerd config, restarting with a script that takes 1 s and logs when \"containerd\" is down, and proving its handler through CRI against one real containerd that has it loaded; the other $((nodes - agents)) simulated (their kubelets renew node Leases every 10 s and write status every 5 min). The catalog controller follows the shim as a Shim object (\`status_interval = \"5s\"\`). Requests and response bytes counted at the stand-in by User-Agent; watch bytes as streamed."
+  echo "$nodes Nodes in the API stand-in: $agents run by real agent processes (release build), each in a mount namespace of its own with its own containerd config, restarting with a script that takes 1 s and logs when \"containerd\" is down, and proving its handler through CRI against one real containerd that has it loaded; the other $((nodes - agents)) simulated (their kubelets renew node Leases every 10 s and write status every 5 min). The catalog controller follows the shim as a Shim object (\`status_interval = \"5s\"\`). Requests and response bytes counted at the stand-in by User-Agent; watch bytes as streamed. A node is ready to restart when it first lists the restart slots (its own download, verify and install done); \`ideal_from_ready\` is when a perfect scheduler with the same slots and mean restart, serving the nodes in the order they became ready, would have finished — the ideal once the machine's own pre-restart work, which no pacing can hurry, is counted."
   echo
   echo "| figure | pacing 2 | pacing 10% | 10%, $few agents |"
   echo "|---|---|---|---|"
