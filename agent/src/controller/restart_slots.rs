@@ -219,39 +219,7 @@ impl LeaseGate {
         let now = Instant::now();
         match w.view.look(slots, self.me(), self.lease.duration, now) {
             Look::Mine(lease) => Ok(Step::Done(lease)),
-            Look::Open(opening) => {
-                // The node whose count added slots takes them at once and hands them down the
-                // line (every waiter sees them open; the others hold back for a moment).
-                let first_try = (w.line.ticket.is_none() && !w.lost_a_race) || w.counted_more;
-                let at = *w
-                    .act_at
-                    .get_or_insert_with(|| act_after(first_try, self.lease.duration));
-                if at > now {
-                    return Ok(Step::Sleep(Some(at)));
-                }
-                w.act_at = None;
-                Ok(
-                    match self.claim(opening, w.line.ticket.as_ref(), w.began).await? {
-                        Claimed::Kept(lease) => {
-                            // Out of the line already (`pass_on` took its ticket out to keep the slot).
-                            w.line.ticket = None;
-                            Step::Done(lease)
-                        }
-                        Claimed::PassedOn(written) => {
-                            w.view.passed_on(&written);
-                            Step::Sleep(None)
-                        }
-                        // Taken by another: the watch shows it. Slots added as a percentage grows
-                        // open several at once to every node; one that lost takes its time for the
-                        // next instead of racing again on every event (refused creates, at 10% of 100).
-                        Claimed::Lost => {
-                            w.lost_a_race = true;
-                            w.counted_more = false;
-                            Step::Sleep(None)
-                        }
-                    },
-                )
-            }
+            Look::Open(opening) => self.on_open(w, opening, now).await,
             Look::Held { holders, expires } => {
                 w.act_at = None;
                 w.counted_more = false;
@@ -276,6 +244,46 @@ impl LeaseGate {
                 }
             }
         }
+    }
+
+    /// A slot seen open: take it now or after a moment (see `act_after`), and say what came of it.
+    async fn on_open(
+        &self,
+        w: &mut Waiting,
+        opening: Opening,
+        now: Instant,
+    ) -> anyhow::Result<Step> {
+        // The node whose count added slots takes them at once and hands them down the line (every
+        // waiter sees them open; the others hold back for a moment).
+        let first_try = (w.line.ticket.is_none() && !w.lost_a_race) || w.counted_more;
+        let at = *w
+            .act_at
+            .get_or_insert_with(|| act_after(first_try, self.lease.duration));
+        if at > now {
+            return Ok(Step::Sleep(Some(at)));
+        }
+        w.act_at = None;
+        Ok(
+            match self.claim(opening, w.line.ticket.as_ref(), w.began).await? {
+                Claimed::Kept(lease) => {
+                    // Out of the line already (`pass_on` took its ticket out to keep the slot).
+                    w.line.ticket = None;
+                    Step::Done(lease)
+                }
+                Claimed::PassedOn(written) => {
+                    w.view.passed_on(&written);
+                    Step::Sleep(None)
+                }
+                // Taken by another: the watch shows it. Slots added as a percentage grows open
+                // several at once to every node; one that lost takes its time for the next instead
+                // of racing again on every event (refused creates, at 10% of 100).
+                Claimed::Lost => {
+                    w.lost_a_race = true;
+                    w.counted_more = false;
+                    Step::Sleep(None)
+                }
+            },
+        )
     }
 
     /// How many slots there are now: fixed, or what the fleet's shared count says as the watch
