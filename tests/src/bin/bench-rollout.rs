@@ -450,8 +450,9 @@ struct Paced {
     slots: usize,
     most_down: usize,
     converge_ratio: f64,
-    /// Against the ideal given when each node became ready to restart (`paced_finish`).
-    converge_ratio_from_ready: f64,
+    /// Against the ideal given when each node became ready to restart (`paced_finish`); None
+    /// when no node was seen getting ready.
+    converge_ratio_from_ready: Option<f64>,
     lease_requests_per_node: f64,
 }
 
@@ -502,7 +503,8 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
         slots,
         most_down: max_overlap(&all),
         converge_ratio: took / ideal.max(0.001),
-        converge_ratio_from_ready: (last_up - first_ready) / ideal_from_ready.max(0.001),
+        converge_ratio_from_ready: (!ready.is_empty())
+            .then(|| (last_up - first_ready) / ideal_from_ready.max(0.001)),
         lease_requests_per_node: lease_requests.len() as f64 / a.agents as f64,
     };
     println!("{name}_restarts {}", all.len());
@@ -528,7 +530,7 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
     println!("{name}_first_down_to_last_up_s {took:.1}");
     println!("{name}_ideal_s {ideal:.1}");
     println!("{name}_converge_ratio {:.3}", paced.converge_ratio);
-    if !ready.is_empty() {
+    if let Some(ratio) = paced.converge_ratio_from_ready {
         let last_ready = ready.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         println!(
             "{name}_ready_to_restart_over_s {:.1}",
@@ -539,10 +541,7 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
             "{name}_first_ready_to_last_up_s {:.1}",
             last_up - first_ready
         );
-        println!(
-            "{name}_converge_ratio_from_ready {:.3}",
-            paced.converge_ratio_from_ready
-        );
+        println!("{name}_converge_ratio_from_ready {ratio:.3}");
     }
     println!(
         "{name}_lease_requests_per_node {:.2}",
@@ -640,11 +639,9 @@ fn goals(
             continue;
         }
         goal(&format!("{phase}_converge_ratio"), p.converge_ratio, 1.1);
-        goal(
-            &format!("{phase}_converge_ratio_from_ready"),
-            p.converge_ratio_from_ready,
-            1.1,
-        );
+        if let Some(ratio) = p.converge_ratio_from_ready {
+            goal(&format!("{phase}_converge_ratio_from_ready"), ratio, 1.1);
+        }
         // As many down at once as the pacing allows (fewer only if fewer nodes than slots).
         let want = p.slots.min(a.agents);
         println!(
