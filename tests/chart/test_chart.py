@@ -604,7 +604,9 @@ class PlainManifests(unittest.TestCase):
 
 def render_plain(chart):
     """The chart's defaults as plain manifests for `kubectl apply -f`: the agent, the same in the
-    restricted security mode, and (separately) the uninstall job to run before deleting either."""
+    restricted security mode, the same with the catalog as Shim objects (its controller and RBAC;
+    the test clusters take their access rules from it), and (separately) the uninstall job to run
+    before deleting any."""
     def split(values):
         files = chart.render(values, name=RELEASE, namespace=NAMESPACE)
         agent, uninstall = [], []
@@ -621,8 +623,10 @@ def render_plain(chart):
 
     agent, uninstall = split({})
     restricted, _ = split({"securityMode": "restricted"})
+    shim_objects, _ = split({"catalog": {"shimObjects": True}})
     return {"kwasm-agent.yaml": dump(agent), "kwasm-agent-uninstall.yaml": dump(uninstall),
-            "kwasm-agent-restricted.yaml": dump(restricted, "securityMode=restricted")}
+            "kwasm-agent-restricted.yaml": dump(restricted, "securityMode=restricted"),
+            "kwasm-agent-shim-objects.yaml": dump(shim_objects, "catalog.shimObjects=true")}
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-//! What kwasm-agent costs the API server, as the stand-in counts it: requests and response bytes by
-//! component (the User-Agent's `(node)`, `(catalog)`) and by kind (verb and resource), over a window
-//! of the stand-in's request log; the bytes streamed to watches; and a process's memory and CPU.
+//! What kwasm-agent costs the API server, as the server counts it: requests by component (the
+//! User-Agent's `(node)`, `(catalog)`) and by kind (verb and resource), over a window of its audit
+//! log; the bytes it encoded for watches and the watches open, from its metrics; and a process's
+//! memory and CPU.
 //! Shared by the fleet benchmarks (`bench-fleet`, `bench-rollout`).
 
 use std::collections::BTreeMap;
@@ -22,7 +23,7 @@ pub fn measured_requests(api: &KubeApi) -> Vec<serde_json::Value> {
         .into_iter()
         .filter(|r| {
             let ua = r["user_agent"].as_str().unwrap_or("");
-            ua.starts_with("kwasm-agent") && !r["path"].as_str().unwrap_or("").starts_with("/_test")
+            ua.starts_with("kwasm-agent")
         })
         .collect()
 }
@@ -68,27 +69,50 @@ pub fn response_bytes(reqs: &[serde_json::Value]) -> u64 {
     reqs.iter().filter_map(|r| r["bytes"].as_u64()).sum()
 }
 
-/// Bytes streamed so far to watches, by "component resource".
+/// Bytes the server has encoded for watch events so far, by kind (its
+/// `apiserver_watch_events_sizes` histogram's sums; one encoding may reach many watchers).
 pub fn watch_bytes(api: &KubeApi) -> BTreeMap<String, u64> {
-    let load = api.control("/_test/load", "");
     let mut out = BTreeMap::new();
-    for (key, n) in load["watch_bytes"].as_object().into_iter().flatten() {
-        let (ua, resource) = key.rsplit_once('|').unwrap_or((key, ""));
-        if !ua.starts_with("kwasm-agent") {
-            continue;
-        }
-        let who = ua
-            .rsplit_once('(')
-            .map_or("node", |(_, c)| c.trim_end_matches(')'));
-        *out.entry(format!("{who} {resource}")).or_default() += n.as_u64().unwrap_or(0);
+    for (labels, v) in metric(&api.metrics(), "apiserver_watch_events_sizes_sum") {
+        let kind = label(&labels, "kind").unwrap_or_default();
+        *out.entry(kind).or_default() += v as u64;
     }
     out
 }
 
+/// Watches open on the server now (its `apiserver_longrunning_requests` gauge).
 pub fn open_watches(api: &KubeApi) -> u64 {
-    api.control("/_test/load", "")["open_watches"]
-        .as_u64()
-        .unwrap_or(0)
+    metric(&api.metrics(), "apiserver_longrunning_requests")
+        .iter()
+        .filter(|(labels, _)| label(labels, "verb").as_deref() == Some("WATCH"))
+        .map(|(_, v)| *v as u64)
+        .sum()
+}
+
+/// The samples of metric `name` in Prometheus text: (labels, value).
+pub fn metric(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (metric == name)
+                .then(|| (labels.to_owned(), value.parse().ok()))?
+                .1
+                .map(|v| (labels.to_owned(), v))
+        })
+        .collect()
+}
+
+/// One label's value in a series' `a="x",b="y"`.
+pub fn label(labels: &str, key: &str) -> Option<String> {
+    labels.split("\",").find_map(|kv| {
+        let (k, v) = kv.split_once("=\"")?;
+        (k.trim_start_matches(',') == key).then(|| v.trim_end_matches('"').to_owned())
+    })
 }
 
 /// Resident memory of a process, KiB.

@@ -28,3 +28,29 @@ pub fn wasm_shim_archive() -> Option<Vec<u8>> {
 pub fn image_archive() -> Option<PathBuf> {
     path_from_env("KWASM_IMAGE_ARCHIVE", "scripts/build-image.sh")
 }
+
+/// The directory holding the tests' API server and etcd (scripts/kube-apiserver.sh, which prints
+/// it): `$KWASM_KUBE_APISERVER`, or the script run once by this process (cached: a second run only
+/// prints the directory; the first builds for several minutes).
+pub fn kube_apiserver_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("KWASM_KUBE_APISERVER") {
+            return dir.into();
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new("bash")
+            .arg(root.join("scripts/kube-apiserver.sh"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("bash scripts/kube-apiserver.sh");
+        assert!(out.status.success(), "scripts/kube-apiserver.sh failed");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .last()
+            .expect("the script prints its directory")
+            .into()
+    })
+    .clone()
+}

@@ -1,12 +1,12 @@
 //! What the fleet tests and benchmarks share: processes stopped when their owner goes, the catalog
-//! controller started against the stand-in, and the restart windows the nodes' restart scripts log ("down <ns>" / "up <ns>"), with the most
+//! controller started against the API server, and the restart windows the nodes' restart scripts log ("down <ns>" / "up <ns>"), with the most
 //! containerds down at the same instant.
 
 use std::path::Path;
 use std::process::{Child, Stdio};
 
 use crate::agent::agent;
-use crate::kube_api::KubeApi;
+use crate::kube_api::{KubeApi, CATALOG_SA, NAMESPACE};
 
 /// A child process killed and reaped when this goes (an agent, the catalog controller).
 pub struct Process(pub Child);
@@ -24,8 +24,8 @@ impl Drop for Process {
     }
 }
 
-/// `kwasm-agent catalog` with its Lease in `kwasm`, folding status writes by `status_interval`;
-/// its log in `log` (None: dropped).
+/// `kwasm-agent catalog` with its Lease in the chart's namespace and the chart's service account,
+/// folding status writes by `status_interval`; its log in `log` (None: dropped).
 pub fn spawn_catalog(
     api: &KubeApi,
     dir: &Path,
@@ -36,7 +36,7 @@ pub fn spawn_catalog(
     std::fs::write(
         &settings,
         format!(
-            "[catalog]\nlease_namespace = \"kwasm\"\nstatus_interval = \"{status_interval}\"\n"
+            "[catalog]\nlease_namespace = \"{NAMESPACE}\"\nstatus_interval = \"{status_interval}\"\n"
         ),
     )
     .unwrap();
@@ -45,7 +45,10 @@ pub fn spawn_catalog(
         None => Stdio::null(),
     };
     agent(&["catalog", "--config", settings.to_str().unwrap()])
-        .env("KUBECONFIG", &api.kubeconfig)
+        .env(
+            "KUBECONFIG",
+            api.service_account_kubeconfig(CATALOG_SA, "catalog-0", None),
+        )
         .env("POD_NAME", "catalog-0")
         .env("KWASM_LOG", "warn")
         .stdout(Stdio::null())

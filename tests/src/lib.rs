@@ -1,10 +1,11 @@
 //! Test support for kwasm-agent's integration tests: real parts only (loopback HTTP, the real agent
-//! binary, a real containerd), except the Kubernetes API stand-in.
+//! binary, a real containerd, a Kubernetes API server built from Kubernetes' own libraries).
 
 pub mod agent;
 pub mod api_load;
 pub mod archive;
 pub mod artifact_server;
+pub mod audit;
 pub mod built;
 pub mod containerd;
 pub mod cri;
@@ -12,6 +13,7 @@ pub mod daemonset;
 pub mod fault;
 pub mod fleet_parts;
 pub mod kube_api;
+pub mod kubelets;
 pub mod node_host;
 pub mod oci;
 pub mod rootfs;

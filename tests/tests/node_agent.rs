@@ -1,12 +1,17 @@
-//! `kwasm-agent run` end to end: the real kubectl annotates or labels a Node on the API stand-in, the
+//! `kwasm-agent run` end to end: the real kubectl annotates or labels a Node on a real API server
+//! (holding the chart's RBAC and admission policy; each agent with its own node's identity), the
 //! agent provisions a real containerd on its sandbox host, and reports on the Node.
 
 use std::time::{Duration, Instant};
 
+use kwasm_agent::controller::node::{NodeClient, Report};
 use kwasm_tests::agent::{agent, eventually, RunningAgent as Agent, WAIT};
 use kwasm_tests::artifact_server::Behavior;
-use kwasm_tests::kube_api::{free_port, kubeconfig, KubeApi};
+use kwasm_tests::kube_api::{free_port, KubeApi, UNINSTALL_SA};
+use kwasm_tests::kubelets::{Heartbeats, Kubelets};
 use kwasm_tests::node_host::NodeHost;
+
+const AGENT_USER: &str = "system:serviceaccount:kube-system:kwasm-agent";
 
 fn agent_settings(port: u16) -> impl FnOnce(&kwasm_tests::sandbox::Sandbox) -> String {
     move |_| {
@@ -18,7 +23,7 @@ fn host_and_agent(api: &KubeApi, node: &str) -> (NodeHost, Agent) {
     let port = free_port();
     let host = NodeHost::with(agent_settings(port));
     api.add_node(node, "amd64");
-    let a = Agent::start(&host, &api.kubeconfig, node, port);
+    let a = Agent::start(&host, &api.agent_kubeconfig(node), node, port);
     a.wait_ready();
     (host, a)
 }
@@ -129,9 +134,9 @@ fn the_label_triggers_too_and_each_agent_touches_only_its_own_node() {
     );
     assert_eq!(api.provisioned_label("n2"), None);
     assert!(!a2.log().contains("restarting containerd"));
-    // The agents watch with a field selector on their own node; nobody lists all nodes.
+    // The agents watch with a field selector on their own node; no agent lists all nodes.
     for r in api.requests() {
-        if r["path"] == "/api/v1/nodes" {
+        if r["path"] == "/api/v1/nodes" && r["user"] == AGENT_USER {
             assert!(
                 r["query"]["fieldSelector"]
                     .as_str()
@@ -147,20 +152,23 @@ fn the_label_triggers_too_and_each_agent_touches_only_its_own_node() {
 
 #[test]
 fn a_dropped_watch_resumes_without_missing_the_change() {
+    // The API server restarted (a control-plane upgrade): every watch is cut, twice, around the change.
     let dir = tempfile::tempdir().unwrap();
-    let api = KubeApi::start(dir.path());
+    let mut api = KubeApi::start(dir.path());
     let (_host, a) = host_and_agent(&api, "n1");
-    api.control("/_test/drop-watches", "");
+    api.restart_server();
     api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
-    api.control("/_test/drop-watches", "");
+    api.restart_server();
     wait_label(&api, "n1", Some("true"), &a);
 }
 
 #[test]
 fn an_unreachable_api_at_start_is_retried() {
     let dir = tempfile::tempdir().unwrap();
-    let api_port = free_port();
-    let kc = kubeconfig(dir.path(), api_port);
+    let mut api = KubeApi::start(dir.path());
+    api.add_node("n1", "amd64");
+    let kc = api.agent_kubeconfig("n1");
+    api.stop_server();
     let port = free_port();
     let host = NodeHost::with(agent_settings(port));
     let a = Agent::start(&host, &kc, "n1", port);
@@ -172,21 +180,73 @@ fn an_unreachable_api_at_start_is_retried() {
         503,
         "ready without an API server"
     );
-    let api = KubeApi::start_on(dir.path(), api_port);
-    api.add_node("n1", "amd64");
+    api.start_server();
     api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
     wait_label(&api, "n1", Some("true"), &a);
 }
 
 #[test]
 fn patch_conflicts_are_retried() {
+    // The agent's report starts from the Node it last read; the node's kubelet has written since, so
+    // the resourceVersion-guarded patch is refused with 409 Conflict by the server — then the agent
+    // reads the Node again and its second patch lands, keeping what the kubelet wrote.
+    let dir = tempfile::tempdir().unwrap();
+    let api = KubeApi::start(dir.path());
+    api.add_node("n1", "amd64");
+    std::env::set_var("KUBECONFIG", api.agent_kubeconfig("n1"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let nodes = rt.block_on(async {
+        let client = kwasm_agent::kube_client::client("node").await.unwrap();
+        NodeClient::new(client, "n1")
+    });
+    let read = rt.block_on(nodes.get()).unwrap();
+    api.kubectl_ok(&["label", "node", "n1", "written-by=kubelet"]);
+    let report = Report {
+        provisioned: Some(false),
+        status: None,
+        shims: &[],
+    };
+    let after = rt.block_on(nodes.report(&read, report)).unwrap();
+    let labels = &after.metadata.labels.unwrap();
+    assert_eq!(labels["kwasm.sh/kwasm-provisioned"], "false");
+    assert_eq!(
+        labels["written-by"], "kubelet",
+        "the kubelet's write was lost"
+    );
+    let agent_patches: Vec<_> = api
+        .requests()
+        .into_iter()
+        .filter(|r| r["user"] == AGENT_USER && r["verb"] == "patch")
+        .map(|r| r["code"].as_i64().unwrap_or(0))
+        .collect();
+    assert_eq!(
+        agent_patches,
+        [409, 200],
+        "the agent's patches, as the server answered them"
+    );
+}
+
+#[test]
+fn an_agent_converges_while_its_kubelet_writes_the_node() {
+    // The same race from outside: the kubelet writes its status every 50 ms during provisioning.
     let dir = tempfile::tempdir().unwrap();
     let api = KubeApi::start(dir.path());
     let (_host, a) = host_and_agent(&api, "n1");
-    api.control("/_test/conflicts?n=3", "");
+    let beats = Heartbeats {
+        status_every: Duration::from_millis(50),
+        lease_every: Duration::from_secs(3600),
+    };
+    let kubelet = Kubelets::start(&api, vec!["n1".into()], beats);
     api.kubectl_ok(&["annotate", "node", "n1", "kwasm.sh/kwasm-node=true"]);
     wait_label(&api, "n1", Some("true"), &a);
-    assert!(a.log().contains("409"), "{}", a.log());
+    assert!(
+        kubelet.writes() > 10,
+        "the kubelet wrote {}",
+        kubelet.writes()
+    );
 }
 
 #[test]
@@ -220,7 +280,8 @@ fn a_failure_is_reported_and_retried_until_the_cause_is_fixed() {
         assert!(status["error"].as_str().unwrap().contains("404"));
         std::thread::sleep(Duration::from_millis(300));
     }
-    // Each retry is the same Event, counted as a series on the Node's real UID (kube's Recorder).
+    // Each retry is the same Event, counted as a series on the Node's real UID (kube's Recorder
+    // writes events.k8s.io/v1; the core view shows its series, and no deprecated count).
     let uid = api.node("n1")["metadata"]["uid"].clone();
     let repeated = eventually("the failure counted twice", || {
         let failed: Vec<_> = api
@@ -228,7 +289,8 @@ fn a_failure_is_reported_and_retried_until_the_cause_is_fixed() {
             .into_iter()
             .filter(|e| e["reason"] == "ProvisionFailed")
             .collect();
-        (failed.len() == 1 && failed[0]["count"].as_i64() >= Some(2)).then(|| failed[0].clone())
+        (failed.len() == 1 && failed[0]["series"]["count"].as_i64() >= Some(2))
+            .then(|| failed[0].clone())
     });
     assert_eq!(repeated["involvedObject"]["uid"], uid, "{repeated}");
     assert_eq!(repeated["involvedObject"]["kind"], "Node");
@@ -332,6 +394,11 @@ fn kwasm_marks(node: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// The chart's pre-delete hook's identity.
+fn uninstall_kubeconfig(api: &KubeApi) -> std::path::PathBuf {
+    api.service_account_kubeconfig(UNINSTALL_SA, "kwasm-agent-uninstall", None)
+}
+
 fn uninstall(api: &KubeApi, settings: &std::path::Path, timeout: &str) -> kwasm_tests::agent::Run {
     let mut c = agent(&[
         "uninstall",
@@ -340,7 +407,7 @@ fn uninstall(api: &KubeApi, settings: &std::path::Path, timeout: &str) -> kwasm_
         "--timeout",
         timeout,
     ]);
-    c.env("KUBECONFIG", &api.kubeconfig);
+    c.env("KUBECONFIG", uninstall_kubeconfig(api));
     kwasm_tests::agent::output(c)
 }
 
@@ -435,7 +502,7 @@ fn an_uninstall_asked_in_an_agents_first_second_is_obeyed() {
     let started = std::time::SystemTime::now();
     let port = free_port();
     let host = NodeHost::with(agent_settings(port));
-    let a = Agent::start(&host, &api.kubeconfig, "n1", port);
+    let a = Agent::start(&host, &api.agent_kubeconfig("n1"), "n1", port);
     wait_label(&api, "n1", Some("true"), &a);
     let before_start = humantime::format_rfc3339_seconds(started - Duration::from_secs(1));
     let request = format!("kwasm.sh/uninstall={before_start}");
@@ -461,7 +528,7 @@ fn an_agent_restarted_while_uninstall_waits_obeys_it() {
         "--timeout",
         "60s",
     ]);
-    c.env("KUBECONFIG", &api.kubeconfig)
+    c.env("KUBECONFIG", uninstall_kubeconfig(&api))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let uninstalling = c.spawn().unwrap();
@@ -471,7 +538,7 @@ fn an_agent_restarted_while_uninstall_waits_obeys_it() {
             .map(|_| ())
     });
     // The settings name the first agent's listen port, free again now.
-    let second = Agent::start(&host, &api.kubeconfig, "n1", first.port);
+    let second = Agent::start(&host, &api.agent_kubeconfig("n1"), "n1", first.port);
     let out = uninstalling.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -498,7 +565,7 @@ fn a_new_install_ignores_the_uninstall_request_of_the_previous_one() {
     ]);
     let port = free_port();
     let host = NodeHost::with(agent_settings(port));
-    let a = Agent::start(&host, &api.kubeconfig, "n1", port);
+    let a = Agent::start(&host, &api.agent_kubeconfig("n1"), "n1", port);
     wait_label(&api, "n1", Some("true"), &a);
     eventually("the stale request to be cleared", || {
         api.node("n1")["metadata"]["annotations"]
@@ -519,9 +586,10 @@ fn the_startup_taint_goes_once_every_shim_is_proven_loaded_and_only_it() {
             {"key": "dedicated", "value": "wasm", "effect": "NoExecute"}
         ]),
     );
+    allow_startup_taint(&api, "kwasm.sh/provisioning");
     let port = free_port();
     let host = NodeHost::with(agent_settings(port));
-    let a = Agent::start(&host, &api.kubeconfig, "n1", port);
+    let a = Agent::start(&host, &api.agent_kubeconfig("n1"), "n1", port);
     a.wait_ready();
     // Not asked yet: the taint stays (the node is not ready to run anything).
     std::thread::sleep(Duration::from_millis(500));
@@ -548,4 +616,23 @@ fn the_startup_taint_goes_once_every_shim_is_proven_loaded_and_only_it() {
             .contains("removed the startup taint"),
         "{provisioned}"
     );
+}
+
+/// The admission policy as the chart renders it with `trigger.startupTaint: <taint>`: the agent may
+/// then remove that taint from its own Node (and nothing else of its spec).
+fn allow_startup_taint(api: &KubeApi, taint: &str) {
+    let mut vap: serde_json::Value = serde_json::from_str(&api.kubectl_ok(&[
+        "get",
+        "validatingadmissionpolicy",
+        "kwasm-agent-own-node",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    for v in vap["spec"]["variables"].as_array_mut().unwrap() {
+        if v["name"] == "startupTaint" {
+            v["expression"] = format!("'{taint}'").into();
+        }
+    }
+    api.kubectl_stdin(&["replace", "-f", "-"], &vap.to_string());
 }

@@ -6,7 +6,7 @@ mod context;
 mod desired;
 mod events;
 mod metrics;
-mod node;
+pub mod node;
 mod reconcile;
 mod report;
 mod restart_queue;

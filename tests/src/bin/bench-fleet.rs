@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use kwasm_tests::agent::agent;
 use kwasm_tests::api_load::{
-    component, count_kinds, kind, measured_requests, peak_per_second, ready, rss_kib, time_span,
+    component, count_kinds, kind, measured_requests, open_watches, peak_per_second, ready, rss_kib,
+    time_span,
 };
 use kwasm_tests::archive::{fake_binary, release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
@@ -24,7 +25,8 @@ use kwasm_tests::kube_api::{free_port, KubeApi};
 use kwasm_tests::sandbox::{artifact_settings, Sandbox, ShimSpec};
 
 const BIN: &str = "containerd-shim-kwfleet-v2";
-/// Watches end this often here (a real API server: 30-60 min); the agent asks for 1 h.
+/// Watches end within this long here (the server's --min-request-timeout is half of it; a cluster's:
+/// 30-60 min); the agent asks for 1 h.
 const WATCH_CAP_S: u64 = 20;
 
 struct Agent {
@@ -42,8 +44,7 @@ fn main() {
     let n: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200);
     let with_catalog = args.iter().any(|a| a == "--catalog");
     let dir = tempfile::tempdir().unwrap();
-    let api = KubeApi::start(dir.path());
-    api.control(&format!("/_test/watch-cap?seconds={WATCH_CAP_S}"), "");
+    let api = KubeApi::start_with(dir.path(), free_port(), WATCH_CAP_S as u32 / 2);
     let server = ArtifactServer::start();
     let archive = release(BIN, &fake_binary("fleet", 50_000));
     server.route("/shim.tar.gz", vec![Behavior::Serve(archive.clone())]);
@@ -54,12 +55,10 @@ fn main() {
     );
     let catalog = with_catalog.then(|| start_catalog(&api, dir.path(), &shim));
     let agents = start_agents(&api, n, &shim, with_catalog);
-    let watches = api.control("/_test/watches", "")["open"]
-        .as_u64()
-        .unwrap_or(0);
+    let watches = open_watches(&api);
     let rss: u64 = agents.iter().map(|a| rss_kib(a.child.id())).sum::<u64>() / n as u64;
 
-    api.control("/_test/clear-requests", "");
+    api.clear_requests();
     let started = Instant::now();
     api.kubectl_ok(&["annotate", "node", "--all", "kwasm.sh/kwasm-node=true"]);
     let annotate_s = started.elapsed().as_secs_f64();
@@ -134,7 +133,7 @@ fn start_agents(api: &KubeApi, n: usize, shim: &ShimSpec, shim_objects: bool) ->
             let port = free_port();
             let shims = if shim_objects { &[][..] } else { std::slice::from_ref(shim) };
             sb.write_settings(&artifact_settings(
-                &format!("\n[agent]\nlisten = \"127.0.0.1:{port}\"\n\n[fleet]\nmax_concurrent_restarts = \"10%\"\nlease_namespace = \"kwasm\"\n{catalog}"),
+                &format!("\n[agent]\nlisten = \"127.0.0.1:{port}\"\n\n[fleet]\nmax_concurrent_restarts = \"10%\"\nlease_namespace = \"kube-system\"\n{catalog}"),
                 shims,
             ));
             let child = agent(&[
@@ -145,7 +144,7 @@ fn start_agents(api: &KubeApi, n: usize, shim: &ShimSpec, shim_objects: bool) ->
                 sb.root.to_str().unwrap(),
             ])
             .env("NODE_NAME", &name)
-            .env("KUBECONFIG", &api.kubeconfig)
+            .env("KUBECONFIG", api.agent_kubeconfig(&name))
             .env("KWASM_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -168,11 +167,8 @@ fn start_agents(api: &KubeApi, n: usize, shim: &ShimSpec, shim_objects: bool) ->
     agents
 }
 
-/// The Shim CRD, the shim as a Shim object, and the catalog controller.
+/// The shim as a Shim object (the CRD is the cluster's), and the catalog controller.
 fn start_catalog(api: &KubeApi, dir: &std::path::Path, shim: &ShimSpec) -> Catalog {
-    let crd = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests/helm/kwasm-agent/crds/shims.kwasm.sh.yaml");
-    api.kubectl_ok(&["apply", "-f", crd.to_str().unwrap()]);
     let (_, url, digest) = &shim.platforms[0];
     let object = serde_json::json!({
         "apiVersion": "kwasm.sh/v1alpha1", "kind": "Shim", "metadata": {"name": shim.name},
@@ -200,7 +196,7 @@ struct Catalog {
 fn measure_node_changes(api: &KubeApi, n: usize, catalog: &Catalog) {
     let label = format!("kwasm.sh/shim.{}", catalog.handler);
     let ready_before = shim_status(api)["ready"].as_u64().unwrap_or(0);
-    api.control("/_test/clear-requests", "");
+    api.clear_requests();
     // Each node in turn shown ready, then not ready again: two changes, each moving the count.
     for i in 0..CHANGES {
         let node = format!("n{}", (i / 2) % n);
@@ -225,7 +221,7 @@ fn measure_node_changes(api: &KubeApi, n: usize, catalog: &Catalog) {
         }
     }
     let counted = catalog_requests(api);
-    api.control("/_test/clear-requests", "");
+    api.clear_requests();
     for i in 0..CHANGES {
         let node = format!("n{}", i % n);
         api.kubectl_ok(&[
@@ -260,7 +256,7 @@ fn measure_node_changes(api: &KubeApi, n: usize, catalog: &Catalog) {
 
 /// Idle: a few watch lifetimes with nothing to do; the agents' requests per watch renewal.
 fn measure_idle(api: &KubeApi, n: usize) -> f64 {
-    api.control("/_test/clear-requests", "");
+    api.clear_requests();
     let idle_window = 3 * WATCH_CAP_S + 2;
     std::thread::sleep(Duration::from_secs(idle_window));
     let idle: Vec<_> = measured_requests(api)

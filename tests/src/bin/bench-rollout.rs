@@ -33,6 +33,7 @@ use kwasm_tests::fleet_parts::{
     first_over, max_overlap, paced_finish, restart_windows, spawn_catalog, Process,
 };
 use kwasm_tests::kube_api::{free_port, KubeApi};
+use kwasm_tests::kubelets::{Heartbeats, Kubelets};
 use kwasm_tests::sandbox::Sandbox;
 
 const SHIM: &str = "kwfleet";
@@ -87,10 +88,10 @@ fn main() {
     let versions = [shim_version(&server, "v1"), shim_version(&server, "v2")];
     apply_shim(&api, dir.path(), &versions[0]);
     let simulated = a.nodes.saturating_sub(a.agents);
-    api.control(
-        "/_test/simulate",
-        &format!("{{\"nodes\": {simulated}, \"prefix\": \"sim-\"}}"),
-    );
+    let sim_names: Vec<String> = (0..simulated).map(|i| format!("sim-{i:05}")).collect();
+    api.create_nodes(&sim_names, &serde_json::json!({}));
+    // The other nodes' kubelets: their status and Lease heartbeats are load on the server too.
+    let _kubelets = Kubelets::start(&api, sim_names, Heartbeats::kubelet_defaults());
     let catalog = start_catalog(&api, dir.path());
     let agents = start_agents(&api, &a, &cd);
     println!("agents {}", a.agents);
@@ -213,7 +214,7 @@ fn agent_settings(sb: &Sandbox, port: u16, pacing: &str, script: &Path, cd: &Con
         false => pacing.to_owned(),
     };
     format!(
-        "[host]\nroot = \"/\"\ninstall_dir = \"/opt/kwasm\"\n\n[artifacts]\nallow_http = true\n\n[agent]\nlisten = \"127.0.0.1:{port}\"\n\n[fleet]\nmax_concurrent_restarts = {pacing}\nlease_namespace = \"kwasm\"\n\n[catalog]\nshim_objects = true\n\n[containerd]\nconfig = {config:?}\nsocket = {socket:?}\nrestart = [{script:?}]\ntimeout = \"60s\"\n",
+        "[host]\nroot = \"/\"\ninstall_dir = \"/opt/kwasm\"\n\n[artifacts]\nallow_http = true\n\n[agent]\nlisten = \"127.0.0.1:{port}\"\n\n[fleet]\nmax_concurrent_restarts = {pacing}\nlease_namespace = \"kube-system\"\n\n[catalog]\nshim_objects = true\n\n[containerd]\nconfig = {config:?}\nsocket = {socket:?}\nrestart = [{script:?}]\ntimeout = \"60s\"\n",
         config = sb.host("/etc/containerd/config.toml"),
         socket = cd.socket,
     )
@@ -232,7 +233,7 @@ fn spawn_agent(sb: &Sandbox, name: &str, api: &KubeApi) -> Child {
         .args(["run", "--config"])
         .arg(&sb.settings)
         .env("NODE_NAME", name)
-        .env("KUBECONFIG", &api.kubeconfig)
+        .env("KUBECONFIG", api.agent_kubeconfig(name))
         .env("KWASM_LOG", "warn")
         .env_remove("HTTP_PROXY")
         .env_remove("http_proxy")
@@ -246,9 +247,9 @@ fn start_agents(api: &KubeApi, a: &Args, cd: &Containerd) -> Vec<RolloutAgent> {
     let agents: Vec<RolloutAgent> = (0..a.agents)
         .map(|i| {
             let name = format!("n{i:04}");
-            api.control(
-                "/_test/nodes",
-                &format!("{{\"name\":\"{name}\",\"labels\":{{\"bench/agent\":\"true\"}}}}"),
+            api.create_nodes(
+                std::slice::from_ref(&name),
+                &serde_json::json!({"bench/agent": "true"}),
             );
             let sb = Sandbox::new();
             let port = free_port();
@@ -318,7 +319,7 @@ fn epoch() -> f64 {
 impl Window {
     fn measure(api: &KubeApi, name: &'static str, phase: impl FnOnce()) -> Self {
         let before = watch_bytes(api);
-        let stand_in_cpu = cpu_seconds(api.pid());
+        let stand_in_cpu = cpu_seconds(api.pids().0);
         let machine = machine_cpu();
         MOST_WATCHES.store(0, std::sync::atomic::Ordering::Relaxed);
         let from = epoch();
@@ -344,7 +345,7 @@ impl Window {
         // The stand-in is part of the measure: how busy it was (1.0 = one core all the time).
         println!(
             "{name}_stand_in_cpu_share {:.2}",
-            (cpu_seconds(api.pid()) - stand_in_cpu) / (to - from).max(0.001)
+            (cpu_seconds(api.pids().0) - stand_in_cpu) / (to - from).max(0.001)
         );
         Self {
             name,

@@ -1,0 +1,172 @@
+//! Kubelets, played by the test harness: what the kubelets of a test cluster's nodes write to the
+//! API server — each node's status heartbeat (a strategic-merge patch of its Ready condition, as
+//! the kubelet sends it) and its Lease in kube-node-lease (created, then renewed) — each node at its
+//! own phase of the period. They run nothing; the writes are what a node costs the API server and
+//! what races an agent's own patches of its Node.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::kube_api::KubeApi;
+
+pub struct Kubelets {
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the kubelets write, and how often.
+#[derive(Clone, Copy)]
+pub struct Heartbeats {
+    pub status_every: Duration,
+    pub lease_every: Duration,
+}
+
+impl Heartbeats {
+    /// The kubelet's defaults: status every 5 minutes when nothing changes, the Lease every 10 s.
+    pub fn kubelet_defaults() -> Self {
+        Self {
+            status_every: Duration::from_secs(300),
+            lease_every: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Kubelets {
+    pub fn start(api: &KubeApi, nodes: Vec<String>, beats: Heartbeats) -> Self {
+        let client = api_client(api);
+        let url = api.url();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writes = Arc::new(AtomicU64::new(0));
+        let (s, w) = (stop.clone(), writes.clone());
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(beat(client, url, nodes, beats, s, w))
+        });
+        Self {
+            stop,
+            writes,
+            thread: Some(thread),
+        }
+    }
+
+    /// Writes answered 2xx so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Kubelets {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// An HTTPS client for `api` as its administrator (kubelets are system:node users, authorized by
+/// the Node authorizer, which is not packaged).
+pub fn api_client(api: &KubeApi) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        "Bearer admin".parse().unwrap(),
+    );
+    headers.insert(
+        reqwest::header::USER_AGENT,
+        "kubelet/v1.36.4 (linux/amd64) kwasm-tests".parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&api.ca()).unwrap())
+        .default_headers(headers)
+        .pool_max_idle_per_host(8)
+        .build()
+        .unwrap()
+}
+
+async fn beat(
+    client: reqwest::Client,
+    url: String,
+    nodes: Vec<String>,
+    beats: Heartbeats,
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+) {
+    let start = Instant::now();
+    let n = nodes.len().max(1) as f64;
+    let (mut status_done, mut lease_done) = (0u64, 0u64);
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let elapsed = start.elapsed().as_secs_f64();
+        let status_due = (elapsed * n / beats.status_every.as_secs_f64()) as u64;
+        let lease_due = (elapsed * n / beats.lease_every.as_secs_f64()) as u64;
+        let mut batch = Vec::new();
+        for i in status_done..status_due {
+            let node = &nodes[i as usize % nodes.len()];
+            batch.push(tokio::spawn(status(
+                client.clone(),
+                url.clone(),
+                node.clone(),
+            )));
+        }
+        for i in lease_done..lease_due {
+            let node = &nodes[i as usize % nodes.len()];
+            batch.push(tokio::spawn(lease(
+                client.clone(),
+                url.clone(),
+                node.clone(),
+            )));
+        }
+        (status_done, lease_done) = (status_due, lease_due);
+        for b in batch {
+            if let Ok(true) = b.await {
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+async fn status(client: reqwest::Client, url: String, node: String) -> bool {
+    let patch = serde_json::json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+        "reason": "KubeletReady", "message": "kubelet is posting ready status",
+        "lastHeartbeatTime": now()}]}});
+    client
+        .patch(format!("{url}/api/v1/nodes/{node}/status"))
+        .header("Content-Type", "application/strategic-merge-patch+json")
+        .body(patch.to_string())
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
+
+async fn lease(client: reqwest::Client, url: String, node: String) -> bool {
+    let micro = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+        ))
+        .unwrap();
+    let body = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": node, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": node, "leaseDurationSeconds": 40, "renewTime": micro}});
+    // Server-side apply: creates the Lease on a node's first beat, renews it after.
+    client
+        .patch(format!(
+            "{url}/apis/coordination.k8s.io/v1/namespaces/kube-node-lease/leases/{node}?fieldManager=kubelet&force=true"
+        ))
+        .header("Content-Type", "application/apply-patch+yaml")
+        .body(body.to_string())
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+}
