@@ -180,8 +180,22 @@ func (s strategy) WarningsOnUpdate(context.Context, runtime.Object, runtime.Obje
 }
 
 func (s strategy) PrepareForCreate(_ context.Context, obj runtime.Object) {
-	if m, err := apimeta.Accessor(obj); err == nil && s.r.generation {
+	m, _ := apimeta.Accessor(obj)
+	if s.r.generation {
 		m.SetGeneration(1)
+	}
+	nameLabel(s.r, m)
+}
+
+// nameLabel: upstream labels every Namespace with its own name (what namespaceSelectors match).
+func nameLabel(r resource, m metav1.Object) {
+	if r.name == "namespaces" {
+		labels := m.GetLabels()
+		if labels == nil {
+			labels = map[string]string{}
+		}
+		labels[corev1.LabelMetadataName] = m.GetName()
+		m.SetLabels(labels)
 	}
 }
 
@@ -193,10 +207,11 @@ func (s strategy) PrepareForUpdate(_ context.Context, obj, old runtime.Object) {
 	if s.r.status {
 		copyField(obj, old, "Status")
 	}
+	m, _ := apimeta.Accessor(obj)
+	nameLabel(s.r, m)
 	if !s.r.generation {
 		return
 	}
-	m, _ := apimeta.Accessor(obj)
 	o, _ := apimeta.Accessor(old)
 	m.SetGeneration(o.GetGeneration())
 	if !reflect.DeepEqual(fieldOf(obj, "Spec").Interface(), fieldOf(old, "Spec").Interface()) {

@@ -179,6 +179,17 @@ pub struct RunningAgent {
 
 impl RunningAgent {
     pub fn start(host: &NodeHost, kubeconfig: &std::path::Path, node: &str, port: u16) -> Self {
+        Self::start_with(host, kubeconfig, node, port, &[])
+    }
+
+    /// `start` with more environment (e.g. libfaketime's, to run the agent on a skewed clock).
+    pub fn start_with(
+        host: &NodeHost,
+        kubeconfig: &std::path::Path,
+        node: &str,
+        port: u16,
+        env: &[(String, String)],
+    ) -> Self {
         let log = host.sb.path().join(format!("agent-{node}.log"));
         let mut c = agent(&[
             "run",
@@ -189,9 +200,15 @@ impl RunningAgent {
         ]);
         c.env("NODE_NAME", node)
             .env("KUBECONFIG", kubeconfig)
-            .env("KWASM_LOG", "info,kube=warn");
-        c.stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap());
+            .env("KWASM_LOG", "info,kube=warn")
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        c.stdout(Stdio::null()).stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .unwrap(),
+        );
         Self {
             child: c.spawn().unwrap(),
             port,
@@ -255,7 +272,7 @@ impl Drop for RunningAgent {
     }
 }
 
-/// `kwasm-agent catalog` (the catalog controller) against the API stand-in; killed on drop.
+/// `kwasm-agent catalog` (the catalog controller) against the API server; killed on drop.
 pub struct RunningCatalog {
     pub child: Child,
     log: PathBuf,
@@ -266,7 +283,7 @@ impl RunningCatalog {
         let mut c = agent(&["catalog", "--config", settings.to_str().unwrap()]);
         c.env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", pod)
-            .env("POD_NAMESPACE", "kwasm")
+            .env("POD_NAMESPACE", crate::kube_api::NAMESPACE)
             .env("KWASM_LOG", "info,kube=warn");
         c.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());

@@ -8,7 +8,8 @@ use std::path::Path;
 
 /// One record per request (its first audit event: ResponseStarted for a watch, ResponseComplete
 /// otherwise): `method` (HTTP), `verb` (Kubernetes'), `path`, `query` (an object of its
-/// parameters), `user`, `user_agent`, `code`, `t` (seconds since the epoch, when it was received).
+/// parameters), `user`, `node` (an agent's token's node), `user_agent`, `code`, `t` (seconds since
+/// the epoch, when it was received).
 pub fn requests(log: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut seen = HashSet::new();
@@ -47,6 +48,8 @@ fn record(e: &serde_json::Value) -> serde_json::Value {
         "path": url.path().trim_end_matches('/'),
         "query": query,
         "user": e["user"]["username"],
+        // The node a service account's token is bound to (an agent's), if any.
+        "node": e["user"]["extra"]["authentication.kubernetes.io/node-name"][0],
         "user_agent": e["userAgent"],
         "code": e["responseStatus"]["code"],
         "t": e["requestReceivedTimestamp"].as_str().map(epoch_seconds),

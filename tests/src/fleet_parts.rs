@@ -1,12 +1,17 @@
 //! What the fleet tests and benchmarks share: processes stopped when their owner goes, the catalog
-//! controller started against the API server, and the restart windows the nodes' restart scripts log ("down <ns>" / "up <ns>"), with the most
-//! containerds down at the same instant.
+//! controller started against the API server, a fleet of sandbox nodes with real agents whose
+//! restarts take as long as a real node's, and the restart windows the nodes' restart scripts log
+//! ("down <ns>" / "up <ns>"), with the most containerds down at the same instant.
 
 use std::path::Path;
 use std::process::{Child, Stdio};
 
-use crate::agent::agent;
-use crate::kube_api::{KubeApi, CATALOG_SA, NAMESPACE};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::agent::{agent, RunningAgent, WAIT};
+use crate::kube_api::{free_port, KubeApi, CATALOG_SA, NAMESPACE};
+use crate::node_host::NodeHost;
 
 /// A child process killed and reaped when this goes (an agent, the catalog controller).
 pub struct Process(pub Child);
@@ -56,6 +61,248 @@ pub fn spawn_catalog(
         .spawn()
         .map(Process)
         .unwrap()
+}
+
+/// A node of a test fleet: its sandbox host (a real containerd with a live container), its agent, and
+/// the log of its restart windows.
+pub struct FleetNode {
+    pub name: String,
+    pub host: NodeHost,
+    pub agent: RunningAgent,
+    pub live: i32,
+    pub windows: PathBuf,
+    pub port: u16,
+}
+
+/// How a test fleet paces and restarts.
+pub struct FleetSpec {
+    pub nodes: usize,
+    /// `max_concurrent_restarts` as TOML: `2` or `"50%"`.
+    pub pacing: String,
+    pub lease_duration: &'static str,
+    /// How long a restart takes (a sandbox containerd restarts in a tenth of a second).
+    pub restart_seconds: f64,
+    /// More of the agents' `[agent]` table.
+    pub agent: &'static str,
+}
+
+impl FleetSpec {
+    pub fn new(nodes: usize, slots: usize) -> Self {
+        Self {
+            nodes,
+            pacing: slots.to_string(),
+            lease_duration: "30s",
+            restart_seconds: 0.7,
+            agent: "",
+        }
+    }
+}
+
+/// The fleet: node `i`'s agent reaches the server with `kubeconfig(i)` and runs with `env(i)`.
+pub fn fleet_with(
+    api: &KubeApi,
+    spec: &FleetSpec,
+    kubeconfig: impl Fn(usize) -> PathBuf,
+    env: impl Fn(usize) -> Vec<(String, String)>,
+) -> Vec<FleetNode> {
+    (0..spec.nodes)
+        .map(|i| {
+            let name = format!("n{i}");
+            api.add_node(&name, "amd64");
+            let port = free_port();
+            let host = NodeHost::with(|_| {
+                format!(
+                    "[agent]\nlisten = \"127.0.0.1:{port}\"\nresync = \"2s\"\nmax_backoff = \"2s\"\n{}\n\n[fleet]\nmax_concurrent_restarts = {}\nlease_namespace = \"{NAMESPACE}\"\nlease_duration = \"{}\"\n",
+                    spec.agent, spec.pacing, spec.lease_duration
+                )
+            });
+            let windows = timed_restart(&host, spec.restart_seconds);
+            let live = host.cd.run_container("live", None);
+            let agent = RunningAgent::start_with(&host, &kubeconfig(i), &name, port, &env(i));
+            FleetNode { name, host, agent, live, windows, port }
+        })
+        .collect()
+}
+
+pub fn fleet(api: &KubeApi, spec: &FleetSpec) -> Vec<FleetNode> {
+    fleet_with(
+        api,
+        spec,
+        |i| api.agent_kubeconfig(&format!("n{i}")),
+        |_| Vec::new(),
+    )
+}
+
+/// The node's restart command, wrapped to log when containerd goes down and when it answers again —
+/// as `systemctl restart` returns only once a notify-type unit is up — and made as slow as a real
+/// node's restart. While a file `hold` exists beside the log, the restart has not begun yet (held at
+/// most a minute); the script's PID is in `restart.pid`, to stop one whose agent a test killed.
+fn timed_restart(host: &NodeHost, seconds: f64) -> PathBuf {
+    let log = host.sb.path().join("down-windows.log");
+    let wrapper = host.cd.dir.join("timed-restart.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho $$ > {pid}\ni=0; while [ -e {hold} ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\necho \"down $(date +%s%N)\" >> {log}\nsleep {seconds}\n{restart}\nuntil ctr --address {sock} version >/dev/null 2>&1; do sleep 0.005; done\necho \"up $(date +%s%N)\" >> {log}\n",
+            pid = host.sb.path().join("restart.pid").display(),
+            hold = host.sb.path().join("hold").display(),
+            log = log.display(),
+            restart = host.cd.restart_script().display(),
+            sock = host.cd.socket.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let settings = std::fs::read_to_string(&host.sb.settings).unwrap().replace(
+        host.cd.restart_script().to_str().unwrap(),
+        wrapper.to_str().unwrap(),
+    );
+    host.sb.write_settings(&settings);
+    log
+}
+
+impl FleetNode {
+    /// Hold this node's next restart before it begins (see `timed_restart`), or let it go.
+    pub fn hold(&self, held: bool) {
+        let hold = self.host.sb.path().join("hold");
+        match held {
+            true => std::fs::write(hold, "").unwrap(),
+            false => {
+                let _ = std::fs::remove_file(hold);
+            }
+        }
+    }
+
+    /// Kill its agent (SIGKILL), and the restart script it left running, if any.
+    pub fn kill_agent(&mut self) {
+        self.agent.kill();
+        let pid =
+            std::fs::read_to_string(self.host.sb.path().join("restart.pid")).unwrap_or_default();
+        if let Ok(pid) = pid.trim().parse::<i32>() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+
+    /// Its agent started again (the DaemonSet's next pod), as before.
+    pub fn restart_agent(&mut self, api: &KubeApi) {
+        self.agent = RunningAgent::start(
+            &self.host,
+            &api.agent_kubeconfig(&self.name),
+            &self.name,
+            self.port,
+        );
+    }
+
+    /// The phase its status annotation shows.
+    pub fn phase(&self, api: &KubeApi) -> Option<String> {
+        let node = api.node(&self.name);
+        let status = node["metadata"]["annotations"]["kwasm.sh/kwasm-status"]
+            .as_str()?
+            .to_owned();
+        let doc: serde_json::Value = serde_json::from_str(&status).ok()?;
+        doc["phase"].as_str().map(str::to_owned)
+    }
+
+    pub fn ready(&self, api: &KubeApi) -> bool {
+        api.provisioned_label(&self.name).as_deref() == Some("true")
+    }
+
+    /// Its live container kept its PID, and the handler is in its config.
+    pub fn undisturbed_and_provisioned(&self) {
+        assert_eq!(
+            self.host.cd.task_pid("live"),
+            Some(self.live),
+            "{}'s container was disturbed",
+            self.name
+        );
+        assert!(
+            self.host.config().contains("runtimes.kwtest]"),
+            "{} not provisioned",
+            self.name
+        );
+    }
+}
+
+/// Until every node in `nodes` reads provisioned (their agents' logs if not within `within`).
+pub fn wait_all_ready(api: &KubeApi, nodes: &[&FleetNode], within: Duration) {
+    let deadline = Instant::now() + within;
+    while !nodes.iter().all(|n| n.ready(api)) {
+        if Instant::now() > deadline {
+            let logs: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("{}:\n{}", n.name, n.agent.log()))
+                .collect();
+            panic!("the fleet never became ready:\n{}", logs.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Every restart window of the fleet.
+pub fn all_windows(nodes: &[FleetNode]) -> Vec<(u128, u128)> {
+    nodes
+        .iter()
+        .flat_map(|n| restart_windows(&n.windows))
+        .collect()
+}
+
+/// The grantor now: the node holding its Lease.
+pub fn grantor(api: &KubeApi) -> Option<String> {
+    let out = api.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        NAMESPACE,
+        "kwasm-agent-restart-grantor",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+        .filter(|h| out.status.success() && !h.is_empty())
+}
+
+/// The restart permits now: (node, state).
+pub fn permits(api: &KubeApi) -> Vec<(String, String)> {
+    let out = api.kubectl_ok(&[
+        "get",
+        "leases",
+        "-n",
+        NAMESPACE,
+        "-l",
+        "kwasm.sh/restart-permit",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["spec"]["holderIdentity"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+                l["metadata"]["annotations"]["kwasm.sh/permit"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A deadline for the usual waits.
+pub fn patience() -> Duration {
+    WAIT * 2
 }
 
 /// (down, up) in nanoseconds, per restart a node's script logged.

@@ -276,6 +276,15 @@ impl KubeApi {
         self.service_account_kubeconfig(AGENT_SA, &format!("kwasm-agent-{node}"), Some(node))
     }
 
+    /// The same, reaching the server through 127.0.0.1:`port` (a relay).
+    pub fn agent_kubeconfig_via(&self, node: &str, port: u16) -> PathBuf {
+        let direct = std::fs::read_to_string(self.agent_kubeconfig(node)).unwrap();
+        let path = self.dir.join(format!("kubeconfig-{node}-via-{port}"));
+        let via = direct.replace(&self.url(), &format!("https://127.0.0.1:{port}"));
+        std::fs::write(&path, via).unwrap();
+        path
+    }
+
     /// The chart's access rules — RBAC, admission policies, service accounts (rendered with Shim
     /// objects on, so the catalog controller's are there too, and the uninstall hook's) — and the
     /// Shim CRD, established.

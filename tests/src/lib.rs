@@ -20,5 +20,6 @@ pub mod rootfs;
 pub mod sandbox;
 pub mod sigstore;
 pub mod systemd_node;
+pub mod tcp_proxy;
 pub mod tls_server;
 pub mod workloads;

@@ -162,7 +162,7 @@ pub fn cluster_node<T>(
     let host = NodeHost::with(|_| settings(port));
     let prepared = prepare(&host);
     let live = host.cd.run_container(live, None);
-    let agent = crate::agent::RunningAgent::start(&host, &api.kubeconfig, name, port);
+    let agent = crate::agent::RunningAgent::start(&host, &api.agent_kubeconfig(name), name, port);
     let node = ClusterNode {
         name: name.to_owned(),
         host,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kwasm_tests::built::image_archive;
 use kwasm_tests::cri::{Container, Cri};
-use kwasm_tests::kube_api::{free_port, kubeconfig, KubeApi};
+use kwasm_tests::kube_api::{free_port, KubeApi};
 use kwasm_tests::node_host::NodeHost;
 use kwasm_tests::workloads;
 
@@ -39,7 +39,7 @@ fn the_image_runs_as_the_daemonset_pod_and_provisions_its_host() {
     let etc = host.sb.path().join("etc-kwasm-agent");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(etc.join("config.toml"), settings).unwrap();
-    std::fs::copy(kubeconfig(dir.path(), api.port), etc.join("kubeconfig")).unwrap();
+    std::fs::copy(api.agent_kubeconfig("n1"), etc.join("kubeconfig")).unwrap();
 
     // The image, and the pause image the pod sandbox needs, in the CRI plugin's namespace.
     workloads::import_all(&host.cd, &host.sb.path().join("images"));

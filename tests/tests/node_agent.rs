@@ -199,7 +199,9 @@ fn patch_conflicts_are_retried() {
         .build()
         .unwrap();
     let nodes = rt.block_on(async {
-        let client = kwasm_agent::kube_client::client("node").await.unwrap();
+        let client = kwasm_agent::kube_client::client("node", Duration::from_secs(90))
+            .await
+            .unwrap();
         NodeClient::new(client, "n1")
     });
     let read = rt.block_on(nodes.get()).unwrap();

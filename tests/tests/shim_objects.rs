@@ -1,4 +1,4 @@
-//! The cluster catalog end to end: Shim objects applied with the real `kubectl` to the API stand-in,
+//! The cluster catalog end to end: Shim objects applied with the real `kubectl` to a real API server,
 //! real agents on several sandbox nodes (each its own containerd with a live container), and the
 //! catalog controller writing each Shim's status and keeping its RuntimeClass. A Shim applied
 //! provisions every node and reads N/N; a wrong digest reads Degraded with the nodes' reasons, as
@@ -12,15 +12,10 @@ use std::process::{Command, Stdio};
 use kwasm_tests::agent::{agent, eventually, http_get, output, RunningAgent, RunningCatalog};
 use kwasm_tests::archive::{release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
-use kwasm_tests::kube_api::{free_port, KubeApi};
+use kwasm_tests::kube_api::{free_port, KubeApi, CATALOG_SA};
 use kwasm_tests::node_host::{cluster_node, NodeHost, SHIM_BIN};
 
 const NODES: usize = 3;
-
-fn crd() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../manifests/helm/kwasm-agent/crds/shims.kwasm.sh.yaml")
-}
 
 struct CatalogNode {
     name: String,
@@ -36,7 +31,7 @@ fn nodes(api: &KubeApi) -> Vec<CatalogNode> {
             let name = format!("n{i}");
             let settings = |port| {
                 format!(
-                    "[agent]\nlisten = \"127.0.0.1:{port}\"\nresync = \"2s\"\nmax_backoff = \"2s\"\n\n[fleet]\nmax_concurrent_restarts = 1\nlease_namespace = \"kwasm\"\nlease_duration = \"30s\"\n\n[catalog]\nshim_objects = true\nlease_namespace = \"kwasm\"\nstatus_interval = \"200ms\"\n"
+                    "[agent]\nlisten = \"127.0.0.1:{port}\"\nresync = \"2s\"\nmax_backoff = \"2s\"\n\n[fleet]\nmax_concurrent_restarts = 1\nlease_namespace = \"kube-system\"\nlease_duration = \"30s\"\n\n[catalog]\nshim_objects = true\nlease_namespace = \"kube-system\"\nstatus_interval = \"200ms\"\n"
                 )
             };
             let without_shims = |host: &NodeHost| {
@@ -63,27 +58,7 @@ fn shim_yaml(version: &str, url: &str, digest: &str) -> String {
 }
 
 fn kubectl_apply(api: &KubeApi, yaml: &str) {
-    let mut c = Command::new("kubectl");
-    c.arg("--kubeconfig")
-        .arg(&api.kubeconfig)
-        .args(["apply", "-f", "-"]);
-    c.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(yaml.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl apply: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    api.kubectl_stdin(&["apply", "-f", "-"], yaml);
 }
 
 /// `kubectl get shims` as an operator reads it: NAME → the row's columns.
@@ -169,14 +144,13 @@ fn logs(nodes: &[CatalogNode], catalog: &RunningCatalog) -> String {
 fn a_shim_object_rolls_out_reports_its_status_upgrades_in_place_and_leaves_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let api = &KubeApi::start(dir.path());
-    api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
     let nodes = nodes(api);
     for n in &nodes {
         n.agent.wait_ready();
     }
     let catalog = RunningCatalog::start(
         &nodes[0].host.sb.settings,
-        &api.kubeconfig,
+        &catalog_kubeconfig(api, "catalog-0"),
         "catalog-0",
         dir.path().join("catalog.log"),
     );
@@ -293,6 +267,7 @@ fn new_version_rolls_in_place(
     bytes.extend_from_slice(b"\0kwasm test: version 2\0");
     let v2 = release(SHIM_BIN, &bytes);
     server.route("/kwtest-v2.tar.gz", vec![Behavior::Serve(v2.clone())]);
+    let watch = ShimWatch::start(api, "kwtest");
     kubectl_apply(
         api,
         &shim_yaml("v2.0.0", &server.url("/kwtest-v2.tar.gz"), &sha256(&v2)),
@@ -304,13 +279,10 @@ fn new_version_rolls_in_place(
             && condition(&s, "Ready").0 == "True")
             .then_some(())
     });
-    let history = api.control("/_test/history?group=kwasm.sh&plural=shims", "");
-    let progressed = history.as_array().unwrap().iter().any(|h| {
-        let o = &h["object"];
-        o["metadata"]["name"] == "kwtest"
-            && o["status"]["observedGeneration"] == 2
-            && condition(o, "Progressing").0 == "True"
-    });
+    let progressed = watch
+        .seen()
+        .iter()
+        .any(|o| o["status"]["observedGeneration"] == 2 && condition(o, "Progressing").0 == "True");
     assert!(
         progressed,
         "the rollout never read Progressing:\n{}",
@@ -428,7 +400,6 @@ fn import(dir: &Path, docs: &str, extra: &[&str]) -> kwasm_tests::agent::Run {
 fn runtime_class_managers_manifests_become_shims_kubectl_applies() {
     let dir = tempfile::tempdir().unwrap();
     let api = &KubeApi::start(dir.path());
-    api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
 
     // The sample has no digest: refused unless unverified downloads are allowed; nothing printed.
     let both = format!("{RCM_SAMPLE}---\n{RCM_PLATFORMS}");
@@ -490,7 +461,6 @@ fn the_docs_shim_example_is_one_the_api_server_and_the_agents_accept() {
     let example = &readme[start..start + readme[start..].find("```").unwrap()];
     let dir = tempfile::tempdir().unwrap();
     let api = &KubeApi::start(dir.path());
-    api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
     import(dir.path(), example, &[]).ok();
     kubectl_apply(api, example);
     assert_eq!(column(api, "spin", "VERSION").as_deref(), Some("v0.23.0"));
@@ -500,7 +470,6 @@ fn the_docs_shim_example_is_one_the_api_server_and_the_agents_accept() {
 fn one_catalog_replica_leads_and_a_standby_takes_over_when_it_dies() {
     let dir = tempfile::tempdir().unwrap();
     let api = &KubeApi::start(dir.path());
-    api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
     kubectl_apply(
         api,
         &shim_yaml(
@@ -517,13 +486,13 @@ fn one_catalog_replica_leads_and_a_standby_takes_over_when_it_dies() {
             let settings = dir.path().join(format!("catalog-{i}.toml"));
             std::fs::write(
                 &settings,
-                format!("[catalog]\nlease_namespace = \"kwasm\"\nlease_duration = \"3s\"\nstatus_interval = \"100ms\"\nlisten = \"127.0.0.1:{}\"\n", ports[i]),
+                format!("[catalog]\nlease_namespace = \"kube-system\"\nlease_duration = \"3s\"\nstatus_interval = \"100ms\"\nlisten = \"127.0.0.1:{}\"\n", ports[i]),
             )
             .unwrap();
             let log = dir.path().join(format!("catalog-{i}.log"));
             Some(RunningCatalog::start(
                 &settings,
-                &api.kubeconfig,
+                &catalog_kubeconfig(api, &format!("catalog-{i}")),
                 &format!("catalog-{i}"),
                 log,
             ))
@@ -537,7 +506,7 @@ fn one_catalog_replica_leads_and_a_standby_takes_over_when_it_dies() {
             "get",
             "lease",
             "-n",
-            "kwasm",
+            "kube-system",
             "kwasm-catalog",
             "-o",
             "jsonpath={.spec.holderIdentity}",
@@ -582,14 +551,14 @@ fn one_catalog_replica_leads_and_a_standby_takes_over_when_it_dies() {
     );
 }
 
-/// The stand-in collects garbage as the API server does, both ways a dependent can outlive its
-/// owner: deleted with it, and written after it went (a controller that had not yet seen the
-/// deletion — what the catalog does when it sees its RuntimeClass go before the Shim).
+/// The cluster collects garbage both ways a dependent can outlive its owner: deleted with it, and
+/// written after it went (a controller that had not yet seen the deletion — what the catalog does
+/// when it sees its RuntimeClass go before the Shim). kube-controller-manager's job, played by the
+/// test server's collector: this proves the harness does what the catalog relies on.
 #[test]
-fn the_stand_in_collects_a_runtime_class_whose_shim_is_gone() {
+fn the_cluster_collects_a_runtime_class_whose_shim_is_gone() {
     let dir = tempfile::tempdir().unwrap();
     let api = &KubeApi::start(dir.path());
-    api.kubectl_ok(&["apply", "-f", crd().to_str().unwrap()]);
     kubectl_apply(
         api,
         &shim_yaml("v1", "http://127.0.0.1:9/x.tgz", &"0".repeat(64)),
@@ -605,10 +574,54 @@ fn the_stand_in_collects_a_runtime_class_whose_shim_is_gone() {
     delete_and_see_its_runtime_class_go(api, "kwtest", "kwtest-class");
 
     kubectl_apply(api, &owned);
-    assert!(
-        !api.kubectl(&["get", "runtimeclass", "kwtest-class"])
-            .status
-            .success(),
-        "a RuntimeClass whose only owner is gone was kept"
+    eventually(
+        "a RuntimeClass whose only owner is gone to be collected",
+        || {
+            let gone = !api
+                .kubectl(&["get", "runtimeclass", "kwtest-class"])
+                .status
+                .success();
+            gone.then_some(())
+        },
     );
+}
+
+fn catalog_kubeconfig(api: &KubeApi, pod: &str) -> PathBuf {
+    api.service_account_kubeconfig(CATALOG_SA, pod, None)
+}
+
+/// `kubectl get shim NAME --watch -o json` running: every version of the Shim the server sent.
+struct ShimWatch {
+    child: std::process::Child,
+    out: PathBuf,
+}
+
+impl ShimWatch {
+    fn start(api: &KubeApi, name: &str) -> Self {
+        let out = api.kubeconfig.with_file_name(format!("watch-{name}.json"));
+        let child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&api.kubeconfig)
+            .args(["get", "shim", name, "--watch", "-o", "json"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, out }
+    }
+
+    fn seen(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+        serde_json::Deserializer::from_str(&text)
+            .into_iter::<serde_json::Value>()
+            .map_while(Result::ok)
+            .collect()
+    }
+}
+
+impl Drop for ShimWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

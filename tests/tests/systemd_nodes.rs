@@ -917,7 +917,8 @@ fn assert_mounts(n: &SystemdNode, pid: i64, rendered: &RenderedAgent, rro: bool)
 
 /// The agent pod's settings directory (where the ConfigMap goes): the rendered settings (but for
 /// the shim — the test's, over loopback HTTP — and where the agent listens: the pod shares this
-/// machine's network with other tests), and a kubeconfig for the API stand-in.
+/// machine's network with other tests), and the kubeconfig of n1's agent (its service account,
+/// bound to n1).
 fn daemonset_config(
     n: &SystemdNode,
     api: &KubeApi,
@@ -940,7 +941,7 @@ fn daemonset_config(
     let etc = n.sb.path().join("etc-kwasm-agent");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::write(etc.join("config.toml"), settings.to_string()).unwrap();
-    std::fs::copy(&api.kubeconfig, etc.join("kubeconfig")).unwrap();
+    std::fs::copy(api.agent_kubeconfig("n1"), etc.join("kubeconfig")).unwrap();
     etc
 }
 

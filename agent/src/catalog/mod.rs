@@ -35,7 +35,7 @@ use status::Problem;
 
 pub async fn run(config: &std::path::Path) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
-    let client = crate::kube_client::client("catalog").await?;
+    let client = crate::kube_client::client("catalog", settings.agent.api_read_timeout).await?;
     let namespace = crate::lease::namespace(
         settings.catalog.lease_namespace.as_deref(),
         "catalog.lease_namespace",

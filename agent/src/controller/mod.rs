@@ -4,16 +4,17 @@
 
 mod context;
 mod desired;
+mod election;
 mod events;
+mod grantor;
 mod metrics;
 pub mod node;
+mod pacing;
+mod permit;
+mod permit_gate;
 mod reconcile;
 mod report;
-mod restart_queue;
-mod restart_slots;
 mod shim_objects;
-mod slot_count;
-mod slot_view;
 mod uninstall;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -28,7 +29,6 @@ use kube::runtime::WatchStreamExt;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::backoff::Backoff;
-use crate::node_contract::status::Phase;
 use crate::node_contract::trigger::annotation;
 use crate::node_contract::uninstall_request::{UninstallJudge, UNINSTALL_ANNOTATION};
 use crate::settings::Settings;
@@ -49,7 +49,7 @@ pub async fn run(
     let node_name = std::env::var("NODE_NAME").context(
         "NODE_NAME is not set (the DaemonSet sets it from the downward API, spec.nodeName)",
     )?;
-    let client = crate::kube_client::client("node").await?;
+    let client = crate::kube_client::client("node", settings.agent.api_read_timeout).await?;
     let metrics = Arc::new(Metrics::default());
     crate::health::serve(&settings.agent.listen, "agent.listen", metrics.clone()).await?;
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| format!("kwasm-agent-{node_name}"));
@@ -59,10 +59,8 @@ pub async fn run(
         metrics,
         settings: settings.clone(),
     });
-    let gate = match &settings.fleet {
-        Some(fleet) => Some(restart_gate(&ctx, client.clone(), &node_name, fleet)?),
-        None => None,
-    };
+    let pacing = pacing::start(&ctx, client.clone(), &node_name, &settings)?;
+    let gate = pacing.as_ref().map(|p| p.gate.clone());
     let mut nodes = watch_node(&ctx, &node_name);
     let mut node_loop = NodeLoop {
         engines: EngineSlot::new(settings, host_root, arch, gate),
@@ -97,6 +95,9 @@ pub async fn run(
     // Shutting down is not a request to uninstall: a rolling update replaces this pod while pods keep
     // running on the shims. The host is cleaned only when the node stops asking (trigger removed).
     tracing::info!("terminating; the host is left as it is");
+    if let Some(p) = &pacing {
+        p.step_down().await;
+    }
     Ok(())
 }
 
@@ -234,49 +235,6 @@ fn catalog_for(
         *skipped_before = merged.skipped;
     }
     Some(merged.shims)
-}
-
-/// The Lease semaphore pacing containerd restarts across the cluster ([fleet]); while an agent waits,
-/// its Node says so (status phase, an Event) and so does its metric.
-fn restart_gate(
-    ctx: &Arc<Context>,
-    client: kube::Client,
-    node_name: &str,
-    fleet: &crate::settings::FleetSettings,
-) -> anyhow::Result<Arc<dyn crate::containerd::gate::RestartGate>> {
-    let namespace =
-        crate::lease::namespace(fleet.lease_namespace.as_deref(), "fleet.lease_namespace")?;
-    let observer_ctx = ctx.clone();
-    let observer: restart_slots::GateObserver = Arc::new(move |event| {
-        let ctx = observer_ctx.clone();
-        Box::pin(async move {
-            match event {
-                restart_slots::GateEvent::Waiting(msg) => {
-                    ctx.metrics.waiting_for_restart.store(true, Relaxed);
-                    match ctx.nodes.set_phase(Phase::WaitingForRestart).await {
-                        Ok(node) => {
-                            ctx.events
-                                .publish(&node, events::Reason::WaitingForRestart, &msg)
-                                .await
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %format!("{e:#}"), "could not show the wait on the node")
-                        }
-                    }
-                }
-                restart_slots::GateEvent::Acquired => {
-                    ctx.metrics.waiting_for_restart.store(false, Relaxed);
-                    let _ = ctx
-                        .nodes
-                        .set_phase_from(Some(Phase::WaitingForRestart), Phase::Provisioning)
-                        .await;
-                }
-            }
-        })
-    });
-    Ok(Arc::new(restart_slots::LeaseGate::new(
-        client, &namespace, node_name, fleet, observer,
-    )))
 }
 
 /// The latest copy of this node, kept current by kube's watcher: it lists then watches with

@@ -25,7 +25,7 @@ const SETTLE: Duration = Duration::from_secs(6);
 
 pub async fn uninstall(config: &Path, timeout: Duration) -> anyhow::Result<()> {
     let settings = Settings::load(config)?;
-    let client = crate::kube_client::client("uninstall").await?;
+    let client = crate::kube_client::client("uninstall", settings.agent.api_read_timeout).await?;
     let api: Api<Node> = Api::all(client);
     let asked_at = request_value(std::time::SystemTime::now(), timeout);
     let started = Instant::now();

@@ -99,6 +99,10 @@ pub struct AgentSettings {
     /// Upper bound of the retry backoff after a failed reconcile.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// A connection to the API server that sends nothing for this long is taken for dead and its
+    /// request (a watch too: the server sends a bookmark every minute) made again. Every command's.
+    #[serde(with = "humantime_serde")]
+    pub api_read_timeout: Duration,
 }
 
 impl Default for AgentSettings {
@@ -107,6 +111,7 @@ impl Default for AgentSettings {
             listen: "0.0.0.0:9101".into(),
             resync: Duration::from_secs(300),
             max_backoff: Duration::from_secs(300),
+            api_read_timeout: Duration::from_secs(90),
         }
     }
 }

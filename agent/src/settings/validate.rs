@@ -37,6 +37,12 @@ fn host_trigger_and_agent(s: &Settings) -> Result<(), Invalid> {
     address("agent.listen", &s.agent.listen)?;
     within("agent.resync", s.agent.resync, secs(1), days(7))?;
     within("agent.max_backoff", s.agent.max_backoff, secs(1), days(1))?;
+    within(
+        "agent.api_read_timeout",
+        s.agent.api_read_timeout,
+        secs(1),
+        secs(3600),
+    )?;
     if !s.trigger.startup_taint.is_empty() {
         qualified_name("trigger.startup_taint", &s.trigger.startup_taint)?;
     }

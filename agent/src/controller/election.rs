@@ -1,0 +1,140 @@
+//! One leader among many candidates, on one Lease, judged by each candidate's own monotonic clock
+//! as client-go's leader election judges it: a candidate watches the Lease (no request while it
+//! stands by) and takes it over only once it has seen no renewal for a whole lease duration — never
+//! by comparing the leader's renewTime with its own clock. Takeovers and the first creation wait a
+//! random moment, so thousands of candidates do not all write at once; whoever writes first wins
+//! (writes are guarded by resourceVersion). The leader renews every third of the duration and steps
+//! down when it could not renew for two thirds of it, before any candidate would take over.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::lease::LeaseHolder;
+
+pub struct Election {
+    pub lease: LeaseHolder,
+    pub name: String,
+}
+
+impl Election {
+    /// Returns once this candidate holds the Lease (as written).
+    pub async fn lead(&self) -> anyhow::Result<Lease> {
+        let config = watcher::Config::default()
+            .fields(&format!("metadata.name={}", self.name))
+            .timeout(3600);
+        let stream = watcher(self.lease.leases.clone(), config).default_backoff();
+        futures_util::pin_mut!(stream);
+        let (mut seen, mut listed, mut changed) = (None::<Lease>, false, Instant::now());
+        let mut act_at: Option<Instant> = None;
+        loop {
+            let wake = act_at.unwrap_or_else(|| changed + self.lease.duration);
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(Ok(Event::Apply(l) | Event::InitApply(l))) => {
+                        let renewed = seen.as_ref().is_none_or(|s| s.spec != l.spec);
+                        (seen, act_at) = (Some(l), None);
+                        if renewed {
+                            changed = Instant::now();
+                        }
+                    }
+                    Some(Ok(Event::Delete(_))) => (seen, act_at) = (None, None),
+                    Some(Ok(Event::Init)) => seen = None,
+                    Some(Ok(Event::InitDone)) => listed = true,
+                    Some(Err(e)) => tracing::warn!(error = %e, lease = %self.name, "watching the grantor Lease (retrying)"),
+                    None => anyhow::bail!("the watch of Lease {} ended", self.name),
+                },
+                _ = tokio::time::sleep_until(wake), if listed => {}
+            }
+            if !listed || !self.may_take(seen.as_ref(), changed) {
+                continue;
+            }
+            match act_at {
+                None => act_at = Some(Instant::now() + self.hold_back(seen.is_none())),
+                Some(at) if at <= Instant::now() => {
+                    act_at = None;
+                    let won = match &seen {
+                        None => {
+                            self.lease
+                                .create_held(&self.name, Default::default())
+                                .await?
+                        }
+                        Some(current) => {
+                            self.lease
+                                .hand_over(current, Some(&self.lease.holder))
+                                .await?
+                        }
+                    };
+                    if let Some(held) = won {
+                        return Ok(held);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Free, ours (a previous life of this agent), or not renewed for a whole duration as seen here.
+    fn may_take(&self, seen: Option<&Lease>, changed: Instant) -> bool {
+        let holder = seen.and_then(|l| l.spec.as_ref()?.holder_identity.as_deref());
+        match holder.filter(|h| !h.is_empty()) {
+            None => true,
+            Some(h) if h == self.lease.holder => true,
+            Some(_) => changed.elapsed() >= self.lease.duration,
+        }
+    }
+
+    fn hold_back(&self, creating: bool) -> Duration {
+        let spread = match creating {
+            true => Duration::from_secs(2),
+            false => self.lease.duration / 4,
+        };
+        spread.mul_f64(rand::thread_rng().gen_range(0.0..1.0))
+    }
+
+    /// Renew until leadership is lost (taken over, or not renewed for two thirds of the duration);
+    /// returns why.
+    pub async fn keep(&self, mut held: Lease) -> anyhow::Error {
+        let mut renewed = Instant::now();
+        loop {
+            tokio::time::sleep(self.lease.duration / 3).await;
+            let mut next = held.clone();
+            if let Some(spec) = next.spec.as_mut() {
+                spec.renew_time = Some(MicroTime(Timestamp::now()));
+            }
+            let give_up =
+                renewed.elapsed() + self.lease.duration / 3 >= self.lease.duration * 2 / 3;
+            match self
+                .lease
+                .leases
+                .replace(&self.name, &PostParams::default(), &next)
+                .await
+            {
+                Ok(written) => (held, renewed) = (written, Instant::now()),
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
+                    return anyhow::anyhow!("Lease {} was taken over", self.name)
+                }
+                Err(e) if give_up => {
+                    return anyhow::Error::new(e)
+                        .context(format!("could not renew Lease {}", self.name))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, lease = %self.name, "could not renew; retrying")
+                }
+            }
+        }
+    }
+
+    /// Clear the holder at shutdown, so a candidate need not wait out the duration.
+    pub async fn step_down(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.lease.release(&self.name)).await;
+    }
+}

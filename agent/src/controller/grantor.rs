@@ -1,0 +1,362 @@
+//! The grantor: one agent at a time (elected on the Lease `kwasm-agent-restart-grantor`) decides
+//! which nodes may restart containerd. It sees asks through one watch of Nodes' metadata (the phase
+//! WaitingForRestart in a node's status annotation), keeps the asking nodes in the order it saw them
+//! (a backlog found at once — a new grantor's — in name order), and keeps at most N permits granted
+//! (`permit`), N counted from the same watch for a percentage. It takes a permit back when its node
+//! went away, stopped renewing for a lease duration, or held it past the deadline — all measured by
+//! its own monotonic clock — and a node whose permit was taken back is not served again until it
+//! asks anew. Before granting anything, a new grantor has listed every permit there is.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, PartialObjectMeta, PostParams, Preconditions};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Api;
+use tokio::time::Instant;
+
+use super::election::Election;
+use super::permit::{self, State, GRANTOR_LEASE, PERMIT_LABEL};
+use crate::lease::LeaseHolder;
+use crate::node_contract::status::{Phase, StatusDoc};
+use crate::node_contract::trigger::meta_asks_for_shims;
+use crate::settings::{Concurrency, TriggerSettings};
+
+pub struct Rules {
+    pub concurrency: Concurrency,
+    pub lease_duration: Duration,
+    /// A permit held longer than this is taken back even while renewed.
+    pub deadline: Duration,
+    pub trigger: TriggerSettings,
+}
+
+/// Stand for grantor for the agent's whole life: lead when elected, stand by otherwise.
+pub async fn campaign(election: &Election, client: kube::Client, rules: Rules) {
+    loop {
+        let held = match election.lead().await {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "standing for grantor failed; again shortly");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                continue;
+            }
+        };
+        tracing::info!("granting restart permits for the fleet");
+        clean_previous(&election.lease.leases).await;
+        let mut g = Grantor::new(election.lease.leases.clone(), &rules);
+        let why = tokio::select! {
+            lost = election.keep(held) => lost,
+            ended = g.run(Api::all(client.clone())) => ended,
+        };
+        tracing::warn!(error = %format!("{why:#}"), "stopped granting restart permits");
+    }
+}
+
+/// The previous version's pacing (restart slots and the line of tickets): gone once a grantor
+/// decides, so an upgrade leaves nothing behind.
+async fn clean_previous(leases: &Api<Lease>) {
+    for label in ["kwasm.sh/restart-slot", "kwasm.sh/restart-waiter"] {
+        let Ok(old) = leases
+            .list_metadata(&kube::api::ListParams::default().labels(label))
+            .await
+        else {
+            continue;
+        };
+        for lease in old {
+            let name = lease.metadata.name.unwrap_or_default();
+            match leases.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {
+                    tracing::info!(lease = %name, "deleted the previous version's restart slot or ticket")
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %name, error = %e, "could not delete the previous version's Lease")
+                }
+            }
+        }
+    }
+}
+
+pub fn election(leases: Api<Lease>, me: &str, duration: Duration) -> Election {
+    Election {
+        lease: LeaseHolder {
+            leases,
+            holder: me.to_owned(),
+            duration,
+        },
+        name: GRANTOR_LEASE.to_owned(),
+    }
+}
+
+struct Seen {
+    lease: Lease,
+    changed: Instant,
+    since: Instant,
+}
+
+struct Grantor<'a> {
+    permits: Api<Lease>,
+    rules: &'a Rules,
+    nodes: BTreeMap<String, PartialObjectMeta<Node>>,
+    held: BTreeMap<String, Seen>,
+    line: BTreeMap<u64, String>,
+    place: HashMap<String, u64>,
+    next: u64,
+    /// Nodes whose permit was taken back, with the ask they showed then.
+    taken_back: HashMap<String, Option<String>>,
+}
+
+impl<'a> Grantor<'a> {
+    fn new(permits: Api<Lease>, rules: &'a Rules) -> Self {
+        Self {
+            permits,
+            rules,
+            nodes: BTreeMap::new(),
+            held: BTreeMap::new(),
+            line: BTreeMap::new(),
+            place: HashMap::new(),
+            next: 0,
+            taken_back: HashMap::new(),
+        }
+    }
+
+    async fn run(&mut self, nodes: Api<PartialObjectMeta<Node>>) -> anyhow::Error {
+        let long = || watcher::Config::default().timeout(3600);
+        let node_events = watcher(nodes, long()).default_backoff();
+        let permit_events =
+            watcher(self.permits.clone(), long().labels(PERMIT_LABEL)).default_backoff();
+        futures_util::pin_mut!(node_events, permit_events);
+        let (mut node_buf, mut permit_buf) = (None, None);
+        let (mut nodes_listed, mut permits_listed) = (false, false);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                ev = node_events.next() => match ev {
+                    Some(Ok(ev)) => nodes_listed |= apply(ev, &mut self.nodes, &mut node_buf, |n| n.metadata.name.clone(), |_, n| n),
+                    Some(Err(e)) => tracing::warn!(error = %e, "watching Nodes (retrying)"),
+                    None => return anyhow::anyhow!("the Nodes' watch ended"),
+                },
+                ev = permit_events.next() => match ev {
+                    Some(Ok(ev)) => permits_listed |= apply(ev, &mut self.held, &mut permit_buf, |l| permit::node(l).map(str::to_owned), seen),
+                    Some(Err(e)) => tracing::warn!(error = %e, "watching restart permits (retrying)"),
+                    None => return anyhow::anyhow!("the permits' watch ended"),
+                },
+                _ = tick.tick() => {}
+            }
+            if nodes_listed && permits_listed {
+                self.step().await;
+            }
+        }
+    }
+
+    async fn step(&mut self) {
+        self.take_back().await;
+        self.queue_asks();
+        let triggered = (self.nodes.values())
+            .filter(|n| meta_asks_for_shims(&n.metadata, &self.rules.trigger))
+            .count();
+        let n = self.rules.concurrency.of(triggered) as usize;
+        let granted = |held: &BTreeMap<String, Seen>| {
+            (held.values())
+                .filter(|s| permit::state(&s.lease) == Some(State::Granted))
+                .count()
+        };
+        while granted(&self.held) < n {
+            let Some((at, node)) = self.line.pop_first() else {
+                break;
+            };
+            match self.grant(&node).await {
+                Ok(lease) => {
+                    self.place.remove(&node);
+                    let now = Instant::now();
+                    let (changed, since) = (now, now);
+                    self.held.insert(
+                        node.clone(),
+                        Seen {
+                            lease,
+                            changed,
+                            since,
+                        },
+                    );
+                    tracing::info!(node = %node, in_use = granted(&self.held), of = n, waiting = self.line.len(), "granted a restart permit");
+                }
+                Err(e) => {
+                    // Its place kept: tried again on the next turn (a second, or the next event).
+                    tracing::warn!(node = %node, error = %format!("{e:#}"), "could not grant a restart permit; trying again");
+                    self.line.insert(at, node);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Delete released permits, and take back those whose node is gone, stopped renewing, or
+    /// overran the deadline.
+    async fn take_back(&mut self) {
+        let mut done = Vec::new();
+        for (node, s) in &self.held {
+            let why = match permit::state(&s.lease) {
+                Some(State::Released) => None,
+                _ if !self.nodes.contains_key(node) => Some("its Node is gone"),
+                _ if s.changed.elapsed() >= self.rules.lease_duration => {
+                    Some("it stopped renewing it")
+                }
+                _ if s.since.elapsed() >= self.rules.deadline => {
+                    Some("it held it past the deadline")
+                }
+                _ => continue,
+            };
+            let rv = s.lease.metadata.resource_version.clone();
+            let params = DeleteParams::default().preconditions(Preconditions {
+                resource_version: rv,
+                uid: None,
+            });
+            match self.permits.delete(&permit::name(node), &params).await {
+                Ok(_) => done.push((node.clone(), why)),
+                Err(kube::Error::Api(e)) if e.code == 404 => done.push((node.clone(), why)),
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "could not delete a restart permit; again shortly")
+                }
+            }
+        }
+        for (node, why) in done {
+            self.held.remove(&node);
+            if let Some(why) = why {
+                tracing::warn!(node = %node, "took a restart permit back: {why}");
+                self.taken_back
+                    .insert(node.clone(), ask(self.nodes.get(&node)));
+            }
+        }
+    }
+
+    /// Asking nodes join the line in the order seen; nodes that stopped asking leave it.
+    fn queue_asks(&mut self) {
+        let (nodes, held) = (&self.nodes, &self.held);
+        self.taken_back
+            .retain(|node, asked| nodes.get(node).is_some_and(|n| ask(Some(n)) == *asked));
+        let taken_back = &self.taken_back;
+        let wants = |name: &String| {
+            nodes.get(name).is_some_and(asks)
+                && !held.contains_key(name)
+                && !taken_back.contains_key(name)
+        };
+        self.place.retain(|name, _| wants(name));
+        let place = &self.place;
+        self.line.retain(|_, name| place.contains_key(name));
+        for name in nodes.keys() {
+            if wants(name) && !self.place.contains_key(name) {
+                self.place.insert(name.clone(), self.next);
+                self.line.insert(self.next, name.clone());
+                self.next += 1;
+            }
+        }
+    }
+
+    async fn grant(&self, node: &str) -> anyhow::Result<Lease> {
+        let meta = &self.nodes[node].metadata;
+        let now = MicroTime(Timestamp::now());
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: node.to_owned(),
+            uid: meta.uid.clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(permit::name(node)),
+                labels: Some([(PERMIT_LABEL.to_owned(), "true".to_owned())].into()),
+                annotations: Some(
+                    [(permit::STATE.to_owned(), State::Granted.as_str().to_owned())].into(),
+                ),
+                owner_references: Some(vec![owner]),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(node.to_owned()),
+                lease_duration_seconds: Some(
+                    self.rules
+                        .lease_duration
+                        .as_secs()
+                        .clamp(1, i32::MAX as u64) as i32,
+                ),
+                acquire_time: Some(now.clone()),
+                renew_time: Some(now),
+                ..Default::default()
+            }),
+        };
+        Ok(self.permits.create(&PostParams::default(), &lease).await?)
+    }
+}
+
+/// A watch event applied to `map` (keyed by `key`); a relist replaces it whole at its end, so
+/// whatever went while the watch was down goes here too. True once a list is complete.
+fn apply<T, V>(
+    ev: Event<T>,
+    map: &mut BTreeMap<String, V>,
+    buf: &mut Option<BTreeMap<String, V>>,
+    key: impl Fn(&T) -> Option<String>,
+    value: impl Fn(Option<V>, T) -> V,
+) -> bool {
+    match ev {
+        Event::Init => *buf = Some(BTreeMap::new()),
+        Event::InitApply(o) => {
+            if let (Some(k), Some(b)) = (key(&o), buf.as_mut()) {
+                let v = value(map.remove(&k), o);
+                b.insert(k, v);
+            }
+        }
+        Event::InitDone => {
+            *map = buf.take().unwrap_or_default();
+            return true;
+        }
+        Event::Apply(o) => {
+            if let Some(k) = key(&o) {
+                let v = value(map.remove(&k), o);
+                map.insert(k, v);
+            }
+        }
+        Event::Delete(o) => {
+            if let Some(k) = key(&o) {
+                map.remove(&k);
+            }
+        }
+    }
+    false
+}
+
+/// A permit as seen now: its clocks start when first seen, and `changed` moves with every write.
+fn seen(before: Option<Seen>, lease: Lease) -> Seen {
+    let now = Instant::now();
+    match before {
+        Some(b) if b.lease.metadata.resource_version == lease.metadata.resource_version => {
+            Seen { lease, ..b }
+        }
+        Some(b) => Seen {
+            lease,
+            changed: now,
+            since: b.since,
+        },
+        None => Seen {
+            lease,
+            changed: now,
+            since: now,
+        },
+    }
+}
+
+fn ask(node: Option<&PartialObjectMeta<Node>>) -> Option<String> {
+    let annotations = node?.metadata.annotations.as_ref()?;
+    annotations
+        .get(crate::node_contract::labels::STATUS_ANNOTATION)
+        .cloned()
+}
+
+fn asks(node: &PartialObjectMeta<Node>) -> bool {
+    StatusDoc::phase_in(ask(Some(node)).as_deref()) == Some(Phase::WaitingForRestart)
+}
