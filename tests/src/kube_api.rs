@@ -480,15 +480,19 @@ impl KubeApi {
         )
     }
 
-    /// The API server stopped (SIGTERM, as a rollout of the control plane stops it) and started
-    /// again on the same port and etcd: every connection to it is closed on the way.
+    /// The API server killed (SIGKILL: a crash, an OOM kill, a node lost under it) and started
+    /// again on the same port and etcd: every connection to it is cut on the way. (SIGTERM makes it
+    /// drain for up to a minute while watches are open, as upstream's does.)
     pub fn restart_server(&mut self) {
         self.stop_server();
         self.start_server();
     }
 
     pub fn stop_server(&mut self) {
-        stop(&mut self.server);
+        if let Some(mut c) = self.server.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// etcd stopped and started again under a running API server.

@@ -86,25 +86,31 @@ pub async fn acquire(lease: &LeaseHolder, heartbeat: &Heartbeat) -> anyhow::Resu
     }
 }
 
-/// Renew until a renewal cannot get through in time; then say why leadership was lost.
+/// Renew until a renewal cannot get through in time; then say why leadership was lost. A failed
+/// renewal is tried again every second (an API server restarting answers again within seconds).
 pub async fn keep(lease: LeaseHolder, heartbeat: &Heartbeat) -> anyhow::Error {
     let mut renewed = Instant::now();
     // Give up with a margin: a standby takes over only once the Lease expired.
     let deadline = lease.duration.mul_f64(2.0 / 3.0);
+    let retry = RETRY.min(lease.duration / 3);
+    let mut wait = lease.duration / 3;
     loop {
         heartbeat.beat();
-        tokio::time::sleep(lease.duration / 3).await;
+        tokio::time::sleep(wait).await;
         match lease.renew(LEASE_NAME).await {
-            Ok(()) => renewed = Instant::now(),
-            Err(e) if renewed.elapsed() + lease.duration / 3 > deadline => {
+            Ok(()) => (renewed, wait) = (Instant::now(), lease.duration / 3),
+            Err(e) if renewed.elapsed() + retry > deadline => {
                 return e.context("lost the catalog Lease");
             }
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "could not renew the catalog Lease; retrying")
+                tracing::warn!(error = %format!("{e:#}"), "could not renew the catalog Lease; retrying");
+                wait = retry;
             }
         }
     }
 }
+
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Step down at shutdown so a standby need not wait for the Lease to expire.
 pub async fn release(lease: &LeaseHolder) {

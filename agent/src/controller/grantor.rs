@@ -137,12 +137,14 @@ impl<'a> Grantor<'a> {
         loop {
             tokio::select! {
                 ev = node_events.next() => match ev {
-                    Some(Ok(ev)) => nodes_listed |= apply(ev, &mut self.nodes, &mut node_buf, |n| n.metadata.name.clone(), |_, n| n),
+                    Some(Ok(ev)) => nodes_listed |= apply(ev, &mut self.nodes, &mut node_buf, true, |n| n.metadata.name.clone(), |_, n| n),
                     Some(Err(e)) => tracing::warn!(error = %e, "watching Nodes (retrying)"),
                     None => return anyhow::anyhow!("the Nodes' watch ended"),
                 },
                 ev = permit_events.next() => match ev {
-                    Some(Ok(ev)) => permits_listed |= apply(ev, &mut self.held, &mut permit_buf, |l| permit::node(l).map(str::to_owned), seen),
+                    // Only this grantor creates and deletes permits: a relist adds what it did not
+                    // know (a predecessor's last grant) and never drops one it wrote meanwhile.
+                    Some(Ok(ev)) => permits_listed |= apply(ev, &mut self.held, &mut permit_buf, false, |l| permit::node(l).map(str::to_owned), seen),
                     Some(Err(e)) => tracing::warn!(error = %e, "watching restart permits (retrying)"),
                     None => return anyhow::anyhow!("the permits' watch ended"),
                 },
@@ -294,30 +296,36 @@ impl<'a> Grantor<'a> {
     }
 }
 
-/// A watch event applied to `map` (keyed by `key`); a relist replaces it whole at its end, so
-/// whatever went while the watch was down goes here too. True once a list is complete.
+/// A watch event applied to `map` (keyed by `key`). A relist builds its list aside and, when it is
+/// complete and `replace` says so, replaces `map` whole (whatever went while the watch was down goes
+/// too); until then `map` stays as it was. True once a list is complete.
 fn apply<T, V>(
     ev: Event<T>,
     map: &mut BTreeMap<String, V>,
     buf: &mut Option<BTreeMap<String, V>>,
+    replace: bool,
     key: impl Fn(&T) -> Option<String>,
-    value: impl Fn(Option<V>, T) -> V,
+    value: impl Fn(Option<&V>, T) -> V,
 ) -> bool {
     match ev {
         Event::Init => *buf = Some(BTreeMap::new()),
         Event::InitApply(o) => {
             if let (Some(k), Some(b)) = (key(&o), buf.as_mut()) {
-                let v = value(map.remove(&k), o);
+                let v = value(map.get(&k), o);
                 b.insert(k, v);
             }
         }
         Event::InitDone => {
-            *map = buf.take().unwrap_or_default();
+            let listed = buf.take().unwrap_or_default();
+            match replace {
+                true => *map = listed,
+                false => map.extend(listed),
+            }
             return true;
         }
         Event::Apply(o) => {
             if let Some(k) = key(&o) {
-                let v = value(map.remove(&k), o);
+                let v = value(map.get(&k), o);
                 map.insert(k, v);
             }
         }
@@ -331,12 +339,14 @@ fn apply<T, V>(
 }
 
 /// A permit as seen now: its clocks start when first seen, and `changed` moves with every write.
-fn seen(before: Option<Seen>, lease: Lease) -> Seen {
+fn seen(before: Option<&Seen>, lease: Lease) -> Seen {
     let now = Instant::now();
     match before {
-        Some(b) if b.lease.metadata.resource_version == lease.metadata.resource_version => {
-            Seen { lease, ..b }
-        }
+        Some(b) if b.lease.metadata.resource_version == lease.metadata.resource_version => Seen {
+            lease,
+            changed: b.changed,
+            since: b.since,
+        },
         Some(b) => Seen {
             lease,
             changed: now,
