@@ -31,8 +31,8 @@ pub struct KubeApi {
     pub kubeconfig: PathBuf,
     /// Seconds a watch lasts at least (the server's --min-request-timeout; it picks up to twice).
     min_request_timeout: u32,
-    /// `requests()` reads from this instant on (seconds since the epoch).
-    since: std::cell::Cell<f64>,
+    /// `requests()` reads from this instant on (seconds since the epoch, an f64's bits).
+    since: std::sync::atomic::AtomicU64,
 }
 
 /// A port to listen on that is free now. Taken below the kernel's ephemeral range (32768 and up
@@ -89,6 +89,17 @@ impl KubeApi {
     /// A server whose watches last `min_request_timeout` to twice that many seconds (kube-apiserver's
     /// default: 1800).
     pub fn start_with(dir: &Path, port: u16, min_request_timeout: u32) -> Self {
+        let api = Self::launch(dir, port, min_request_timeout);
+        api.install_access_rules();
+        api
+    }
+
+    /// A new cluster with nothing of the chart in it (what `helm install` finds).
+    pub fn start_empty(dir: &Path) -> Self {
+        Self::launch(dir, free_port(), 1800)
+    }
+
+    fn launch(dir: &Path, port: u16, min_request_timeout: u32) -> Self {
         let dir = dir.join("kube");
         std::fs::create_dir_all(&dir).unwrap();
         let mut api = Self {
@@ -100,13 +111,12 @@ impl KubeApi {
             etcd_port: free_port(),
             etcd_peer_port: free_port(),
             min_request_timeout,
-            since: std::cell::Cell::new(0.0),
+            since: Default::default(),
         };
         api.add_token("admin", "kubernetes-admin", &["system:masters"], &[]);
         api.start_etcd();
         api.start_server();
         write_kubeconfig(&api.kubeconfig, &api.url(), &api.ca(), "admin");
-        api.install_access_rules();
         api
     }
 
@@ -378,22 +388,7 @@ impl KubeApi {
 
     /// `kubectl` with `input` on its standard input; must succeed.
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> String {
-        let mut child = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+        let out = self.kubectl_as(&self.kubeconfig, args, Some(input));
         assert!(
             out.status.success(),
             "kubectl {args:?}: {}",
@@ -402,11 +397,47 @@ impl KubeApi {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `kubectl` as whoever `kubeconfig` names, with `input` (if any) on its standard input.
+    pub fn kubectl_as(&self, kubeconfig: &Path, args: &[&str], input: Option<&str>) -> Output {
+        let mut child = Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input.unwrap_or("").as_bytes()).unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+
+    /// The admission policy as the chart renders it with `trigger.startupTaint: <taint>`: the agent
+    /// may then remove that taint from its own Node (and nothing else of its spec).
+    pub fn allow_startup_taint(&self, taint: &str) {
+        let mut vap: serde_json::Value = serde_json::from_str(&self.kubectl_ok(&[
+            "get",
+            "validatingadmissionpolicy",
+            "kwasm-agent-own-node",
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        for v in vap["spec"]["variables"].as_array_mut().unwrap() {
+            if v["name"] == "startupTaint" {
+                v["expression"] = format!("'{taint}'").into();
+            }
+        }
+        self.kubectl_stdin(&["replace", "-f", "-"], &vap.to_string());
+    }
+
     /// Every request the server has answered, from its audit log, one record each: `method`,
     /// `verb`, `path`, `query` (an object), `user`, `user_agent`, `code`, `t` (seconds since the
     /// epoch, when the server received it).
     pub fn requests(&self) -> Vec<serde_json::Value> {
-        let since = self.since.get();
+        let since = f64::from_bits(self.since.load(std::sync::atomic::Ordering::Relaxed));
         let mut all = crate::audit::requests(&self.dir.join("audit.log"));
         all.retain(|r| r["t"].as_f64().is_some_and(|t| t >= since));
         all
@@ -414,7 +445,10 @@ impl KubeApi {
 
     /// `requests()` from now on only.
     pub fn clear_requests(&self) {
-        self.since.set(crate::audit::now());
+        (self.since).store(
+            crate::audit::now().to_bits(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {

@@ -588,7 +588,7 @@ fn the_startup_taint_goes_once_every_shim_is_proven_loaded_and_only_it() {
             {"key": "dedicated", "value": "wasm", "effect": "NoExecute"}
         ]),
     );
-    allow_startup_taint(&api, "kwasm.sh/provisioning");
+    api.allow_startup_taint("kwasm.sh/provisioning");
     let port = free_port();
     let host = NodeHost::with(agent_settings(port));
     let a = Agent::start(&host, &api.agent_kubeconfig("n1"), "n1", port);
@@ -618,23 +618,4 @@ fn the_startup_taint_goes_once_every_shim_is_proven_loaded_and_only_it() {
             .contains("removed the startup taint"),
         "{provisioned}"
     );
-}
-
-/// The admission policy as the chart renders it with `trigger.startupTaint: <taint>`: the agent may
-/// then remove that taint from its own Node (and nothing else of its spec).
-fn allow_startup_taint(api: &KubeApi, taint: &str) {
-    let mut vap: serde_json::Value = serde_json::from_str(&api.kubectl_ok(&[
-        "get",
-        "validatingadmissionpolicy",
-        "kwasm-agent-own-node",
-        "-o",
-        "json",
-    ]))
-    .unwrap();
-    for v in vap["spec"]["variables"].as_array_mut().unwrap() {
-        if v["name"] == "startupTaint" {
-            v["expression"] = format!("'{taint}'").into();
-        }
-    }
-    api.kubectl_stdin(&["replace", "-f", "-"], &vap.to_string());
 }
