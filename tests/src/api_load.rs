@@ -64,9 +64,13 @@ pub fn within(reqs: &[serde_json::Value], from: f64, to: f64) -> Vec<serde_json:
         .collect()
 }
 
-/// The response bytes of plain requests (a watch's are in `watch_bytes`).
-pub fn response_bytes(reqs: &[serde_json::Value]) -> u64 {
-    reqs.iter().filter_map(|r| r["bytes"].as_u64()).sum()
+/// Bytes the server has answered with so far (its `apiserver_response_sizes` histogram's sums;
+/// watch streams are not in it).
+pub fn response_bytes(api: &KubeApi) -> u64 {
+    metric(&api.metrics(), "apiserver_response_sizes_sum")
+        .iter()
+        .map(|(_, v)| *v as u64)
+        .sum()
 }
 
 /// Bytes the server has encoded for watch events so far, by kind (its

@@ -114,6 +114,13 @@ impl KubeApi {
             since: Default::default(),
         };
         api.add_token("admin", "kubernetes-admin", &["system:masters"], &[]);
+        // The harness's kubelets (`kubelets`): system:nodes are left out of the audit log.
+        api.add_token(
+            "kubelet",
+            "system:node:kubelets",
+            &["system:nodes", "system:masters"],
+            &[],
+        );
         api.start_etcd();
         api.start_server();
         write_kubeconfig(&api.kubeconfig, &api.url(), &api.ca(), "admin");

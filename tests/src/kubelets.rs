@@ -69,13 +69,13 @@ impl Drop for Kubelets {
     }
 }
 
-/// An HTTPS client for `api` as its administrator (kubelets are system:node users, authorized by
-/// the Node authorizer, which is not packaged).
+/// An HTTPS client for `api` as the kubelets' user (system:node:kubelets, in system:nodes and —
+/// for want of upstream's Node authorizer, not packaged — system:masters).
 pub fn api_client(api: &KubeApi) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
-        "Bearer admin".parse().unwrap(),
+        "Bearer kubelet".parse().unwrap(),
     );
     headers.insert(
         reqwest::header::USER_AGENT,

@@ -156,23 +156,25 @@ impl<'a> Grantor<'a> {
         }
     }
 
+    /// Take back what must be, grant free permits to the oldest asks (at once, together), then
+    /// clear released permits away — after granting: a released permit no longer counts.
     async fn step(&mut self) {
-        self.take_back().await;
+        self.take_back(false).await;
         self.queue_asks();
         let triggered = (self.nodes.values())
             .filter(|n| meta_asks_for_shims(&n.metadata, &self.rules.trigger))
             .count();
         let n = self.rules.concurrency.of(triggered) as usize;
-        let granted = |held: &BTreeMap<String, Seen>| {
-            (held.values())
-                .filter(|s| permit::state(&s.lease) == Some(State::Granted))
-                .count()
-        };
-        while granted(&self.held) < n {
-            let Some((at, node)) = self.line.pop_first() else {
-                break;
-            };
-            match self.grant(&node).await {
+        let granted = (self.held.values())
+            .filter(|s| permit::state(&s.lease) == Some(State::Granted))
+            .count();
+        let turn: Vec<(u64, String)> = (0..n.saturating_sub(granted))
+            .map_while(|_| self.line.pop_first())
+            .collect();
+        let answers =
+            futures_util::future::join_all(turn.iter().map(|(_, node)| self.grant(node))).await;
+        for ((at, node), answer) in turn.into_iter().zip(answers) {
+            match answer {
                 Ok(lease) => {
                     self.place.remove(&node);
                     let now = Instant::now();
@@ -185,25 +187,27 @@ impl<'a> Grantor<'a> {
                             since,
                         },
                     );
-                    tracing::info!(node = %node, in_use = granted(&self.held), of = n, waiting = self.line.len(), "granted a restart permit");
+                    tracing::info!(node = %node, of = n, waiting = self.line.len(), "granted a restart permit");
                 }
                 Err(e) => {
                     // Its place kept: tried again on the next turn (a second, or the next event).
                     tracing::warn!(node = %node, error = %format!("{e:#}"), "could not grant a restart permit; trying again");
                     self.line.insert(at, node);
-                    break;
                 }
             }
         }
+        self.take_back(true).await;
     }
 
-    /// Delete released permits, and take back those whose node is gone, stopped renewing, or
-    /// overran the deadline.
-    async fn take_back(&mut self) {
+    /// Delete permits and forget them: released ones (`released`), or those to take back — whose
+    /// node is gone, stopped renewing, or overran the deadline.
+    async fn take_back(&mut self, released: bool) {
         let mut done = Vec::new();
         for (node, s) in &self.held {
             let why = match permit::state(&s.lease) {
-                Some(State::Released) => None,
+                Some(State::Released) if released => None,
+                Some(State::Released) => continue,
+                _ if released => continue,
                 _ if !self.nodes.contains_key(node) => Some("its Node is gone"),
                 _ if s.changed.elapsed() >= self.rules.lease_duration => {
                     Some("it stopped renewing it")
