@@ -3,12 +3,15 @@
 # The whole test suite, as CI runs it: installs what the tests need (Debian packages, and the chart
 # tests' Python packages in a venv under target/), then format check, clippy with warnings as errors,
 # ShellCheck, the Helm chart's tests (Helm's engine, Kubernetes 1.30-1.37 schemas, CEL), and every
-# Rust test: unit, integration against a real containerd, end-to-end with the real kubectl, WASI
-# modules through CRI on a wasm shim built from runwasi's crates (tests/wasm-shim, by
-# scripts/build-wasm-shim.sh; its first build takes about ten minutes), the agent's image run as
-# the DaemonSet's pod (scripts/build-image.sh: amd64 and arm64, the arm64 agent run under qemu-user), production nodes under a real systemd with containerd
-# 1.6, 1.7 and 2.1 (scripts/containerd-releases.sh), and both demos as a new user runs them. Extra
-# arguments go to the test runner.
+# Rust test: unit, integration against a real containerd, end-to-end with the real kubectl against a
+# real Kubernetes API server (tests/kube-apiserver: Kubernetes' own server libraries on etcd, from
+# Debian's packages, built offline by scripts/kube-apiserver.sh; about five minutes the first time),
+# WASI modules through CRI on a wasm shim built from runwasi's crates (tests/wasm-shim, by
+# scripts/build-wasm-shim.sh; its first build takes about ten minutes), the agent's image run as the
+# DaemonSet's pod (scripts/build-image.sh: amd64 and arm64, the arm64 agent run under qemu-user),
+# production nodes under a real systemd with containerd 1.6, 1.7 and 2.1
+# (scripts/containerd-releases.sh), and both demos as a new user runs them. Extra arguments go to the
+# test runner.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +23,8 @@ command -v curl >/dev/null || need+=(curl)
 command -v python3 >/dev/null || need+=(python3)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v shellcheck >/dev/null || need+=(shellcheck)
+# Agents on clocks minutes apart (tests/tests/fleet.rs).
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(libfaketime)
 # The arm64 agent runs under qemu-user in tests/tests/arm64.rs.
 command -v qemu-aarch64-static >/dev/null || need+=(qemu-user-static)
 [ -r /etc/ssl/certs/ca-certificates.crt ] || need+=(ca-certificates)
@@ -36,11 +41,11 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 
 mkdir -p target
-# A cold run writes about 9 GB (7 GB under target/, 1.6 GB the wasm shim's; the last line of the
-# output says): say so before a full disk does.
+# A cold run writes about 12 GB (7 GB under target/ for the Rust build, 3 GB for the API server's
+# chroot, 1.6 GB the wasm shim's; the last line of the output says): say so before a full disk does.
 free_gb=$(df -Pk target | awk 'NR == 2 { print int($4 / 1048576) }')
 echo "==> disk: ${free_gb} GB free under target/"
-[ "$free_gb" -ge 10 ] || echo "warning: a cold run needs about 10 GB free under target/; the build may fail with 'No space left on device'" >&2
+[ "$free_gb" -ge 14 ] || echo "warning: a cold run needs about 14 GB free under target/; the build may fail with 'No space left on device'" >&2
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -57,6 +62,9 @@ echo "==> chart (Helm engine, Kubernetes 1.30-1.37 schemas, admission policy CEL
 ensure_venv
 KWASM_AGENT="$PWD/target/debug/kwasm-agent" "$venv_python" -m unittest discover -s tests/chart
 
+echo "==> Kubernetes API server for the cluster tests (scripts/kube-apiserver.sh)"
+KWASM_KUBE_APISERVER=$(bash scripts/kube-apiserver.sh | tail -n 1)
+export KWASM_KUBE_APISERVER
 echo "==> wasm shim (tests/wasm-shim)"
 KWASM_WASM_SHIM_ARCHIVE=$(bash scripts/build-wasm-shim.sh | tail -n 1)
 export KWASM_WASM_SHIM_ARCHIVE

@@ -450,6 +450,10 @@ impl KubeApi {
         all
     }
 
+    pub fn audit_log(&self) -> PathBuf {
+        self.dir.join("audit.log")
+    }
+
     /// `requests()` from now on only.
     pub fn clear_requests(&self) {
         (self.since).store(

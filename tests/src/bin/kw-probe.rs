@@ -1,7 +1,8 @@
 //! The probes scripts/bench.sh measures with, so the agent and its baseline are observed the same way:
 //! one request per probe, every few milliseconds, from one long-lived process (no process start per
 //! probe on either side).
-//!   kw-probe label URL NODE KEY VALUE [EVERY_MS]   until the Node's label KEY is VALUE ("-": absent)
+//!   kw-probe label NODE KEY VALUE [EVERY_MS]       until the Node's label KEY is VALUE ("-": absent),
+//!                                                  asking the cluster $KUBECONFIG names
 //!   kw-probe cri SOCKET [HANDLER] [EVERY_MS]       until containerd's CRI Status answers RuntimeReady
 //!                                                  (and lists HANDLER)
 //!   kw-probe cri-window SOCKET STOPFILE [EVERY_MS] CRI Status polled until STOPFILE exists; prints the
@@ -25,8 +26,8 @@ fn main() {
         .build()
         .unwrap();
     let waited = match args.first().map(String::as_str) {
-        Some("label") if args.len() >= 5 => {
-            rt.block_on(label(&args[1], &args[2], &args[3], &args[4], every(5, 10)))
+        Some("label") if args.len() >= 4 => {
+            rt.block_on(label(&args[1], &args[2], &args[3], every(4, 10)))
         }
         Some("cri") if args.len() >= 2 => {
             let handler = args.get(2).filter(|h| h.parse::<u64>().is_err()).cloned();
@@ -43,7 +44,7 @@ fn main() {
             return;
         }
         _ => {
-            eprintln!("usage: kw-probe label URL NODE KEY VALUE [EVERY_MS] | cri SOCKET [HANDLER] [EVERY_MS] | cri-window SOCKET STOPFILE [EVERY_MS]");
+            eprintln!("usage: kw-probe label NODE KEY VALUE [EVERY_MS] | cri SOCKET [HANDLER] [EVERY_MS] | cri-window SOCKET STOPFILE [EVERY_MS]");
             std::process::exit(2);
         }
     };
@@ -56,17 +57,21 @@ fn main() {
     }
 }
 
-async fn label(url: &str, node: &str, key: &str, value: &str, every: Duration) -> Option<Duration> {
-    let client = reqwest::Client::new();
-    let get = format!("{}/api/v1/nodes/{node}", url.trim_end_matches('/'));
+async fn label(node: &str, key: &str, value: &str, every: Duration) -> Option<Duration> {
+    let client = kwasm_agent::kube_client::client("probe", Duration::from_secs(90))
+        .await
+        .expect("a kubeconfig ($KUBECONFIG)");
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client);
     poll(every, || async {
-        let Ok(resp) = client.get(&get).send().await else {
+        let Ok(n) = nodes.get(node).await else {
             return false;
         };
-        let Ok(node) = resp.json::<serde_json::Value>().await else {
-            return false;
-        };
-        let got = node["metadata"]["labels"][key].as_str();
+        let got = n
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .map(String::as_str);
         if value == "-" {
             got.is_none()
         } else {
