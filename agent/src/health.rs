@@ -20,7 +20,7 @@ pub trait Probe: Send + Sync + 'static {
     fn not_live(&self) -> Option<String>;
     /// Why it should get no traffic yet, or None.
     fn not_ready(&self) -> Option<String>;
-    /// Prometheus text, or None: no /metrics.
+    /// OpenMetrics text, or None: no /metrics.
     fn metrics(&self) -> Option<String>;
 }
 
@@ -66,6 +66,9 @@ async fn bind(listen: &str, key: &str) -> anyhow::Result<TcpListener> {
     }
 }
 
+/// What `prometheus-client` writes (Prometheus scrapes it as such).
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 async fn handle(
     req: Request<hyper::body::Incoming>,
     probe: Arc<dyn Probe>,
@@ -78,7 +81,7 @@ async fn handle(
     let (code, ctype, body) = match (req.uri().path(), probe.metrics()) {
         ("/healthz", _) => answer(probe.not_live(), "ok"),
         ("/readyz", _) => answer(probe.not_ready(), "ready"),
-        ("/metrics", Some(m)) => (StatusCode::OK, "text/plain; version=0.0.4", m),
+        ("/metrics", Some(m)) => (StatusCode::OK, OPENMETRICS, m),
         _ => (StatusCode::NOT_FOUND, text, "not found\n".to_owned()),
     };
     let mut r = Response::new(Full::new(Bytes::from(body)));

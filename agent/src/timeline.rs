@@ -28,6 +28,14 @@ impl Timeline {
         self.steps.iter().any(|(s, _)| *s == step)
     }
 
+    /// How long `step` took (all its marks together), if it ran.
+    pub fn took(&self, step: &str) -> Option<std::time::Duration> {
+        (self.steps.iter())
+            .filter(|(s, _)| *s == step)
+            .map(|(_, d)| *d)
+            .reduce(|a, b| a + b)
+    }
+
     /// The last step that finished before the work ended ("start": none did) — a failing
     /// reconcile failed in the step after it. A bounded set: the step names are the code's own.
     pub fn last_finished(&self) -> &'static str {
@@ -83,7 +91,7 @@ pub async fn timed<F: std::future::Future>(work: F) -> (F::Output, Timeline) {
 
 /// Fault injection for the kill -9 suites (tests/src/fault.rs), never set in production:
 /// `KWASM_TEST_KILL_AT=STEP` kills the agent with SIGKILL when STEP is marked, `STEP+MS` that many
-/// milliseconds later (e.g. `restart-slot+300` lands inside the restart).
+/// milliseconds later (e.g. `restart-permit+300` lands inside the restart).
 mod fault {
     use std::sync::OnceLock;
     use std::time::Duration;

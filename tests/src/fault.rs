@@ -29,14 +29,14 @@ pub const APPLY_STEPS: &[(&str, &str)] = &[
         "after containerd validated the candidate config",
     ),
     ("write", "after the config swap, before the restart"),
-    ("restart-slot+20", "during the restart"),
+    ("restart-permit+20", "during the restart"),
     ("restart", "during the CRI wait"),
     ("cri-wait", "after the CRI plugin listed the handler"),
 ];
 pub const REMOVE_STEPS: &[(&str, &str)] = &[
     ("validate", "after the candidate config was validated"),
     ("write", "after the config swap, before the restart"),
-    ("restart-slot+20", "during the restart"),
+    ("restart-permit+20", "during the restart"),
     ("restart", "during the CRI wait"),
     (
         "remove-binary",

@@ -84,7 +84,10 @@ pub fn api_client(api: &KubeApi) -> reqwest::Client {
     reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&api.ca()).unwrap())
         .default_headers(headers)
-        .pool_max_idle_per_host(8)
+        .pool_max_idle_per_host(32)
+        // One connection a request in flight: the server's HTTP/2 protections (rapid-reset limits)
+        // are not what these tests are about.
+        .http1_only()
         .build()
         .unwrap()
 }

@@ -229,7 +229,7 @@ fn permit(node: &str, state: &str) -> serde_json::Value {
 }
 
 #[test]
-fn only_the_grantor_grants_and_a_node_only_renews_or_releases_its_own_permit() {
+fn only_the_grantor_grants_and_a_node_only_renews_or_gives_back_its_own_permit() {
     let c = cluster();
     let (n1, n2, n3) = (c.agent("n1"), c.agent("n2"), c.agent("n3"));
     let grantor = |holder| {
@@ -259,46 +259,39 @@ fn only_the_grantor_grants_and_a_node_only_renews_or_releases_its_own_permit() {
         e.contains("carries the label kwasm.sh/restart-permit=true"),
         "{e}"
     );
-    let e = c.lease(&n1, "create", permit("n2", "released")).unwrap();
+    let e = c.lease(&n1, "create", permit("n2", "taken")).unwrap();
     assert!(e.contains("created granted"), "{e}");
     assert_eq!(c.lease(&n1, "create", permit("n2", "granted")), None);
-    // n2 renews and releases its own; n3 touches nobody's; released stays released.
+    // n2 renews its own and changes nothing else of it; n3 touches nobody's.
     let name = "kwasm-agent-permit-n2";
-    let mut current: serde_json::Value = serde_json::from_str(
-        &c.api
-            .kubectl_ok(&["get", "lease", "-n", NAMESPACE, name, "-o", "json"]),
-    )
-    .unwrap();
-    current["spec"]["renewTime"] = "2026-12-07T18:00:00.000000Z".into();
-    let e = c.lease(&n3, "replace", current.clone()).unwrap();
-    assert!(
-        e.contains("may only renew or release its own restart permit"),
-        "{e}"
-    );
-    assert_eq!(c.lease(&n2, "replace", current.clone()), None);
-    let renewed: serde_json::Value = serde_json::from_str(
-        &c.api
-            .kubectl_ok(&["get", "lease", "-n", NAMESPACE, name, "-o", "json"]),
-    )
-    .unwrap();
-    let mut released = renewed.clone();
-    released["metadata"]["annotations"]["kwasm.sh/permit"] = "released".into();
-    assert_eq!(c.lease(&n2, "replace", released), None);
-    let mut again: serde_json::Value = serde_json::from_str(
-        &c.api
-            .kubectl_ok(&["get", "lease", "-n", NAMESPACE, name, "-o", "json"]),
-    )
-    .unwrap();
-    again["metadata"]["annotations"]["kwasm.sh/permit"] = "granted".into();
-    let e = c.lease(&n2, "replace", again).unwrap();
-    assert!(e.contains("may only renew or release its own"), "{e}");
-    // Only the grantor deletes (takes back) a permit.
+    let get = || -> serde_json::Value {
+        serde_json::from_str(
+            &c.api
+                .kubectl_ok(&["get", "lease", "-n", NAMESPACE, name, "-o", "json"]),
+        )
+        .unwrap()
+    };
+    let mut renewed = get();
+    renewed["spec"]["renewTime"] = "2026-12-07T18:00:00.000000Z".into();
+    let e = c.lease(&n3, "replace", renewed.clone()).unwrap();
+    assert!(e.contains("may only renew its own restart permit"), "{e}");
+    assert_eq!(c.lease(&n2, "replace", renewed), None);
+    let mut relabelled = get();
+    relabelled["metadata"]["annotations"]["kwasm.sh/permit"] = "mine".into();
+    let e = c.lease(&n2, "replace", relabelled).unwrap();
+    assert!(e.contains("may only renew its own"), "{e}");
+    // A node gives back (deletes) only its own; the grantor takes back (deletes) any.
     c.refused(
-        &n2,
+        &n3,
         &["delete", "lease", "-n", NAMESPACE, name],
         "only the grantor (n1)",
     );
-    c.allowed(&n1, &["delete", "lease", "-n", NAMESPACE, name]);
+    c.allowed(&n2, &["delete", "lease", "-n", NAMESPACE, name]);
+    assert_eq!(c.lease(&n1, "create", permit("n3", "granted")), None);
+    c.allowed(
+        &n1,
+        &["delete", "lease", "-n", NAMESPACE, "kwasm-agent-permit-n3"],
+    );
     // Another component's Lease is nobody's to touch; the previous version's slots may go.
     c.api.kubectl_stdin(
         &["create", "-f", "-"],

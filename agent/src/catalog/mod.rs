@@ -5,9 +5,10 @@
 //! status write per Shim whose counts it changed, and nothing when they did not (changes within
 //! `[catalog] status_interval` fold into one write).
 
-mod leader;
+pub mod leader;
+pub(crate) mod metrics;
 mod runtime_class;
-mod status;
+pub(crate) mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -48,13 +49,9 @@ pub async fn run(config: &std::path::Path) -> anyhow::Result<()> {
         duration: settings.catalog.lease_duration,
     };
     let heartbeat = Arc::new(leader::Heartbeat::new(settings.catalog.lease_duration));
+    let metrics = Arc::new(metrics::CatalogMetrics::new(heartbeat.clone()));
     if !settings.catalog.listen.is_empty() {
-        crate::health::serve(
-            &settings.catalog.listen,
-            "catalog.listen",
-            heartbeat.clone(),
-        )
-        .await?;
+        crate::health::serve(&settings.catalog.listen, "catalog.listen", metrics.clone()).await?;
     }
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -63,7 +60,8 @@ pub async fn run(config: &std::path::Path) -> anyhow::Result<()> {
         _ = sigterm.recv() => return Ok(()),
         _ = sigint.recv() => return Ok(()),
     }
-    let catalog = Catalog::new(client, settings, holder);
+    metrics.leading.set(1);
+    let catalog = Catalog::new(client, settings, holder, metrics.clone());
     let outcome = tokio::select! {
         lost = leader::keep(lease.clone(), &heartbeat) => Err(lost),
         done = catalog.run() => done,
@@ -82,10 +80,16 @@ struct Catalog {
     runtime_classes: Store<RuntimeClass>,
     changed: Arc<Notify>,
     recorder: Recorder,
+    metrics: Arc<metrics::CatalogMetrics>,
 }
 
 impl Catalog {
-    fn new(client: Client, settings: Settings, holder: String) -> Self {
+    fn new(
+        client: Client,
+        settings: Settings,
+        holder: String,
+        metrics: Arc<metrics::CatalogMetrics>,
+    ) -> Self {
         let changed = Arc::new(Notify::new());
         let shims = reflect(watcher(Api::all(client.clone()), config()), changed.clone());
         let nodes = reflect(
@@ -108,6 +112,7 @@ impl Catalog {
             nodes,
             runtime_classes,
             changed,
+            metrics,
         }
     }
 
@@ -160,6 +165,7 @@ impl Catalog {
             problems.insert(name, Problem::NotFollowed(why));
         }
         let nodes = self.nodes.state();
+        let mut tallies = Vec::new();
         for Checked {
             object: shim,
             entry,
@@ -178,6 +184,7 @@ impl Catalog {
             };
             let previous = shim.status.as_ref();
             let now = status::status(shim, &tally, problem, previous);
+            tallies.push((name, tally));
             if previous == Some(&now) {
                 continue;
             }
@@ -187,10 +194,12 @@ impl Catalog {
                 failed += 1;
                 continue;
             }
+            self.metrics.status_writes.inc();
             for (warning, reason, note) in status::news(previous, &now) {
                 self.publish(shim, warning, reason, note).await;
             }
         }
+        (self.metrics).shims(tallies.iter().map(|(n, t)| (n.as_str(), t)));
         anyhow::ensure!(failed == 0, "{failed} write(s) failed");
         Ok(())
     }

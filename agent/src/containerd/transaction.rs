@@ -78,14 +78,14 @@ impl Containerd {
             }
         }
         // Everything that can happen before the restart does: nothing but the restart and its proof
-        // is on the path where CRI is down, or inside a restart slot.
+        // is on the path where CRI is down, or inside a restart permit.
         let made = self.write_and_record(edit, previous, record).await?;
         mark("write");
         let permit = match gate.enter().await {
             Ok(p) => p,
             Err(e) => return Err(self.abort(edit, &made, e, previous, record, None).await),
         };
-        mark("restart-slot");
+        mark("restart-permit");
         tracing::info!(action = ?action, "restarting containerd");
         let result = match self.restart_and_prove(&action, &expected, removing).await {
             Ok(st) => Ok(st),

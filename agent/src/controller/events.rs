@@ -18,7 +18,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Reason::Provisioning => "Provisioning",
             Reason::WaitingForRestart => "WaitingForRestart",

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
@@ -29,6 +29,7 @@ use crate::node_contract::trigger::meta_asks_for_shims;
 use crate::settings::{Concurrency, TriggerSettings};
 
 pub struct Rules {
+    pub metrics: super::grantor_metrics::GrantorMetrics,
     pub concurrency: Concurrency,
     pub lease_duration: Duration,
     /// A permit held longer than this is taken back even while renewed.
@@ -48,12 +49,14 @@ pub async fn campaign(election: &Election, client: kube::Client, rules: Rules) {
             }
         };
         tracing::info!("granting restart permits for the fleet");
+        rules.metrics.leading.set(1);
         clean_previous(&election.lease.leases).await;
         let mut g = Grantor::new(election.lease.leases.clone(), &rules);
         let why = tokio::select! {
             lost = election.keep(held) => lost,
             ended = g.run(Api::all(client.clone())) => ended,
         };
+        rules.metrics.stood_down();
         tracing::warn!(error = %format!("{why:#}"), "stopped granting restart permits");
     }
 }
@@ -150,16 +153,36 @@ impl<'a> Grantor<'a> {
                 },
                 _ = tick.tick() => {}
             }
+            // Whatever else has arrived already: one step for all of it.
+            while let Some(Some(Ok(ev))) = node_events.next().now_or_never() {
+                nodes_listed |= apply(
+                    ev,
+                    &mut self.nodes,
+                    &mut node_buf,
+                    true,
+                    |n| n.metadata.name.clone(),
+                    |_, n| n,
+                );
+            }
+            while let Some(Some(Ok(ev))) = permit_events.next().now_or_never() {
+                permits_listed |= apply(
+                    ev,
+                    &mut self.held,
+                    &mut permit_buf,
+                    false,
+                    |l| permit::node(l).map(str::to_owned),
+                    seen,
+                );
+            }
             if nodes_listed && permits_listed {
                 self.step().await;
             }
         }
     }
 
-    /// Take back what must be, grant free permits to the oldest asks (at once, together), then
-    /// clear released permits away — after granting: a released permit no longer counts.
+    /// Take back what must be, then grant free permits to the oldest asks (at once, together).
     async fn step(&mut self) {
-        self.take_back(false).await;
+        self.take_back().await;
         self.queue_asks();
         let triggered = (self.nodes.values())
             .filter(|n| meta_asks_for_shims(&n.metadata, &self.rules.trigger))
@@ -176,6 +199,7 @@ impl<'a> Grantor<'a> {
         for ((at, node), answer) in turn.into_iter().zip(answers) {
             match answer {
                 Ok(lease) => {
+                    self.rules.metrics.grants.inc();
                     self.place.remove(&node);
                     let now = Instant::now();
                     let (changed, since) = (now, now);
@@ -196,47 +220,55 @@ impl<'a> Grantor<'a> {
                 }
             }
         }
-        self.take_back(true).await;
+        let m = &self.rules.metrics;
+        m.granted.set(
+            (self.held.values())
+                .filter(|s| permit::state(&s.lease) == Some(State::Granted))
+                .count() as i64,
+        );
+        m.waiting.set(self.line.len() as i64);
     }
 
-    /// Delete permits and forget them: released ones (`released`), or those to take back — whose
-    /// node is gone, stopped renewing, or overran the deadline.
-    async fn take_back(&mut self, released: bool) {
-        let mut done = Vec::new();
-        for (node, s) in &self.held {
-            let why = match permit::state(&s.lease) {
-                Some(State::Released) if released => None,
-                Some(State::Released) => continue,
-                _ if released => continue,
-                _ if !self.nodes.contains_key(node) => Some("its Node is gone"),
-                _ if s.changed.elapsed() >= self.rules.lease_duration => {
-                    Some("it stopped renewing it")
-                }
-                _ if s.since.elapsed() >= self.rules.deadline => {
-                    Some("it held it past the deadline")
-                }
-                _ => continue,
-            };
-            let rv = s.lease.metadata.resource_version.clone();
+    /// Take permits back: whose node is gone, stopped renewing, or overran the deadline (deleted
+    /// together; guarded by the version seen, so a renewal that got there first keeps it).
+    async fn take_back(&mut self) {
+        let due: Vec<(String, &'static str, Option<String>)> = (self.held.iter())
+            .filter_map(|(node, s)| {
+                let why = if !self.nodes.contains_key(node) {
+                    "its Node is gone"
+                } else if s.changed.elapsed() >= self.rules.lease_duration {
+                    "it stopped renewing it"
+                } else if s.since.elapsed() >= self.rules.deadline {
+                    "it held it past the deadline"
+                } else {
+                    return None;
+                };
+                Some((node.clone(), why, s.lease.metadata.resource_version.clone()))
+            })
+            .collect();
+        let permits = &self.permits;
+        let deletes = due.iter().map(|(node, _, rv)| {
             let params = DeleteParams::default().preconditions(Preconditions {
-                resource_version: rv,
+                resource_version: rv.clone(),
                 uid: None,
             });
-            match self.permits.delete(&permit::name(node), &params).await {
-                Ok(_) => done.push((node.clone(), why)),
-                Err(kube::Error::Api(e)) if e.code == 404 => done.push((node.clone(), why)),
+            let name = permit::name(node);
+            async move { permits.delete(&name, &params).await }
+        });
+        let answers = futures_util::future::join_all(deletes).await;
+        for ((node, why, _), answer) in due.into_iter().zip(answers) {
+            match answer {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => {
-                    tracing::warn!(node = %node, error = %e, "could not delete a restart permit; again shortly")
+                    tracing::warn!(node = %node, error = %e, "could not take a restart permit back; again shortly");
+                    continue;
                 }
             }
-        }
-        for (node, why) in done {
             self.held.remove(&node);
-            if let Some(why) = why {
-                tracing::warn!(node = %node, "took a restart permit back: {why}");
-                self.taken_back
-                    .insert(node.clone(), ask(self.nodes.get(&node)));
-            }
+            self.rules.metrics.taken_back.inc();
+            tracing::warn!(node = %node, "took a restart permit back: {why}");
+            (self.taken_back).insert(node.clone(), ask(self.nodes.get(&node)));
         }
     }
 

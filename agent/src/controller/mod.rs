@@ -7,6 +7,7 @@ mod desired;
 mod election;
 mod events;
 mod grantor;
+mod grantor_metrics;
 mod metrics;
 pub mod node;
 mod pacing;
@@ -172,7 +173,6 @@ impl NodeLoop {
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let ctx = &self.ctx;
-        ctx.metrics.reconciles.fetch_add(1, Relaxed);
         let engines = &mut self.engines;
         let (result, timeline) = crate::timeline::timed(async {
             match engines.get(want.arch) {
@@ -191,12 +191,7 @@ impl NodeLoop {
         } else {
             tracing::debug!(total_ms = timeline.total().as_millis() as u64, steps = %timeline, "reconcile timeline");
         }
-        ctx.metrics
-            .duration_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
-        if result.is_err() {
-            ctx.metrics.count_failure(timeline.last_finished());
-        }
+        (ctx.metrics).reconciled(started.elapsed(), &timeline, result.is_err());
         result
     }
 }

@@ -42,6 +42,7 @@ pub fn start(
         crate::lease::namespace(fleet.lease_namespace.as_deref(), "fleet.lease_namespace")?;
     let leases = kube::Api::namespaced(client.clone(), &namespace);
     let rules = Rules {
+        metrics: ctx.metrics.grantor.clone(),
         concurrency: fleet.max_concurrent_restarts,
         lease_duration: fleet.lease_duration,
         // A restart, a rollback's restart, and a lease duration to spare.
@@ -88,9 +89,13 @@ fn observer(ctx: Arc<Context>) -> GateObserver {
                 }
                 GateEvent::Acquired => {
                     ctx.metrics.waiting_for_restart.store(false, Relaxed);
-                    let _ = (ctx.nodes)
-                        .set_phase_from(Some(Phase::WaitingForRestart), Phase::Provisioning)
-                        .await;
+                    // Off the restart's path: the restart begins now, the Node says so when it can
+                    // (and only if nothing newer said otherwise meanwhile).
+                    tokio::spawn(async move {
+                        let _ = (ctx.nodes)
+                            .set_phase_from(Some(Phase::WaitingForRestart), Phase::Provisioning)
+                            .await;
+                    });
                 }
             }
         })

@@ -1,11 +1,9 @@
 //! Restart permits: what the grantor and the nodes agree on. A node asks by showing the phase
 //! WaitingForRestart on its own Node; the grantor grants by creating the node's permit, a Lease
 //! `kwasm-agent-permit-<node>` held by the node, `granted` (an annotation); the node renews it
-//! while containerd may be down and marks it `released` when done; the grantor deletes it then, or
-//! when it takes it back. Only the grantor creates and deletes; a node only renews and releases its
-//! own (the chart's admission policy says so).
-
-use std::collections::BTreeMap;
+//! while containerd may be down and gives it back by deleting it; the grantor deletes it when it
+//! takes it back. Only the grantor creates permits; a node only renews and deletes its own (the
+//! chart's admission policies say so).
 
 use k8s_openapi::api::coordination::v1::Lease;
 
@@ -17,14 +15,12 @@ pub const GRANTOR_LEASE: &str = "kwasm-agent-restart-grantor";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Granted,
-    Released,
 }
 
 impl State {
     pub fn as_str(self) -> &'static str {
         match self {
             State::Granted => "granted",
-            State::Released => "released",
         }
     }
 }
@@ -43,7 +39,6 @@ pub fn name(node: &str) -> String {
 pub fn state(lease: &Lease) -> Option<State> {
     match annotation(lease, STATE)? {
         "granted" => Some(State::Granted),
-        "released" => Some(State::Released),
         _ => None,
     }
 }
@@ -60,14 +55,4 @@ fn annotation<'a>(lease: &'a Lease, key: &str) -> Option<&'a str> {
         .as_ref()?
         .get(key)
         .map(String::as_str)
-}
-
-/// `lease` in `state` (a copy to write with its resourceVersion as precondition).
-pub fn with_state(lease: &Lease, state: State) -> Lease {
-    let mut out = lease.clone();
-    out.metadata
-        .annotations
-        .get_or_insert_with(BTreeMap::new)
-        .insert(STATE.to_owned(), state.as_str().to_owned());
-    out
 }

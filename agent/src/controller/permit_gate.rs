@@ -1,7 +1,7 @@
 //! The node's side of restart pacing: ask (the phase WaitingForRestart on its own Node), wait on one
 //! watch of its own permit — no request while it waits, whatever happens elsewhere — then confirm the
 //! grant with a write guarded by the version it saw (a grant already taken back cannot be confirmed),
-//! renew it while containerd may be down, and give it back (`released`) once containerd proved
+//! renew it while containerd may be down, and give it back (delete it) once containerd proved
 //! itself or was rolled back. The grantor (`grantor`) decides everything else.
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
@@ -165,26 +165,18 @@ impl Permit for HeldPermit {
     fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
             self.renew.abort();
-            let leases = &self.permits.leases;
-            let mut lease = self.known.lock().await.clone();
+            let lease = self.known.lock().await.clone();
             let name = lease.metadata.name.clone().unwrap_or_default();
-            for _ in 0..3 {
-                let released = permit::with_state(&lease, State::Released);
-                match leases
-                    .replace(&name, &PostParams::default(), &released)
-                    .await
-                {
-                    Ok(_) => return tracing::info!(permit = %name, "gave the restart permit back"),
-                    Err(kube::Error::Api(s)) if s.code == 409 => {
-                        match leases.get_opt(&name).await {
-                            Ok(Some(current)) => lease = current,
-                            _ => return,
-                        }
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 404 => return,
-                    Err(e) => {
-                        return tracing::warn!(error = %e, "could not give the restart permit back; the grantor takes it back when it stops being renewed");
-                    }
+            // This grant only (its uid): a later one for this node is not this node's to give back.
+            let params = DeleteParams::default().preconditions(Preconditions {
+                uid: lease.metadata.uid.clone(),
+                resource_version: None,
+            });
+            match self.permits.leases.delete(&name, &params).await {
+                Ok(_) => tracing::info!(permit = %name, "gave the restart permit back"),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not give the restart permit back; the grantor takes it back when it stops being renewed")
                 }
             }
         })

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::Node;
 use super::context::Context;
 use super::desired::{Desired, Uninstall};
 use super::events::Reason;
+use super::metrics::ShimInfo;
 use super::node::{self, Report, ShimLabel};
 use super::report::status_doc;
 use crate::artifact::ArtifactStep;
@@ -172,9 +173,7 @@ async fn report_drift(ctx: &Context, node: &Node, plan: &HostPlan, loaded: bool,
         plan.changes() || !loaded || plan.config.as_ref().map(|c| c.changes()).unwrap_or(true);
     if drifted {
         // A changed request is not drift: only the host moving under the agent counts.
-        ctx.metrics
-            .drift_repairs
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.drift_repaired();
     }
     ctx.events
         .publish(node, Reason::DriftDetected, &format!("{what}; re-applying"))
@@ -292,6 +291,12 @@ async fn report_provisioned(
         )
         .await?;
     mark("report");
+    ctx.metrics
+        .shims_installed(report.state.shims.values().map(|s| ShimInfo {
+            shim: s.name.clone(),
+            version: s.version.clone(),
+            loaded: u8::from(shims.iter().any(|l| l.name == s.name && l.ready)).to_string(),
+        }));
     let installed: Vec<String> = report
         .state
         .shims
@@ -382,6 +387,7 @@ async fn fail(
         )
         .await;
     ctx.events.publish(node, f.reason, &msg).await;
+    ctx.metrics.failure_reason(f.reason.as_str());
     match reported {
         Ok(_) => Err(f.error),
         Err(e) => Err(f
@@ -421,6 +427,7 @@ async fn unprovision(
     let node = ctx.nodes.report(node, removing).await?;
     match engine.remove(&[]).await {
         Ok(r) if r.in_use.is_empty() => {
+            ctx.metrics.shims_installed([]);
             let node = ctx.nodes.report(&node, CLEAR).await?;
             ctx.events
                 .publish(
@@ -445,6 +452,7 @@ async fn unprovision(
             ctx.events
                 .publish(&node, Reason::RemoveFailed, &format!("{e:#}"))
                 .await;
+            ctx.metrics.failure_reason(Reason::RemoveFailed.as_str());
             Err(e)
         }
     }
