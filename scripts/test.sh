@@ -57,7 +57,10 @@ shellcheck -x scripts/*.sh scripts/lib/*.sh
 echo "==> build"
 cargo build --workspace --bins --quiet
 
-echo "==> chart (Helm engine, Kubernetes 1.30-1.37 schemas, admission policy CEL)"
+echo "==> Prometheus and promtool (scripts/prometheus.sh)"
+KWASM_PROMETHEUS=$(bash scripts/prometheus.sh | tail -n 1)
+export KWASM_PROMETHEUS
+echo "==> chart (Helm engine, Kubernetes 1.30-1.37 schemas, alerts by promtool)"
 . "$(dirname "$0")/lib/venv.sh"
 ensure_venv
 KWASM_AGENT="$PWD/target/debug/kwasm-agent" "$venv_python" -m unittest discover -s tests/chart

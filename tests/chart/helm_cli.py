@@ -2,6 +2,7 @@
 `helm install`, `helm upgrade`, `helm uninstall` and `helm test` against the tests' API server:
 
     helm_cli.py KUBECONFIG install|upgrade|uninstall|test RELEASE [VALUES_JSON]
+    helm_cli.py - template RELEASE [VALUES_JSON]      (no cluster: the rendered objects, as JSON)
 
 The chart is manifests/helm/kwasm-agent, in the chart's namespace (kube-system); what Helm answers
 is printed as JSON; a refusal exits 1 with Helm's message on stderr.
@@ -12,6 +13,7 @@ import sys
 from pathlib import Path
 
 import helm_python as helm
+import yaml
 
 CHART = Path(__file__).resolve().parents[2] / "manifests" / "helm" / "kwasm-agent"
 NAMESPACE = "kube-system"
@@ -21,8 +23,13 @@ TIMEOUT = 180
 def main():
     kubeconfig, verb, release = sys.argv[1:4]
     values = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
-    config = helm.Config(kubeconfig_path=kubeconfig, namespace=NAMESPACE)
     chart = helm.Chart.load(str(CHART))
+    if verb == "template":
+        config = helm.Config(storage_driver="memory", namespace=NAMESPACE)
+        release = config.install(chart, release, values, dry_run="client", namespace=NAMESPACE)
+        print(json.dumps([d for d in yaml.safe_load_all(release["manifest"]) if d]))
+        return
+    config = helm.Config(kubeconfig_path=kubeconfig, namespace=NAMESPACE)
     try:
         if verb == "install":
             out = config.install(chart, release, values, namespace=NAMESPACE, timeout=TIMEOUT)

@@ -54,3 +54,27 @@ pub fn kube_apiserver_dir() -> PathBuf {
     })
     .clone()
 }
+
+/// Prometheus and promtool (scripts/prometheus.sh: Debian's package, unpacked): `$KWASM_PROMETHEUS`,
+/// or the script run once by this process.
+pub fn prometheus_dir() -> PathBuf {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("KWASM_PROMETHEUS") {
+            return dir.into();
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let out = std::process::Command::new("bash")
+            .arg(root.join("scripts/prometheus.sh"))
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("bash scripts/prometheus.sh");
+        assert!(out.status.success(), "scripts/prometheus.sh failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .expect("the script prints its directory")
+            .into()
+    })
+    .clone()
+}

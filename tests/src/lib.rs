@@ -12,6 +12,7 @@ pub mod cri;
 pub mod daemonset;
 pub mod fault;
 pub mod fleet_parts;
+pub mod helm;
 pub mod job_kubelet;
 pub mod kube_api;
 pub mod kubelets;

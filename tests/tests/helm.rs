@@ -4,51 +4,13 @@
 //! agent on one node works under what the release installs (its RBAC, its admission policies); the
 //! pre-delete hook's Job is run by the harness as a kubelet would run its pod (`job_kubelet`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use kwasm_tests::agent::{eventually, RunningAgent};
+use kwasm_tests::helm::{helm, python};
 use kwasm_tests::job_kubelet::running_jobs;
 use kwasm_tests::kube_api::{free_port, KubeApi, NAMESPACE};
 use kwasm_tests::node_host::NodeHost;
-
-/// The chart tests' Python (scripts/test.sh makes it, with helm-python-sdk), or None (skipped, but
-/// not under CI).
-fn python() -> Option<PathBuf> {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv-chart/bin/python");
-    if venv.exists() {
-        return Some(venv);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "{} missing: run scripts/test.sh",
-        venv.display()
-    );
-    eprintln!(
-        "skipped: {} missing (scripts/test.sh makes it)",
-        venv.display()
-    );
-    None
-}
-
-fn helm(
-    python: &Path,
-    api: &KubeApi,
-    verb: &str,
-    values: serde_json::Value,
-) -> Result<serde_json::Value, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("chart/helm_cli.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(&api.kubeconfig)
-        .args([verb, "kwasm-agent", &values.to_string()])
-        .output()
-        .expect("helm_cli.py");
-    match out.status.success() {
-        true => Ok(serde_json::from_slice(&out.stdout).unwrap_or_default()),
-        false => Err(String::from_utf8_lossy(&out.stderr).into_owned()),
-    }
-}
 
 fn names(api: &KubeApi, kinds: &str) -> String {
     api.kubectl_ok(&["get", kinds, "-A", "-o", "name"])
