@@ -41,7 +41,8 @@ def render(values, with_hooks=True):
     """Every object the chart renders for `values`, as a list of dicts.
 
     The dry-run install runs Helm's full install path (schema validation included); its manifest
-    leaves hooks out, so hooks come from rendering the templates themselves.
+    leaves hooks out, so hooks (the uninstall hook, `helm test`'s pods) come from rendering the
+    templates themselves.
     """
     chart = helm.Chart.load(str(CHART))
     config = helm.Config(storage_driver="memory", namespace=NAMESPACE)
@@ -49,7 +50,7 @@ def render(values, with_hooks=True):
     docs = [d for d in yaml.safe_load_all(release["manifest"]) if d]
     if with_hooks:
         for name, text in chart.render(values, name=RELEASE, namespace=NAMESPACE).items():
-            if name.endswith("uninstall-hook.yaml"):
+            if name.endswith(("uninstall-hook.yaml", "shim-tests.yaml")):
                 docs += [d for d in yaml.safe_load_all(text) if d]
     return docs
 
@@ -427,6 +428,8 @@ def render_plain(chart):
             if name.endswith("NOTES.txt") or not files[name].strip():
                 continue
             docs = [d for d in yaml.safe_load_all(files[name]) if d]
+            if name.endswith("shim-tests.yaml"):
+                continue  # `helm test` only
             (uninstall if name.endswith("uninstall-hook.yaml") else agent).extend(docs)
         return agent, uninstall
 

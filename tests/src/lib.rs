@@ -18,6 +18,7 @@ pub mod kube_api;
 pub mod kubelets;
 pub mod node_host;
 pub mod oci;
+pub mod pod_kubelet;
 pub mod rootfs;
 pub mod sandbox;
 pub mod sigstore;

@@ -11,6 +11,8 @@ use crate::oci::Image;
 pub const HELLO_WASM: &str = "registry.kwasm.test/hello-wasm:1";
 pub const EXIT42_WASM: &str = "registry.kwasm.test/exit42-wasm:1";
 pub const WRITE_FILE_WASM: &str = "registry.kwasm.test/write-file-wasm:1";
+/// `helm test`'s workload: exits 0 given the argument "kwasm" and KWASM_TEST=ok, else 1.
+pub const SELFTEST_WASM: &str = "registry.kwasm.test/selftest-wasm:1";
 pub const HELLO_NATIVE: &str = "registry.kwasm.test/hello-native:1";
 /// The line hello.wat and hello.c both print first.
 pub const HELLO_LINE: &str = "hello from kwasm-agent's test workload";
@@ -63,6 +65,7 @@ pub fn build_all(work: &Path) -> Vec<(&'static str, PathBuf)> {
             "/write-file.wasm",
             wasm("write-file", work),
         ),
+        (SELFTEST_WASM, "/selftest.wasm", wasm("selftest", work)),
     ];
     images
         .into_iter()

@@ -193,9 +193,7 @@ fn prometheus_scrapes_the_agent_and_the_provisioning_failed_alerts_fire_then_res
         node_failed["node"], "n1",
         "the PodMonitor's relabelling names the node: {node_failed}"
     );
-    let failures = prom.query(
-        "sum(kwasm_reconcile_failures_total{reason=\"ProvisionFailed\"})",
-    );
+    let failures = prom.query("sum(kwasm_reconcile_failures_total{reason=\"ProvisionFailed\"})");
     assert!(
         failures.unwrap_or(0.0) >= 1.0,
         "failures by step and reason: {failures:?}"
