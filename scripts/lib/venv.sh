@@ -14,3 +14,17 @@ ensure_venv() {
   # shellcheck disable=SC2034 # read by the sourcing script
   venv_python="$PWD/$venv/bin/python"
 }
+
+# matplotlib, for the benchmarks' pictures (scripts/plot-rollout.py), in a venv of its own: the
+# chart's tests (and CI) do not need it. Sets $plot_python.
+ensure_plot_venv() {
+  local venv=target/venv-plot
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import matplotlib" 2>/dev/null; then
+    echo "==> python venv for the benchmark's plots ($venv)" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "matplotlib==3.10.7" >&2
+  fi
+  # shellcheck disable=SC2034 # read by the sourcing script
+  plot_python="$PWD/$venv/bin/python"
+}

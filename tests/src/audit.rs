@@ -48,6 +48,8 @@ fn record(e: &serde_json::Value) -> serde_json::Value {
         "path": url.path().trim_end_matches('/'),
         "query": query,
         "user": e["user"]["username"],
+        // The object a request names (a create's too, which its path does not).
+        "name": e["objectRef"]["name"],
         // The node a service account's token is bound to (an agent's), if any.
         "node": e["user"]["extra"]["authentication.kubernetes.io/node-name"][0],
         "user_agent": e["userAgent"],

@@ -4,8 +4,8 @@
 //! (a backlog found at once — a new grantor's — in name order), and keeps at most N permits granted
 //! (`permit`), N counted from the same watch for a percentage. It takes a permit back when its node
 //! went away, stopped renewing for a lease duration, or held it past the deadline — all measured by
-//! its own monotonic clock — and a node whose permit was taken back is not served again until it
-//! asks anew. Before granting anything, a new grantor has listed every permit there is.
+//! its own monotonic clock. An ask is served once: a node is served again only when it asks anew.
+//! Before granting anything, a new grantor has listed every permit there is.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -110,8 +110,10 @@ struct Grantor<'a> {
     line: BTreeMap<u64, String>,
     place: HashMap<String, u64>,
     next: u64,
-    /// Nodes whose permit was taken back, with the ask they showed then.
-    taken_back: HashMap<String, Option<String>>,
+    /// Asks already answered (granted, and taken back or given back since): node → the ask it
+    /// showed then. A node is served again only once it asks anew — its watch and this one's are
+    /// two streams, and a node that gave its permit back may still read as asking here.
+    answered: HashMap<String, Option<String>>,
 }
 
 impl<'a> Grantor<'a> {
@@ -124,7 +126,7 @@ impl<'a> Grantor<'a> {
             line: BTreeMap::new(),
             place: HashMap::new(),
             next: 0,
-            taken_back: HashMap::new(),
+            answered: HashMap::new(),
         }
     }
 
@@ -201,6 +203,7 @@ impl<'a> Grantor<'a> {
                 Ok(lease) => {
                     self.rules.metrics.grants.inc();
                     self.place.remove(&node);
+                    (self.answered).insert(node.clone(), ask(self.nodes.get(&node)));
                     let now = Instant::now();
                     let (changed, since) = (now, now);
                     self.held.insert(
@@ -268,20 +271,19 @@ impl<'a> Grantor<'a> {
             self.held.remove(&node);
             self.rules.metrics.taken_back.inc();
             tracing::warn!(node = %node, "took a restart permit back: {why}");
-            (self.taken_back).insert(node.clone(), ask(self.nodes.get(&node)));
         }
     }
 
     /// Asking nodes join the line in the order seen; nodes that stopped asking leave it.
     fn queue_asks(&mut self) {
         let (nodes, held) = (&self.nodes, &self.held);
-        self.taken_back
+        self.answered
             .retain(|node, asked| nodes.get(node).is_some_and(|n| ask(Some(n)) == *asked));
-        let taken_back = &self.taken_back;
+        let answered = &self.answered;
         let wants = |name: &String| {
             nodes.get(name).is_some_and(asks)
                 && !held.contains_key(name)
-                && !taken_back.contains_key(name)
+                && !answered.contains_key(name)
         };
         self.place.retain(|name, _| wants(name));
         let place = &self.place;

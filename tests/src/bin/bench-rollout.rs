@@ -15,7 +15,8 @@
 //! again, paced). Printed: `key value` lines, then `goal …` lines (PASS/FAIL) for the goals.
 //!
 //! Usage: bench-rollout [--agents N] [--nodes TOTAL] [--pacing P] [--restart SECONDS] [--idle SECONDS]
-//!        (defaults: 500 agents, 5000 nodes, pacing 2, 1 s restarts, 30 s idle)
+//!        [--kubelets none]   (defaults: 500 agents, 5000 nodes, pacing 2, 1 s restarts, 30 s idle,
+//!        the other nodes' kubelet heartbeats on)
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,6 +47,9 @@ struct Args {
     pacing: String,
     restart_s: f64,
     idle_s: u64,
+    /// The other nodes' kubelets write their heartbeats (node Leases every 10 s, status every
+    /// 5 min) — load on the server, which on this machine shares its cores with the agents.
+    kubelets: bool,
 }
 
 fn args() -> Args {
@@ -61,12 +65,14 @@ fn args() -> Args {
         pacing: get("--pacing").unwrap_or_else(|| "2".into()),
         restart_s: get("--restart").and_then(|v| v.parse().ok()).unwrap_or(1.0),
         idle_s: get("--idle").and_then(|v| v.parse().ok()).unwrap_or(30),
+        kubelets: get("--kubelets").as_deref() != Some("none"),
     }
 }
 
 struct RolloutAgent {
     /// First: the agent stops before its sandbox goes.
     child: Process,
+    name: String,
     sb: Sandbox,
     port: u16,
     windows: PathBuf,
@@ -92,12 +98,15 @@ fn main() {
     let sim_names: Vec<String> = (0..simulated).map(|i| format!("sim-{i:05}")).collect();
     api.create_nodes(&sim_names, &serde_json::json!({}));
     // The other nodes' kubelets: their status and Lease heartbeats are load on the server too.
-    let _kubelets = Kubelets::start(&api, sim_names, Heartbeats::kubelet_defaults());
+    let _kubelets = a
+        .kubelets
+        .then(|| Kubelets::start(&api, sim_names, Heartbeats::kubelet_defaults()));
     let catalog = start_catalog(&api, dir.path());
     let agents = start_agents(&api, &a, &cd);
     println!("agents {}", a.agents);
     println!("nodes {}", a.nodes);
     println!("simulated_nodes {simulated}");
+    println!("kubelet_heartbeats {}", a.kubelets);
     println!("pacing {}", a.pacing);
     println!("restart_s {}", a.restart_s);
     let idle_rss = report_processes("idle_start", &agents, &catalog);
@@ -137,6 +146,16 @@ fn main() {
         idle_rss,
         &catalog,
     );
+    // Every agent's log, for looking into a run (`KWASM_BENCH_LOGS=DIR`).
+    if let Some(dir) = std::env::var_os("KWASM_BENCH_LOGS") {
+        std::fs::create_dir_all(&dir).unwrap();
+        for a in &agents {
+            let _ = std::fs::copy(
+                a.sb.path().join("agent.log"),
+                Path::new(&dir).join(format!("{}.log", a.name)),
+            );
+        }
+    }
     drop(agents);
     drop(catalog);
     drop(cd);
@@ -232,7 +251,10 @@ fn spawn_agent(sb: &Sandbox, name: &str, api: &KubeApi) -> Child {
         .arg(&sb.settings)
         .env("NODE_NAME", name)
         .env("KUBECONFIG", api.agent_kubeconfig(name))
-        .env("KWASM_LOG", "warn")
+        .env(
+            "KWASM_LOG",
+            std::env::var("KWASM_BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        )
         .env_remove("HTTP_PROXY")
         .env_remove("http_proxy")
         .stdout(Stdio::null())
@@ -256,6 +278,7 @@ fn start_agents(api: &KubeApi, a: &Args, cd: &Containerd) -> Vec<RolloutAgent> {
             let child = spawn_agent(&sb, &name, api);
             RolloutAgent {
                 child: Process(child),
+                name: name.clone(),
                 sb,
                 port,
                 windows,
@@ -276,6 +299,10 @@ fn start_agents(api: &KubeApi, a: &Args, cd: &Containerd) -> Vec<RolloutAgent> {
     agents
 }
 
+/// (when, how many agents' nodes showed the shim ready at the phase's version), sampled each second
+/// while a phase waits: the timeline's "ready" line.
+static READY_SAMPLES: std::sync::Mutex<Vec<(f64, usize)>> = std::sync::Mutex::new(Vec::new());
+
 /// The most watches open at once, sampled while a phase waits.
 static MOST_WATCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -287,7 +314,9 @@ fn wait_for(api: &KubeApi, agents: usize, version: &str) {
     loop {
         let out = api.kubectl_ok(&["get", "nodes", "-l", &selector, "-o", "name"]);
         MOST_WATCHES.fetch_max(open_watches(api), std::sync::atomic::Ordering::Relaxed);
-        if out.lines().count() >= agents {
+        let ready = out.lines().count();
+        READY_SAMPLES.lock().unwrap().push((epoch(), ready));
+        if ready >= agents {
             return;
         }
         assert!(
@@ -468,20 +497,77 @@ struct Paced {
     lease_requests_per_node: f64,
 }
 
-/// When each agent became ready to restart, seconds: its first look at its own restart permit
-/// (the permit's watch begins as the node asks).
-fn ready_to_restart(w: &Window) -> Vec<f64> {
-    let mut first = BTreeMap::<&str, f64>::new();
+/// When each agent became ready to restart, seconds, by its permit's name: its first look at its
+/// own restart permit (the permit's watch begins as the node asks).
+fn ready_to_restart(w: &Window) -> BTreeMap<String, f64> {
+    let mut first = BTreeMap::<String, f64>::new();
     for r in &w.requests {
         let selector = r["query"]["fieldSelector"].as_str().unwrap_or("");
-        if !kind(r).contains("leases") || !selector.contains("kwasm-agent-permit-") {
+        let Some(permit) = selector.strip_prefix("metadata.name=kwasm-agent-permit-") else {
+            continue;
+        };
+        if !kind(r).contains("leases") {
             continue;
         }
         let t = r["t"].as_f64().unwrap_or(f64::INFINITY);
-        let at = first.entry(selector).or_insert(t);
+        let at = first.entry(permit.to_owned()).or_insert(t);
         *at = at.min(t);
     }
-    first.into_values().collect()
+    first
+}
+
+/// The phase over time, every quarter second from its start: containerds down (against `slots`),
+/// nodes asking and not yet restarting, and nodes ready on the phase's version — written to
+/// `$KWASM_BENCH_TIMELINE/<run>-<phase>.csv` when that is set (scripts/bench-rollout.sh plots them).
+fn write_timeline(
+    phase: &str,
+    agents: &[RolloutAgent],
+    w: &Window,
+    ready: &BTreeMap<String, f64>,
+    slots: usize,
+) {
+    let Some(dir) = std::env::var_os("KWASM_BENCH_TIMELINE") else {
+        return;
+    };
+    let run = std::env::var("KWASM_BENCH_RUN").unwrap_or_else(|_| "run".into());
+    let windows: Vec<(String, Vec<(f64, f64)>)> = agents
+        .iter()
+        .map(|a| {
+            let ns = restart_windows(&a.windows)
+                .into_iter()
+                .map(|(d, u)| (d as f64 / 1e9, u as f64 / 1e9));
+            (
+                a.name.clone(),
+                ns.filter(|(d, u)| *d >= w.from && *u <= w.to).collect(),
+            )
+        })
+        .collect();
+    let samples = READY_SAMPLES.lock().unwrap().clone();
+    let mut csv = String::from("seconds,down,waiting,ready,limit\n");
+    let mut t = w.from;
+    while t <= w.to {
+        let down = windows
+            .iter()
+            .filter(|(_, ws)| ws.iter().any(|(d, u)| *d <= t && t < *u))
+            .count();
+        let waiting = windows
+            .iter()
+            .filter(|(node, ws)| {
+                let asked = ready.get(node).is_some_and(|r| *r <= t);
+                asked && ws.first().is_none_or(|(d, _)| t < *d)
+            })
+            .count();
+        let ready_now = samples
+            .iter()
+            .filter(|(at, _)| *at <= t)
+            .next_back()
+            .map_or(0, |(_, n)| *n);
+        csv += &format!("{:.2},{down},{waiting},{ready_now},{slots}\n", t - w.from);
+        t += 0.25;
+    }
+    let path = std::path::Path::new(&dir).join(format!("{run}-{phase}.csv"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(path, csv).unwrap();
 }
 
 fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> Paced {
@@ -499,7 +585,10 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
     let rounds = a.agents.div_ceil(slots) as f64;
     let ideal = rounds * mean_restart;
     let took = last_up - first_down;
-    let ready = ready_to_restart(w);
+    let by_node = ready_to_restart(w);
+    write_timeline(name, agents, w, &by_node, slots);
+    READY_SAMPLES.lock().unwrap().clear();
+    let ready: Vec<f64> = by_node.values().copied().collect();
     let first_ready = ready.iter().copied().fold(f64::INFINITY, f64::min);
     let ideal_from_ready = paced_finish(&ready, slots, mean_restart) - first_ready;
     let lease_requests: Vec<_> = w
@@ -520,6 +609,7 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
         lease_requests_per_node: lease_requests.len() as f64 / a.agents as f64,
     };
     println!("{name}_restarts {}", all.len());
+    handoffs(name, agents, w);
     // The agents' Lease requests by what they were and how they were answered.
     let mut answered = BTreeMap::<String, usize>::new();
     for r in &lease_requests {
@@ -691,4 +781,87 @@ fn machine_cpu() -> (f64, f64) {
     // idle and iowait are the 4th and 5th.
     let idle = cpu.get(3).copied().unwrap_or(0.0) + cpu.get(4).copied().unwrap_or(0.0);
     (total - idle, total)
+}
+
+/// Where a restart's turn goes, medians over the phase's nodes, seconds: the restart done (its
+/// script's "up") → the permit given back; given back → the next grant; granted → confirmed by
+/// its node; confirmed → the restart begins (its script's "down").
+fn handoffs(phase: &str, agents: &[RolloutAgent], w: &Window) {
+    let lease_at = |verb: &str, name: &str| -> Vec<f64> {
+        (w.requests.iter())
+            .filter(|r| r["verb"] == verb && r["name"] == name && kind(r).contains("leases"))
+            .filter_map(|r| r["t"].as_f64())
+            .collect()
+    };
+    let posts: Vec<f64> = {
+        let mut p: Vec<f64> = (w.requests.iter())
+            .filter(|r| {
+                r["verb"] == "create"
+                    && r["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with("kwasm-agent-permit-"))
+            })
+            .filter_map(|r| r["t"].as_f64())
+            .collect();
+        p.sort_by(f64::total_cmp);
+        p
+    };
+    let (mut give_back, mut to_next, mut confirm, mut begin) = (vec![], vec![], vec![], vec![]);
+    let mut asked = vec![];
+    let ready = ready_to_restart(w);
+    for a in agents {
+        let permit = format!("kwasm-agent-permit-{}", a.name);
+        let Some((down, up)) = restart_windows(&a.windows)
+            .into_iter()
+            .map(|(d, u)| (d as f64 / 1e9, u as f64 / 1e9))
+            .find(|(d, _)| *d >= w.from && *d <= w.to)
+        else {
+            continue;
+        };
+        let (created, updated, deleted) = (
+            lease_at("create", &permit),
+            lease_at("update", &permit),
+            lease_at("delete", &permit),
+        );
+        let granted = created
+            .iter()
+            .copied()
+            .filter(|t| *t <= down)
+            .fold(f64::NEG_INFINITY, f64::max);
+        if let Some(r) = ready.get(&a.name) {
+            asked.push(granted - r);
+        }
+        if let Some(c) = updated
+            .iter()
+            .copied()
+            .filter(|t| *t >= granted && *t <= down)
+            .reduce(f64::min)
+        {
+            confirm.push(c - granted);
+            begin.push(down - c);
+        }
+        if let Some(d) = deleted
+            .iter()
+            .copied()
+            .filter(|t| *t >= up)
+            .reduce(f64::min)
+        {
+            give_back.push(d - up);
+            if let Some(next) = posts.iter().copied().find(|t| *t >= d) {
+                to_next.push(next - d);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "{phase}_turn_median_s ready_to_granted {:.3} up_to_given_back {:.3} given_back_to_next_grant {:.3} granted_to_confirmed {:.3} confirmed_to_down {:.3}",
+        median(&mut asked),
+        median(&mut give_back),
+        median(&mut to_next),
+        median(&mut confirm),
+        median(&mut begin)
+    );
 }
