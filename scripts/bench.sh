@@ -305,12 +305,12 @@ start_agent 'resync = "2s"'
 kubectl annotate node n1 kwasm.sh/kwasm-node=true >/dev/null; label true
 sleep 3
 restarts0=$(metric kwasm_containerd_restarts_total)
-n0=$(metric kwasm_reconciles_total); d0=$(metric kwasm_reconcile_duration_seconds_total)
+n0=$(metric kwasm_reconcile_duration_seconds_count); d0=$(metric kwasm_reconcile_duration_seconds_sum)
 window=30
 since=$(now)
 sleep "$window"
 reqs=$(agent_requests_since "$since")
-n1=$(metric kwasm_reconciles_total); d1=$(metric kwasm_reconcile_duration_seconds_total)
+n1=$(metric kwasm_reconcile_duration_seconds_count); d1=$(metric kwasm_reconcile_duration_seconds_sum)
 restarts1=$(metric kwasm_containerd_restarts_total)
 rss_idle=$(rss)
 noop_ms=$(calc "($d1 - $d0) / ($n1 - $n0) * 1000")
@@ -375,7 +375,7 @@ cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
   echo "- **P1**: from before \`kubectl annotate node n1 kwasm.sh/kwasm-node=true\` (of which kubectl itself: $(printf '%.3f' "$kt") s) until \`kw-probe label\` (one GET of the Node every 10 ms) sees \`kwasm.sh/kwasm-provisioned=true\`, which the agent sets only once containerd's CRI plugin lists the handler. Baseline: the same containerd restarted by the same restart script, until \`kw-probe cri\` (one CRI \`Status\` every 10 ms) answers RuntimeReady. On the systemd nodes (\`kw-node\`: systemd 252 as PID 1, containerd as its distribution's unit on its default config) the agent runs inside the node with the default settings (restart \`systemd\`, everything \`auto\`) and the baseline is \`systemctl restart containerd\` on the same node. Each measured restart, the agent's and the baseline's, comes after the same ${settle} s idle with the agent running beside it, with the same final config (the shim's runtime in it), and on the nodes with systemd's start limit reset. Warm cache (the archive was downloaded once before)."
   echo "- **P2**: \`kwasm-agent apply\` (process start, download over loopback, SHA-256 on the stream, unpack, start probe, atomic install, config write) against \`curl -s URL | sha256sum\` and \`openssl dgst -sha256\` of the file on disk, ${fetch_mib} MiB of incompressible data; and against \`dd conv=fsync\` of the same bytes (the agent fsyncs the binary before renaming it into place, so the disk's write speed bounds it as well)."
   echo "- **P3**: \`kw-probe cri-window\` calls CRI \`Status\` every 2 ms throughout and reports the longest stretch from a failed call to the next answer; the same probe for the agent's reconcile and for the bare restart."
-  echo "- **P4**: the agent's own \`kwasm_reconcile_duration_seconds_total\` / \`kwasm_reconciles_total\` over periodic resyncs (\`resync = 2s\`) of a provisioned node with nothing to do; restarts from \`kwasm_containerd_restarts_total\`."
+  echo "- **P4**: the agent's own \`kwasm_reconcile_duration_seconds\` histogram (its sum over its count) over periodic resyncs (\`resync = 2s\`) of a provisioned node with nothing to do; restarts from \`kwasm_containerd_restarts_total\`."
   echo "- **P5**: every request the API server's audit log shows from the idle provisioned agent in ${window} s, scaled to an hour, plus its Node watch, which it renews every hour (it asks for 1-hour watches). RSS from \`/proc/PID/status\`."
   echo
   echo "Timeline of the last measured reconcile (the agent's \`reconcile timeline\` log line):"

@@ -31,3 +31,36 @@ pub mod node_contract;
 pub mod settings;
 pub mod telemetry;
 pub mod timeline;
+
+/// The chart's alerts read what the two controllers export (a test of the pair, above both).
+#[cfg(test)]
+mod chart_alerts {
+    /// Every metric the chart's alert rules read is one an agent or the catalog controller exports.
+    #[test]
+    fn the_charts_alerts_read_metrics_that_exist() {
+        let chart = include_str!("../../manifests/helm/kwasm-agent/templates/monitoring.yaml");
+        let node = crate::controller::metrics::Metrics::default().render();
+        let heartbeat = std::sync::Arc::new(crate::catalog::leader::Heartbeat::new(
+            std::time::Duration::from_secs(15),
+        ));
+        let catalog = crate::catalog::metrics::CatalogMetrics::new(heartbeat);
+        catalog.shims([("spin", &crate::catalog::status::Tally::default())]);
+        let catalog = crate::health::Probe::metrics(&catalog).unwrap();
+        let names = regex::Regex::new(r"\bkwasm_[a-z_]+").unwrap();
+        let mut read = 0;
+        for line in chart
+            .lines()
+            .filter(|l| l.trim_start().starts_with("expr:"))
+        {
+            for name in names.find_iter(line).map(|m| m.as_str()) {
+                let typed = format!("# TYPE {} ", name.trim_end_matches("_total"));
+                assert!(
+                    node.contains(&typed) || catalog.contains(&typed),
+                    "an alert reads {name}, which nothing exports"
+                );
+                read += 1;
+            }
+        }
+        assert!(read >= 6, "{read}");
+    }
+}

@@ -246,7 +246,7 @@ impl KubeApi {
     pub fn ca(&self) -> Vec<u8> {
         let chain = std::fs::read_to_string(self.dir.join("certs/apiserver.crt")).unwrap();
         let start = chain.rfind("-----BEGIN CERTIFICATE-----").unwrap();
-        chain[start..].as_bytes().to_vec()
+        chain.as_bytes()[start..].to_vec()
     }
 
     pub fn log(&self, name: &str) -> String {

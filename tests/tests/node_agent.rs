@@ -88,7 +88,7 @@ fn annotate_provisions_the_node_and_removing_the_annotation_restores_it() {
         "{metrics}"
     );
     assert!(
-        !metrics.contains("kwasm_bytes_downloaded_total 0\n"),
+        !metrics.contains("kwasm_downloaded_bytes_total 0\n"),
         "{metrics}"
     );
     assert_eq!(a.get("/healthz").unwrap().0, 200);

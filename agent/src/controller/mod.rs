@@ -8,7 +8,7 @@ mod election;
 mod events;
 mod grantor;
 mod grantor_metrics;
-mod metrics;
+pub(crate) mod metrics;
 pub mod node;
 mod pacing;
 mod permit;

@@ -559,8 +559,7 @@ fn write_timeline(
             .count();
         let ready_now = samples
             .iter()
-            .filter(|(at, _)| *at <= t)
-            .next_back()
+            .rfind(|(at, _)| *at <= t)
             .map_or(0, |(_, n)| *n);
         csv += &format!("{:.2},{down},{waiting},{ready_now},{slots}\n", t - w.from);
         t += 0.25;
