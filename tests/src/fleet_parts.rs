@@ -346,19 +346,37 @@ pub fn max_overlap(all: &[(u128, u128)]) -> usize {
 /// seconds. The ideal once each node's own work before its restart — which no pacing can hurry — is
 /// counted.
 pub fn paced_finish(ready: &[f64], slots: usize, restart: f64) -> f64 {
+    paced_finish_with(ready, restart, |_| slots, &[])
+}
+
+/// `paced_finish` with a limit that changes over time: `limit(t)` restarts at once from time `t`,
+/// changing only at the moments in `changes` (a percentage's count growing as nodes are triggered).
+pub fn paced_finish_with(
+    ready: &[f64],
+    restart: f64,
+    limit: impl Fn(f64) -> usize,
+    changes: &[f64],
+) -> f64 {
     let mut ready = ready.to_vec();
     ready.sort_by(f64::total_cmp);
-    let mut free = vec![f64::NEG_INFINITY; slots.max(1)];
+    let mut ends: Vec<f64> = Vec::new();
     let mut finish = f64::NEG_INFINITY;
     for at in ready {
-        let (slot, free_at) = free
-            .iter()
-            .copied()
-            .enumerate()
-            .min_by(|a, b| a.1.total_cmp(&b.1))
-            .unwrap();
-        free[slot] = at.max(free_at) + restart;
-        finish = finish.max(free[slot]);
+        let mut t = at;
+        loop {
+            let running = ends.iter().filter(|e| **e > t).count();
+            if running < limit(t).max(1) {
+                break;
+            }
+            // The next moment something frees up or the limit grows.
+            let next = (ends.iter().chain(changes))
+                .copied()
+                .filter(|e| *e > t)
+                .fold(f64::INFINITY, f64::min);
+            t = next;
+        }
+        ends.push(t + restart);
+        finish = finish.max(t + restart);
     }
     finish
 }
@@ -372,7 +390,43 @@ pub fn first_over(all: &[(u128, u128)], limit: usize) -> Option<u128> {
 
 #[cfg(test)]
 mod tests {
-    use super::paced_finish;
+    use super::{paced_finish, paced_finish_with};
+
+    /// The fixed-limit schedule as it was written first: the oracle for the general one.
+    fn paced_finish_fixed(ready: &[f64], slots: usize, restart: f64) -> f64 {
+        let mut ready = ready.to_vec();
+        ready.sort_by(f64::total_cmp);
+        let mut free = vec![f64::NEG_INFINITY; slots.max(1)];
+        let mut finish = f64::NEG_INFINITY;
+        for at in ready {
+            let (slot, free_at) = free
+                .iter()
+                .copied()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap();
+            free[slot] = at.max(free_at) + restart;
+            finish = finish.max(free[slot]);
+        }
+        finish
+    }
+
+    #[test]
+    fn a_growing_limit_serves_more_at_once_from_when_it_grows() {
+        // One slot until t=2, then two: the first two nodes one after the other, the last two together.
+        let limit = |t: f64| if t < 2.0 { 1 } else { 2 };
+        assert_eq!(paced_finish_with(&[0.0; 4], 1.0, limit, &[2.0]), 3.0);
+        for (ready, slots) in [
+            (vec![0.0; 9], 2),
+            (vec![0.0, 0.0, 4.0], 3),
+            (vec![0.5, 0.0], 1),
+        ] {
+            assert_eq!(
+                paced_finish(&ready, slots, 1.0),
+                paced_finish_fixed(&ready, slots, 1.0)
+            );
+        }
+    }
 
     #[test]
     fn nodes_ready_together_finish_in_rounds_and_late_ones_when_they_are_ready() {

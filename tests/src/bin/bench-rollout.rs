@@ -25,14 +25,15 @@ use std::time::{Duration, Instant};
 
 use kwasm_tests::agent::agent_bin;
 use kwasm_tests::api_load::{
-    component, cpu_seconds, kind, measured_requests, open_watches, peak_rss_kib, ready,
-    response_bytes, rss_kib, watch_bytes, within,
+    component, cpu_seconds, kind, open_watches, peak_rss_kib, ready, response_bytes, rss_kib,
+    watch_bytes, within,
 };
 use kwasm_tests::archive::{fake_binary, release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
 use kwasm_tests::containerd::Containerd;
 use kwasm_tests::fleet_parts::{
-    first_over, max_overlap, paced_finish, restart_windows, spawn_catalog, Process,
+    first_over, max_overlap, paced_finish, paced_finish_with, restart_windows, spawn_catalog,
+    Process,
 };
 use kwasm_tests::kube_api::{free_port, KubeApi};
 use kwasm_tests::kubelets::{Heartbeats, Kubelets};
@@ -333,6 +334,8 @@ struct Window {
     from: f64,
     to: f64,
     requests: Vec<serde_json::Value>,
+    /// Every request the audit log shows in the phase (the administrator's too).
+    requests_all: Vec<serde_json::Value>,
     /// Bytes the server answered with, all requests (its metrics; watch streams not included).
     response_bytes: u64,
     watch_bytes: BTreeMap<String, u64>,
@@ -361,7 +364,16 @@ impl Window {
             .iter()
             .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
             .collect();
-        let requests = within(&measured_requests(api), from, to);
+        let requests_all = within(&api.requests(), from, to);
+        let requests = (requests_all.iter())
+            .filter(|r| {
+                r["user_agent"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("kwasm-agent")
+            })
+            .cloned()
+            .collect();
         println!("{name}_open_watches {}", open_watches(api));
         println!(
             "{name}_most_watches_open {}",
@@ -392,6 +404,7 @@ impl Window {
             to,
             response_bytes: response_bytes(api) - bytes_before,
             requests,
+            requests_all,
             watch_bytes,
         }
     }
@@ -516,6 +529,23 @@ fn ready_to_restart(w: &Window) -> BTreeMap<String, f64> {
     first
 }
 
+/// When each agent's node was triggered (the administrator's patch of it: `kubectl annotate`).
+fn triggered_at(w: &Window) -> Vec<f64> {
+    let mut first = BTreeMap::<String, f64>::new();
+    for r in &w.requests_all {
+        let path = r["path"].as_str().unwrap_or("");
+        if r["user"] == "kubernetes-admin"
+            && r["verb"] == "patch"
+            && path.starts_with("/api/v1/nodes/")
+        {
+            let t = r["t"].as_f64().unwrap_or(f64::INFINITY);
+            let at = first.entry(path.to_owned()).or_insert(t);
+            *at = at.min(t);
+        }
+    }
+    first.into_values().collect()
+}
+
 /// The phase over time, every quarter second from its start: containerds down (against `slots`),
 /// nodes asking and not yet restarting, and nodes ready on the phase's version — written to
 /// `$KWASM_BENCH_TIMELINE/<run>-<phase>.csv` when that is set (scripts/bench-rollout.sh plots them).
@@ -589,7 +619,22 @@ fn pacing_report(name: &str, agents: &[RolloutAgent], a: &Args, w: &Window) -> P
     READY_SAMPLES.lock().unwrap().clear();
     let ready: Vec<f64> = by_node.values().copied().collect();
     let first_ready = ready.iter().copied().fold(f64::INFINITY, f64::min);
-    let ideal_from_ready = paced_finish(&ready, slots, mean_restart) - first_ready;
+    // With a percentage the limit is that share of the nodes triggered so far (what the grantor
+    // counts): it grows as the trigger reaches the nodes, which the ideal follows too.
+    let ideal_from_ready = match a
+        .pacing
+        .strip_suffix('%')
+        .and_then(|p| p.parse::<f64>().ok())
+    {
+        Some(p) => {
+            let triggered = triggered_at(w);
+            let limit = |t: f64| {
+                (triggered.iter().filter(|at| **at <= t).count() as f64 * p / 100.0).ceil() as usize
+            };
+            paced_finish_with(&ready, mean_restart, limit, &triggered)
+        }
+        None => paced_finish(&ready, slots, mean_restart),
+    } - first_ready;
     let lease_requests: Vec<_> = w
         .requests
         .iter()
@@ -851,16 +896,20 @@ fn handoffs(phase: &str, agents: &[RolloutAgent], w: &Window) {
             }
         }
     }
-    let median = |v: &mut Vec<f64>| {
+    let pick = |v: &mut Vec<f64>, q: f64| {
         v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+        v.get(((v.len() as f64 - 1.0) * q).round().max(0.0) as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
     };
-    println!(
-        "{phase}_turn_median_s ready_to_granted {:.3} up_to_given_back {:.3} given_back_to_next_grant {:.3} granted_to_confirmed {:.3} confirmed_to_down {:.3}",
-        median(&mut asked),
-        median(&mut give_back),
-        median(&mut to_next),
-        median(&mut confirm),
-        median(&mut begin)
-    );
+    for (q, what) in [(0.5, "median"), (0.9, "p90")] {
+        println!(
+            "{phase}_turn_{what}_s ready_to_granted {:.3} up_to_given_back {:.3} given_back_to_next_grant {:.3} granted_to_confirmed {:.3} confirmed_to_down {:.3}",
+            pick(&mut asked, q),
+            pick(&mut give_back, q),
+            pick(&mut to_next, q),
+            pick(&mut confirm, q),
+            pick(&mut begin, q)
+        );
+    }
 }
