@@ -359,6 +359,12 @@ impl Window {
         let from = epoch();
         phase();
         let to = epoch();
+        // CPU first: reading the server's metrics (below) costs it CPU of its own.
+        let (server_used, etcd_used) = (
+            cpu_seconds(server) - server_cpu,
+            cpu_seconds(etcd) - etcd_cpu,
+        );
+        let machine_after = machine_cpu();
         let after = watch_bytes(api);
         let watch_bytes = after
             .iter()
@@ -380,19 +386,15 @@ impl Window {
             MOST_WATCHES.load(std::sync::atomic::Ordering::Relaxed)
         );
         // This machine carries every agent's own work (on a cluster, each node's): how busy it was.
-        let (busy, total) = machine_cpu();
         println!(
             "{name}_machine_cpu_busy {:.2}",
-            (busy - machine.0) / (total - machine.1).max(1.0)
+            (machine_after.0 - machine.0) / (machine_after.1 - machine.1).max(1.0)
         );
         // The API server and etcd are part of the measure: how busy (1.0 = one core all the time)
         // and how large they were.
-        let share = |pid, before| (cpu_seconds(pid) - before) / (to - from).max(0.001);
-        println!(
-            "{name}_apiserver_cpu_share {:.2}",
-            share(server, server_cpu)
-        );
-        println!("{name}_etcd_cpu_share {:.2}", share(etcd, etcd_cpu));
+        let seconds = (to - from).max(0.001);
+        println!("{name}_apiserver_cpu_share {:.2}", server_used / seconds);
+        println!("{name}_etcd_cpu_share {:.2}", etcd_used / seconds);
         println!(
             "{name}_apiserver_rss_mib {:.0}",
             rss_kib(server) as f64 / 1024.0
