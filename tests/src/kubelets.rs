@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+
 use crate::kube_api::KubeApi;
 
 pub struct Kubelets {
@@ -108,31 +110,28 @@ async fn beat(
         let elapsed = start.elapsed().as_secs_f64();
         let status_due = (elapsed * n / beats.status_every.as_secs_f64()) as u64;
         let lease_due = (elapsed * n / beats.lease_every.as_secs_f64()) as u64;
-        let mut batch = Vec::new();
-        for i in status_done..status_due {
-            let node = &nodes[i as usize % nodes.len()];
-            batch.push(tokio::spawn(status(
-                client.clone(),
-                url.clone(),
-                node.clone(),
-            )));
-        }
-        for i in lease_done..lease_due {
-            let node = &nodes[i as usize % nodes.len()];
-            batch.push(tokio::spawn(lease(
-                client.clone(),
-                url.clone(),
-                node.clone(),
-            )));
-        }
+        let statuses = (status_done..status_due).map(|i| {
+            let node = nodes[i as usize % nodes.len()].clone();
+            futures_util::future::Either::Left(status(client.clone(), url.clone(), node))
+        });
+        let leases = (lease_done..lease_due).map(|i| {
+            let node = nodes[i as usize % nodes.len()].clone();
+            futures_util::future::Either::Right(lease(client.clone(), url.clone(), node))
+        });
         (status_done, lease_done) = (status_due, lease_due);
-        for b in batch {
-            if let Ok(true) = b.await {
+        // At most IN_FLIGHT at once: a server that falls behind gets fewer beats (writes() says
+        // how many landed), not a connection per beat due.
+        let mut answers =
+            futures_util::stream::iter(statuses.chain(leases)).buffer_unordered(IN_FLIGHT);
+        while let Some(ok) = answers.next().await {
+            if ok {
                 writes.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 }
+
+const IN_FLIGHT: usize = 64;
 
 fn now() -> String {
     time::OffsetDateTime::now_utc()

@@ -314,6 +314,8 @@ where
 {
     let (store, writer) = reflector::store();
     tokio::spawn(async move {
+        // Managed fields are most of a Node's metadata, and nothing here reads them.
+        let stream = stream.modify(|o| kube::ResourceExt::managed_fields_mut(o).clear());
         let stream = reflector::reflector(writer, stream.default_backoff());
         futures_util::pin_mut!(stream);
         while let Some(ev) = stream.next().await {

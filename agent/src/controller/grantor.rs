@@ -102,10 +102,38 @@ struct Seen {
     since: Instant,
 }
 
+/// What the grantor keeps of a Node: a fleet's full metadata (managed fields, every label) would
+/// make the agent that holds the grantor several times larger than the others. Nodes neither
+/// triggered nor written by an agent are not kept at all.
+struct NodeSeen {
+    uid: String,
+    triggered: bool,
+    /// The node's status annotation: it asks while its phase says it waits for a restart.
+    ask: Option<String>,
+}
+
+impl NodeSeen {
+    fn new(node: PartialObjectMeta<Node>, trigger: &TriggerSettings) -> Option<Self> {
+        let triggered = meta_asks_for_shims(&node.metadata, trigger);
+        let mut metadata = node.metadata;
+        let ask = (metadata.annotations.as_mut())
+            .and_then(|a| a.remove(crate::node_contract::labels::STATUS_ANNOTATION));
+        (triggered || ask.is_some()).then(|| Self {
+            uid: metadata.uid.unwrap_or_default(),
+            triggered,
+            ask,
+        })
+    }
+
+    fn asks(&self) -> bool {
+        StatusDoc::phase_in(self.ask.as_deref()) == Some(Phase::WaitingForRestart)
+    }
+}
+
 struct Grantor<'a> {
     permits: Api<Lease>,
     rules: &'a Rules,
-    nodes: BTreeMap<String, PartialObjectMeta<Node>>,
+    nodes: BTreeMap<String, NodeSeen>,
     held: BTreeMap<String, Seen>,
     line: BTreeMap<u64, String>,
     place: HashMap<String, u64>,
@@ -132,24 +160,28 @@ impl<'a> Grantor<'a> {
 
     async fn run(&mut self, nodes: Api<PartialObjectMeta<Node>>) -> anyhow::Error {
         let long = || watcher::Config::default().timeout(3600);
-        let node_events = watcher(nodes, long()).default_backoff();
+        // Small pages: a fleet's Nodes listed 500 at a time (the default) would raise this
+        // agent's memory for good, once, well above every other agent's.
+        let node_events = watcher(nodes, long().page_size(100)).default_backoff();
         let permit_events =
             watcher(self.permits.clone(), long().labels(PERMIT_LABEL)).default_backoff();
         futures_util::pin_mut!(node_events, permit_events);
+        let rules = self.rules;
+        let node_seen = |_: Option<&NodeSeen>, n| NodeSeen::new(n, &rules.trigger);
         let (mut node_buf, mut permit_buf) = (None, None);
         let (mut nodes_listed, mut permits_listed) = (false, false);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 ev = node_events.next() => match ev {
-                    Some(Ok(ev)) => nodes_listed |= apply(ev, &mut self.nodes, &mut node_buf, true, |n| n.metadata.name.clone(), |_, n| n),
+                    Some(Ok(ev)) => nodes_listed |= apply(ev, &mut self.nodes, &mut node_buf, true, |n| n.metadata.name.clone(), node_seen),
                     Some(Err(e)) => tracing::warn!(error = %e, "watching Nodes (retrying)"),
                     None => return anyhow::anyhow!("the Nodes' watch ended"),
                 },
                 ev = permit_events.next() => match ev {
                     // Only this grantor creates and deletes permits: a relist adds what it did not
                     // know (a predecessor's last grant) and never drops one it wrote meanwhile.
-                    Some(Ok(ev)) => permits_listed |= apply(ev, &mut self.held, &mut permit_buf, false, |l| permit::node(l).map(str::to_owned), seen),
+                    Some(Ok(ev)) => permits_listed |= apply(ev, &mut self.held, &mut permit_buf, false, |l| permit::node(l).map(str::to_owned), |b, l| Some(seen(b, l))),
                     Some(Err(e)) => tracing::warn!(error = %e, "watching restart permits (retrying)"),
                     None => return anyhow::anyhow!("the permits' watch ended"),
                 },
@@ -163,7 +195,7 @@ impl<'a> Grantor<'a> {
                     &mut node_buf,
                     true,
                     |n| n.metadata.name.clone(),
-                    |_, n| n,
+                    node_seen,
                 );
             }
             while let Some(Some(Ok(ev))) = permit_events.next().now_or_never() {
@@ -173,7 +205,7 @@ impl<'a> Grantor<'a> {
                     &mut permit_buf,
                     false,
                     |l| permit::node(l).map(str::to_owned),
-                    seen,
+                    |b, l| Some(seen(b, l)),
                 );
             }
             if nodes_listed && permits_listed {
@@ -186,9 +218,7 @@ impl<'a> Grantor<'a> {
     async fn step(&mut self) {
         self.take_back().await;
         self.queue_asks();
-        let triggered = (self.nodes.values())
-            .filter(|n| meta_asks_for_shims(&n.metadata, &self.rules.trigger))
-            .count();
+        let triggered = self.nodes.values().filter(|n| n.triggered).count();
         let n = self.rules.concurrency.of(triggered) as usize;
         let granted = (self.held.values())
             .filter(|s| permit::state(&s.lease) == Some(State::Granted))
@@ -203,7 +233,10 @@ impl<'a> Grantor<'a> {
                 Ok(lease) => {
                     self.rules.metrics.grants.inc();
                     self.place.remove(&node);
-                    (self.answered).insert(node.clone(), ask(self.nodes.get(&node)));
+                    (self.answered).insert(
+                        node.clone(),
+                        self.nodes.get(&node).and_then(|n| n.ask.clone()),
+                    );
                     let now = Instant::now();
                     let (changed, since) = (now, now);
                     self.held.insert(
@@ -278,10 +311,10 @@ impl<'a> Grantor<'a> {
     fn queue_asks(&mut self) {
         let (nodes, held) = (&self.nodes, &self.held);
         self.answered
-            .retain(|node, asked| nodes.get(node).is_some_and(|n| ask(Some(n)) == *asked));
+            .retain(|node, asked| nodes.get(node).is_some_and(|n| n.ask == *asked));
         let answered = &self.answered;
         let wants = |name: &String| {
-            nodes.get(name).is_some_and(asks)
+            nodes.get(name).is_some_and(NodeSeen::asks)
                 && !held.contains_key(name)
                 && !answered.contains_key(name)
         };
@@ -298,13 +331,13 @@ impl<'a> Grantor<'a> {
     }
 
     async fn grant(&self, node: &str) -> anyhow::Result<Lease> {
-        let meta = &self.nodes[node].metadata;
+        let uid = self.nodes[node].uid.clone();
         let now = MicroTime(Timestamp::now());
         let owner = OwnerReference {
             api_version: "v1".into(),
             kind: "Node".into(),
             name: node.to_owned(),
-            uid: meta.uid.clone().unwrap_or_default(),
+            uid,
             ..Default::default()
         };
         let lease = Lease {
@@ -336,21 +369,23 @@ impl<'a> Grantor<'a> {
 
 /// A watch event applied to `map` (keyed by `key`). A relist builds its list aside and, when it is
 /// complete and `replace` says so, replaces `map` whole (whatever went while the watch was down goes
-/// too); until then `map` stays as it was. True once a list is complete.
+/// too); until then `map` stays as it was. An object `value` gives nothing for is not kept. True
+/// once a list is complete.
 fn apply<T, V>(
     ev: Event<T>,
     map: &mut BTreeMap<String, V>,
     buf: &mut Option<BTreeMap<String, V>>,
     replace: bool,
     key: impl Fn(&T) -> Option<String>,
-    value: impl Fn(Option<&V>, T) -> V,
+    value: impl Fn(Option<&V>, T) -> Option<V>,
 ) -> bool {
     match ev {
         Event::Init => *buf = Some(BTreeMap::new()),
         Event::InitApply(o) => {
             if let (Some(k), Some(b)) = (key(&o), buf.as_mut()) {
-                let v = value(map.get(&k), o);
-                b.insert(k, v);
+                if let Some(v) = value(map.get(&k), o) {
+                    b.insert(k, v);
+                }
             }
         }
         Event::InitDone => {
@@ -363,8 +398,10 @@ fn apply<T, V>(
         }
         Event::Apply(o) => {
             if let Some(k) = key(&o) {
-                let v = value(map.get(&k), o);
-                map.insert(k, v);
+                match value(map.get(&k), o) {
+                    Some(v) => map.insert(k, v),
+                    None => map.remove(&k),
+                };
             }
         }
         Event::Delete(o) => {
@@ -398,13 +435,81 @@ fn seen(before: Option<&Seen>, lease: Lease) -> Seen {
     }
 }
 
-fn ask(node: Option<&PartialObjectMeta<Node>>) -> Option<String> {
-    let annotations = node?.metadata.annotations.as_ref()?;
-    annotations
-        .get(crate::node_contract::labels::STATUS_ANNOTATION)
-        .cloned()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn asks(node: &PartialObjectMeta<Node>) -> bool {
-    StatusDoc::phase_in(ask(Some(node)).as_deref()) == Some(Phase::WaitingForRestart)
+    fn node(name: &str, annotations: &[(&str, &str)]) -> PartialObjectMeta<Node> {
+        let mut n = PartialObjectMeta::<Node>::default();
+        n.metadata.name = Some(name.into());
+        n.metadata.uid = Some(format!("uid-{name}"));
+        let a = annotations.iter().map(|(k, v)| ((*k).into(), (*v).into()));
+        n.metadata.annotations = Some(a.collect());
+        n
+    }
+
+    #[test]
+    fn only_nodes_an_agent_acts_on_are_kept_and_an_ask_is_read_from_the_status() {
+        let trigger = TriggerSettings::default();
+        let asking = r#"{"phase":"WaitingForRestart","shims":[],"time":"2026-12-07T00:00:00Z"}"#;
+        let status = crate::node_contract::labels::STATUS_ANNOTATION;
+        assert!(NodeSeen::new(node("plain", &[("other", "x")]), &trigger).is_none());
+        let triggered = NodeSeen::new(node("t", &[("kwasm.sh/kwasm-node", "true")]), &trigger);
+        let triggered = triggered.expect("a triggered node is kept");
+        assert!(triggered.triggered && !triggered.asks());
+        assert_eq!(triggered.uid, "uid-t");
+        // An agent's status outlives the trigger (it is removing what it installed): still kept.
+        let untriggered = NodeSeen::new(node("u", &[(status, asking)]), &trigger).unwrap();
+        assert!(!untriggered.triggered && untriggered.asks());
+        assert_eq!(untriggered.ask.as_deref(), Some(asking));
+    }
+
+    #[test]
+    fn an_update_that_makes_a_node_uninteresting_drops_it_and_a_relist_replaces_the_map() {
+        let (mut map, mut buf) = (BTreeMap::new(), None);
+        let key = |n: &u32| Some(n.to_string());
+        let keep_even = |_: Option<&u32>, n: u32| n.is_multiple_of(2).then_some(n);
+        apply(Event::Apply(2), &mut map, &mut buf, true, key, keep_even);
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["2"]);
+        // The same key, now refused: gone.
+        let refuse = |_: Option<&u32>, _| None;
+        apply(Event::Apply(2), &mut map, &mut buf, true, key, refuse);
+        assert!(map.is_empty());
+        apply(Event::Apply(4), &mut map, &mut buf, true, key, keep_even);
+        // A relist: the map stays as it was until the list is complete, then is replaced.
+        assert!(!apply(
+            Event::Init,
+            &mut map,
+            &mut buf,
+            true,
+            key,
+            keep_even
+        ));
+        apply(
+            Event::InitApply(6),
+            &mut map,
+            &mut buf,
+            true,
+            key,
+            keep_even,
+        );
+        apply(
+            Event::InitApply(7),
+            &mut map,
+            &mut buf,
+            true,
+            key,
+            keep_even,
+        );
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["4"]);
+        assert!(apply(
+            Event::InitDone,
+            &mut map,
+            &mut buf,
+            true,
+            key,
+            keep_even
+        ));
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["6"]);
+    }
 }

@@ -99,9 +99,9 @@ fn main() {
     let sim_names: Vec<String> = (0..simulated).map(|i| format!("sim-{i:05}")).collect();
     api.create_nodes(&sim_names, &serde_json::json!({}));
     // The other nodes' kubelets: their status and Lease heartbeats are load on the server too.
-    let _kubelets = a
-        .kubelets
-        .then(|| Kubelets::start(&api, sim_names, Heartbeats::kubelet_defaults()));
+    let beats = Heartbeats::kubelet_defaults();
+    let kubelets_since = std::time::Instant::now();
+    let kubelets = (a.kubelets).then(|| Kubelets::start(&api, sim_names, beats));
     let catalog = start_catalog(&api, dir.path());
     let agents = start_agents(&api, &a, &cd);
     println!("agents {}", a.agents);
@@ -111,6 +111,25 @@ fn main() {
     println!("pacing {}", a.pacing);
     println!("restart_s {}", a.restart_s);
     let idle_rss = report_processes("idle_start", &agents, &catalog);
+    // The agent that grants restart permits watches every Node: it is expected to be the largest.
+    let grantor = api.kubectl(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "kwasm-agent-restart-grantor",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    let holder = String::from_utf8_lossy(&grantor.stdout).trim().to_owned();
+    println!(
+        "grantor_at_idle_start {}",
+        if holder.is_empty() {
+            "none yet"
+        } else {
+            &holder
+        }
+    );
 
     let idle = Window::measure(&api, "idle", || {
         std::thread::sleep(Duration::from_secs(a.idle_s))
@@ -139,6 +158,14 @@ fn main() {
     let paced_upgrade = pacing_report("upgrade", &agents, &a, &upgrade);
     report_processes("after_upgrade", &agents, &catalog);
     fan_out(&rollout, &upgrade, a.agents);
+    if let Some(k) = &kubelets {
+        // What the harness's kubelets managed against what kubelets would have written: a server
+        // that cannot keep up with the fleet's heartbeats has its figures taken under less load.
+        let due = simulated as f64 / beats.lease_every.as_secs_f64()
+            + simulated as f64 / beats.status_every.as_secs_f64();
+        let landed = k.writes() as f64 / kubelets_since.elapsed().as_secs_f64();
+        println!("kubelet_writes_per_s {landed:.0} of {due:.0} due");
+    }
     goals(
         &a,
         &idle,
@@ -707,10 +734,11 @@ fn report_processes(when: &str, agents: &[RolloutAgent], catalog: &Catalog) -> u
         .map(|a| cpu_seconds(a.child.id()))
         .sum::<f64>();
     println!("{when}_agent_rss_kib_mean {mean}");
-    println!(
-        "{when}_agent_rss_kib_max {}",
-        rss.iter().max().unwrap_or(&0)
-    );
+    let largest = (rss.iter().zip(agents)).max_by_key(|(r, _)| **r);
+    if let Some((rss, agent)) = largest {
+        println!("{when}_agent_rss_kib_max {rss}");
+        println!("{when}_agent_rss_largest {}", agent.name);
+    }
     println!(
         "{when}_agent_cpu_s_mean {:.3}",
         cpu / agents.len().max(1) as f64
