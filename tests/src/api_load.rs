@@ -56,7 +56,8 @@ pub fn count_kinds(reqs: &[serde_json::Value]) -> BTreeMap<String, usize> {
     kinds
 }
 
-/// Requests within [from, to) (seconds since the epoch, the stand-in's clock = this machine's).
+/// Requests within [from, to) (seconds since the epoch, as the server's audit log stamps them: this
+/// machine's clock).
 pub fn within(reqs: &[serde_json::Value], from: f64, to: f64) -> Vec<serde_json::Value> {
     reqs.iter()
         .filter(|r| r["t"].as_f64().is_some_and(|t| t >= from && t < to))
@@ -73,13 +74,16 @@ pub fn response_bytes(api: &KubeApi) -> u64 {
         .sum()
 }
 
-/// Bytes the server has encoded for watch events so far, by kind (its
-/// `apiserver_watch_events_sizes` histogram's sums; one encoding may reach many watchers).
+/// Bytes the server has sent to watches so far, by resource ("shims", "leases", …): its
+/// `apiserver_watch_events_sizes` histogram's sums, observed by each watch connection for each
+/// event it sends (labelled by group, version and resource since Kubernetes 1.30; `kind` before).
 pub fn watch_bytes(api: &KubeApi) -> BTreeMap<String, u64> {
     let mut out = BTreeMap::new();
     for (labels, v) in metric(&api.metrics(), "apiserver_watch_events_sizes_sum") {
-        let kind = label(&labels, "kind").unwrap_or_default();
-        *out.entry(kind).or_default() += v as u64;
+        let resource = label(&labels, "resource")
+            .or_else(|| label(&labels, "kind"))
+            .unwrap_or_default();
+        *out.entry(resource).or_default() += v as u64;
     }
     out
 }

@@ -1,5 +1,5 @@
 //! The fleet benchmark (`bench-rollout`, BENCHMARKS.md "A 5,000-node fleet") in small: 400 Nodes in
-//! the API stand-in, 40 of them run by real agents with restarts of 0.3 s and 3 slots, the rest
+//! the tests' API server, 40 of them run by real agents with restarts of 0.3 s and 3 slots, the rest
 //! simulated kubelets; the catalog controller following a Shim object. What must hold at any size:
 //! exactly as many containerds down at once as the pacing allows, a fixed number of requests per node
 //! to take its turn (no polling however long it waits), and the rollout close to the ideal

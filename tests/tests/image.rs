@@ -1,7 +1,7 @@
 //! The agent's container image, run as the DaemonSet runs it: imported into a real containerd, started
 //! through CRI as a privileged pod with the host's PID namespace and the host's `/` at `/host`, its
-//! settings where the chart mounts them, NODE_NAME set, the API stand-in reachable. Annotating the node
-//! must make the containerized agent provision the host, and the node's label turn true.
+//! settings where the chart mounts them, NODE_NAME set, the tests' API server reachable. Annotating
+//! the node must make the containerized agent provision the host, and the node's label turn true.
 //!
 //! The image archive comes from KWASM_IMAGE_ARCHIVE (scripts/build-image.sh; scripts/test.sh sets it).
 //! Without it the test is skipped, except under CI where that is a failure.
