@@ -34,6 +34,6 @@ out=docs/catalog-benchmark.md
   echo
   grep '^catalog_requests [A-Z]' <<<"$b" | sed -e 's/^catalog_requests /- /'
   echo
-  echo "Provisioning the whole fleet costs the controller a handful of status writes, not one per node: changes within \`status_interval\` fold into one write per Shim, so the writes follow how long the rollout lasts (\`kubectl annotate --all\` took $(v "$a" annotate_s) s for $small nodes and $(v "$b" annotate_s) s for $large here), at most one per \`status_interval\`. An idle agent following Shim objects holds two watches (its Node, the Shims), so its renewals double: $(v "$b" idle_requests_per_node_per_hour) requests per renewal period."
+  echo "Provisioning the whole fleet costs the controller a handful of status writes, not one per node: changes within \`status_interval\` fold into one write per Shim, so the writes follow how long the rollout lasts (\`kubectl annotate --all\` took $(v "$a" annotate_s) s for $small nodes and $(v "$b" annotate_s) s for $large here), at most one per \`status_interval\`. An idle agent following Shim objects holds three watches (its Node, the Shims, the restart grantor's Lease), each renewed hourly: $(v "$b" idle_requests_per_node_per_hour) requests per node per hour at $large nodes, $(v "$a" idle_requests_per_node_per_hour) at $small — the difference is the grantor's own Lease renewals, one agent's, shared by fewer nodes."
 } > "$out"
 cat "$out"

@@ -355,7 +355,8 @@ if [ "$fleet" -gt 0 ]; then
   fv() { awk -v k="$1" '$1 == k {print $2}' <<<"$fleet_lines"; }
   row "fleet: API requests per node to provision ($fleet agents)" "$(fv provision_requests_per_node)" "-" "-" "-" "-"
   row "fleet: API requests per idle node per hour" "$(fv idle_requests_per_node_per_hour)" "its $(fv watches_per_agent) watches, hourly" "-" "<= watches" "$(met "$(fv idle_requests_per_node_per_hour) <= $(fv watches_per_agent) + 0.1")"
-  row "fleet: watches open per agent" "$(fv watches_per_agent)" "$fleet agents" "-" "2 (its Node, the grantor's Lease)" "$(met "$(fv watches_per_agent) <= 2")"
+  row "fleet: watches open per agent" "$(fv watches_per_agent)" "$fleet agents" "-" "2 (its Node, the grantor's Lease) + the grantor's own 2" "$(met "$(fv watches_per_agent) <= 2 + 2 / $fleet + 0.005")"
+  row "fleet: the grantor's Lease renewals, whole fleet, per hour" "$(fv idle_grantor_lease_requests_per_hour)" "one agent, every third of leaseDuration" "-" "-" "-"
 fi
 
 # ---------------------------------------------------------------------------------------------------

@@ -166,15 +166,13 @@ impl<'a> Grantor<'a> {
         let permit_events =
             watcher(self.permits.clone(), long().labels(PERMIT_LABEL)).default_backoff();
         futures_util::pin_mut!(node_events, permit_events);
-        let rules = self.rules;
-        let node_seen = |_: Option<&NodeSeen>, n| NodeSeen::new(n, &rules.trigger);
         let (mut node_buf, mut permit_buf) = (None, None);
         let (mut nodes_listed, mut permits_listed) = (false, false);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
                 ev = node_events.next() => match ev {
-                    Some(Ok(ev)) => nodes_listed |= apply(ev, &mut self.nodes, &mut node_buf, true, |n| n.metadata.name.clone(), node_seen),
+                    Some(Ok(ev)) => nodes_listed |= self.node_event(ev, &mut node_buf),
                     Some(Err(e)) => tracing::warn!(error = %e, "watching Nodes (retrying)"),
                     None => return anyhow::anyhow!("the Nodes' watch ended"),
                 },
@@ -189,14 +187,7 @@ impl<'a> Grantor<'a> {
             }
             // Whatever else has arrived already: one step for all of it.
             while let Some(Some(Ok(ev))) = node_events.next().now_or_never() {
-                nodes_listed |= apply(
-                    ev,
-                    &mut self.nodes,
-                    &mut node_buf,
-                    true,
-                    |n| n.metadata.name.clone(),
-                    node_seen,
-                );
+                nodes_listed |= self.node_event(ev, &mut node_buf);
             }
             while let Some(Some(Ok(ev))) = permit_events.next().now_or_never() {
                 permits_listed |= apply(
@@ -212,6 +203,29 @@ impl<'a> Grantor<'a> {
                 self.step().await;
             }
         }
+    }
+
+    /// A Node event applied (true: a list of every Node is done). A list leaves behind what
+    /// decoding thousands of Nodes took, and the code it ran, though only the few that asked are
+    /// kept: handed back, as the node controller does after each reconcile.
+    fn node_event(
+        &mut self,
+        ev: Event<PartialObjectMeta<Node>>,
+        buf: &mut Option<BTreeMap<String, NodeSeen>>,
+    ) -> bool {
+        let trigger = &self.rules.trigger;
+        let listed = apply(
+            ev,
+            &mut self.nodes,
+            buf,
+            true,
+            |n| n.metadata.name.clone(),
+            |_, n| NodeSeen::new(n, trigger),
+        );
+        if listed {
+            super::release_freed_memory();
+        }
+        listed
     }
 
     /// Take back what must be, then grant free permits to the oldest asks (at once, together).
