@@ -443,12 +443,14 @@ fn the_documented_shim_policy_admits_pinned_mirror_shims_only() {
         }
         shim(serde_json::json!([p]), Some("containerd-shim-spin-v2"))
     };
-    // The plugin takes a moment to load a new policy: the first refusal says it is in force.
+    // The plugin takes a moment to load a new policy: the first refusal says it is in force. Asked
+    // with a server-side dry run, so that a create let through before then stores nothing (an
+    // apply would, and every apply after it would be unchanged: never sent, never refused).
     let mirror = "https://mirror.example.internal/spin.tar.gz";
     kwasm_tests::agent::eventually("the policy in force", || {
         c.try_as(
             &c.api.kubeconfig,
-            &["apply", "-f", "-"],
+            &["create", "--dry-run=server", "-f", "-"],
             Some(&p(mirror, false)),
         )
         .filter(|e| e.contains("every platform must pin its sha256"))

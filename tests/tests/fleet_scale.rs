@@ -1,5 +1,5 @@
 //! The fleet benchmark (`bench-rollout`, BENCHMARKS.md "A 5,000-node fleet") in small: 400 Nodes in
-//! the tests' API server, 40 of them run by real agents with restarts of 0.3 s and 3 slots, the rest
+//! the tests' API server, 40 of them run by real agents with restarts of 1 s and 3 slots, the rest
 //! simulated kubelets; the catalog controller following a Shim object. What must hold at any size:
 //! exactly as many containerds down at once as the pacing allows, a fixed number of requests per node
 //! to take its turn (no polling however long it waits), and the rollout close to the ideal
@@ -18,7 +18,10 @@ fn run_benchmark() -> BTreeMap<String, String> {
             "--pacing",
             "3",
             "--restart",
-            "0.3",
+            // Not shorter: a turn's handover (four requests, two watch events) takes 0.05–0.3 s on
+            // a loaded 2-core machine; against 0.3 s restarts the ratio measured the machine (1.5–1.75
+            // in CI), against 1 s it measures the pacing (1.05–1.08 here).
+            "1",
             "--idle",
             "3",
         ])
@@ -60,8 +63,7 @@ fn a_paced_rollout_of_a_simulated_400_node_fleet_keeps_its_pacing_and_never_poll
         per_node <= 7.0,
         "{per_node} Lease requests per node: {f:#?}"
     );
-    // Loose here (a debug build on a loaded CI machine, 0.3 s restarts); the benchmark's own goal
-    // is 1.1 with 1 s restarts.
+    // Loose here (a debug build on a loaded CI machine); the benchmark's own goal is 1.1.
     let ratio = number(&f, "rollout_converge_ratio");
     assert!(ratio <= 1.5, "converged in {ratio} × the ideal: {f:#?}");
     // An in-place upgrade needs no restart: nothing paced, nothing down.
