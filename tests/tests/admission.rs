@@ -19,7 +19,22 @@ fn cluster() -> Cluster {
     for n in ["n1", "n2", "n3"] {
         api.add_node(n, "amd64");
     }
-    Cluster { api, _dir: dir }
+    // Upstream's plugin loads policies a moment after they are stored (under load, seconds): wait
+    // until one refuses, with a server-side dry run that changes nothing. The chart's policies are
+    // stored together, so they come into force together.
+    let c = Cluster { api, _dir: dir };
+    let n2 = c.agent("n2");
+    let probe = [
+        "label",
+        "node",
+        "n1",
+        "kwasm.sh/probe=x",
+        "--dry-run=server",
+    ];
+    kwasm_tests::agent::eventually("the chart's policies in force", || {
+        c.try_as(&n2, &probe, None)
+    });
+    c
 }
 
 impl Cluster {
