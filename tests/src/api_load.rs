@@ -48,6 +48,16 @@ pub fn kind(r: &serde_json::Value) -> String {
     format!("{}-{what}", r["method"].as_str().unwrap_or("?"))
 }
 
+/// The Lease the restart grantor holds (the agent's `controller::permit::GRANTOR_LEASE`).
+pub const GRANTOR_LEASE: &str = "kwasm-agent-restart-grantor";
+
+/// The grantor's election at work: a read or write of its Lease, not a watch of it. One agent's,
+/// for the whole fleet — not a cost of every node.
+pub fn is_grantor_election(r: &serde_json::Value) -> bool {
+    let path = r["path"].as_str().unwrap_or("");
+    path.ends_with(&format!("/leases/{GRANTOR_LEASE}")) && r["query"]["watch"].is_null()
+}
+
 pub fn count_kinds(reqs: &[serde_json::Value]) -> BTreeMap<String, usize> {
     let mut kinds = BTreeMap::new();
     for r in reqs {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use kwasm_tests::agent::agent;
 use kwasm_tests::api_load::{
-    component, count_kinds, kind, measured_requests, open_watches, peak_per_second, ready, rss_kib,
-    time_span,
+    component, count_kinds, is_grantor_election, kind, measured_requests, open_watches,
+    peak_per_second, ready, rss_kib, time_span,
 };
 use kwasm_tests::archive::{fake_binary, release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
@@ -266,10 +266,7 @@ fn measure_idle(api: &KubeApi, n: usize, watches_per_agent: f64) -> (f64, f64) {
     let (election, idle): (Vec<_>, Vec<_>) = measured_requests(api)
         .into_iter()
         .filter(|r| component(r) == "node")
-        .partition(|r| {
-            let path = r["path"].as_str().unwrap_or("");
-            path.ends_with("/leases/kwasm-agent-restart-grantor") && r["query"]["watch"].is_null()
-        });
+        .partition(is_grantor_election);
     println!("idle_window_s {IDLE_WINDOW_S}");
     let grantor_per_hour = election.len() as f64 * 3600.0 / IDLE_WINDOW_S as f64;
     println!("idle_grantor_lease_requests_per_hour {grantor_per_hour:.0}");

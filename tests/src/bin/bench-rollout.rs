@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use kwasm_tests::agent::agent_bin;
 use kwasm_tests::api_load::{
-    component, cpu_seconds, kind, open_watches, peak_rss_kib, ready, response_bytes, rss_kib,
-    watch_bytes, within,
+    component, cpu_seconds, is_grantor_election, kind, open_watches, peak_rss_kib, ready,
+    response_bytes, rss_kib, watch_bytes, within, GRANTOR_LEASE,
 };
 use kwasm_tests::archive::{fake_binary, release, sha256};
 use kwasm_tests::artifact_server::{ArtifactServer, Behavior};
@@ -119,7 +119,7 @@ fn main() {
         "lease",
         "-n",
         "kube-system",
-        "kwasm-agent-restart-grantor",
+        GRANTOR_LEASE,
         "-o",
         "jsonpath={.spec.holderIdentity}",
     ]);
@@ -601,8 +601,8 @@ fn triggered_at(w: &Window) -> Vec<f64> {
     first.into_values().collect()
 }
 
-/// The phase over time, every quarter second from its start: containerds down (against the limit then),
-/// nodes asking and not yet restarting, and nodes ready on the phase's version — written to
+/// The phase over time, every quarter second from its start: containerds down (against the limit
+/// then), nodes asking and not yet restarting, and nodes ready on the phase's version — written to
 /// `$KWASM_BENCH_TIMELINE/<run>-<phase>.csv` when that is set (scripts/bench-rollout.sh plots them).
 fn write_timeline(
     phase: &str,
@@ -767,15 +767,19 @@ fn report_processes(when: &str, agents: &[RolloutAgent], catalog: &Catalog) -> u
         .map(|a| cpu_seconds(a.child.id()))
         .sum::<f64>();
     println!("{when}_agent_rss_kib_mean {mean}");
-    let largest = (rss.iter().zip(agents)).max_by_key(|(r, _)| **r);
-    if let Some((rss, agent)) = largest {
-        println!("{when}_agent_rss_kib_max {rss}");
-        println!("{when}_agent_rss_largest {}", agent.name);
-    }
-    // The largest is the grantor, which alone watches every Node: the rest apart.
-    let mut sorted = rss.clone();
+    // Largest first, with its name (the grantor, which alone lists every Node, is the one to look
+    // for), and the next: whether one agent stands out.
+    let mut sorted: Vec<(u64, &str)> = rss
+        .iter()
+        .copied()
+        .zip(agents.iter().map(|a| a.name.as_str()))
+        .collect();
     sorted.sort_unstable_by(|a, b| b.cmp(a));
-    if let Some(second) = sorted.get(1) {
+    if let Some((largest, name)) = sorted.first() {
+        println!("{when}_agent_rss_kib_max {largest}");
+        println!("{when}_agent_rss_largest {name}");
+    }
+    if let Some((second, _)) = sorted.get(1) {
         println!("{when}_agent_rss_kib_second_largest {second}");
     }
     println!(
@@ -788,7 +792,7 @@ fn report_processes(when: &str, agents: &[RolloutAgent], catalog: &Catalog) -> u
         peak_rss_kib(catalog.0.id())
     );
     println!("{when}_catalog_cpu_s {:.2}", cpu_seconds(catalog.0.id()));
-    rss.iter().copied().max().unwrap_or(0)
+    sorted.first().map_or(0, |(largest, _)| *largest)
 }
 
 /// What one Shim status write costs the Shim watches: the bytes the server sent to Shim watches
@@ -840,16 +844,13 @@ fn goals(
     // for this window to count, so they are taken at the most they can be: three per agent per 30
     // minutes (a server's --min-request-timeout, should it end them sooner). Anything else an agent
     // asks while idle is measured and scaled.
-    let election = |r: &serde_json::Value| {
-        let path = r["path"].as_str().unwrap_or("");
-        path.ends_with("/leases/kwasm-agent-restart-grantor") && r["query"]["watch"].is_null()
-    };
     let idle_rate = |which: &dyn Fn(&serde_json::Value) -> bool| {
         idle.requests.iter().filter(|r| which(r)).count() as f64 / idle.seconds()
     };
-    let per_agent =
-        idle_rate(&|r| component(r) == "node" && !election(r) && !kind(r).ends_with("-watch"));
-    let fixed = idle_rate(&|r| component(r) == "catalog" || election(r));
+    let per_agent = idle_rate(&|r| {
+        component(r) == "node" && !is_grantor_election(r) && !kind(r).ends_with("-watch")
+    });
+    let fixed = idle_rate(&|r| component(r) == "catalog" || is_grantor_election(r));
     let renewals = 3.0 * 5000.0 / 1800.0;
     println!("idle_watch_renewals_per_s_at_5000_at_most {renewals:.2}");
     println!("idle_requests_per_s_per_agent {per_agent:.4}");
