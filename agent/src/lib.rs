@@ -40,7 +40,7 @@ mod chart_alerts {
     fn the_charts_alerts_read_metrics_that_exist() {
         let chart = include_str!("../../manifests/helm/kwasm-agent/templates/monitoring.yaml");
         let node = crate::controller::metrics::Metrics::default().render();
-        let heartbeat = std::sync::Arc::new(crate::catalog::leader::Heartbeat::new(
+        let heartbeat = std::sync::Arc::new(crate::lease::election::Heartbeat::new(
             std::time::Duration::from_secs(15),
         ));
         let catalog = crate::catalog::metrics::CatalogMetrics::new(heartbeat);

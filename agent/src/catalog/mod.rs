@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 use crate::crd::catalog::Checked;
 use crate::crd::{Shim, ShimStatus};
+use crate::lease::election::Election;
 use crate::lease::LeaseHolder;
 use crate::settings::Settings;
 use runtime_class::Action;
@@ -48,27 +49,27 @@ pub async fn run(config: &std::path::Path) -> anyhow::Result<()> {
         holder: holder.clone(),
         duration: settings.catalog.lease_duration,
     };
-    let heartbeat = Arc::new(leader::Heartbeat::new(settings.catalog.lease_duration));
-    let metrics = Arc::new(metrics::CatalogMetrics::new(heartbeat.clone()));
+    let election = Arc::new(Election::new(lease, leader::LEASE_NAME));
+    let metrics = Arc::new(metrics::CatalogMetrics::new(election.heartbeat.clone()));
     if !settings.catalog.listen.is_empty() {
         crate::health::serve(&settings.catalog.listen, "catalog.listen", metrics.clone()).await?;
     }
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        got = leader::acquire(&lease, &heartbeat) => got?,
+    let held = tokio::select! {
+        got = election.lead() => got?,
         _ = sigterm.recv() => return Ok(()),
         _ = sigint.recv() => return Ok(()),
-    }
+    };
     metrics.leading.set(1);
     let catalog = Catalog::new(client, settings, holder, metrics.clone());
     let outcome = tokio::select! {
-        lost = leader::keep(lease.clone(), &heartbeat) => Err(lost),
+        lost = election.keep(held) => Err(lost),
         done = catalog.run() => done,
         _ = sigterm.recv() => Ok(()),
         _ = sigint.recv() => Ok(()),
     };
-    leader::release(&lease).await;
+    election.step_down().await;
     outcome
 }
 

@@ -7,23 +7,27 @@
 //! its own monotonic clock. An ask is served once: a node is served again only when it asks anew.
 //! Before granting anything, a new grantor has listed every permit there is.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use anyhow::Context;
+use futures_util::future::join_all;
+use futures_util::stream::{self, BoxStream};
 use futures_util::{FutureExt, StreamExt};
-use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use indexmap::IndexSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, PartialObjectMeta, PostParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{DeleteParams, ListParams, PartialObjectMeta, Preconditions};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 use tokio::time::Instant;
 
-use super::election::Election;
-use super::permit::{self, State, GRANTOR_LEASE, PERMIT_LABEL};
+use super::permit::{self, GRANTED, GRANTOR_LEASE, PERMIT_LABEL, STATE};
+use crate::lease::election::Election;
 use crate::lease::LeaseHolder;
+use crate::node_contract::labels::STATUS_ANNOTATION;
 use crate::node_contract::status::{Phase, StatusDoc};
 use crate::node_contract::trigger::meta_asks_for_shims;
 use crate::settings::{Concurrency, TriggerSettings};
@@ -51,7 +55,15 @@ pub async fn campaign(election: &Election, client: kube::Client, rules: Rules) {
         tracing::info!("granting restart permits for the fleet");
         rules.metrics.leading.set(1);
         clean_previous(&election.lease.leases).await;
-        let mut g = Grantor::new(election.lease.leases.clone(), &rules);
+        let mut g = Grantor {
+            permits: election.lease.leases.clone(),
+            rules: &rules,
+            nodes: BTreeMap::new(),
+            held: BTreeMap::new(),
+            line: IndexSet::new(),
+            nodes_relisted: None,
+            permits_relisted: None,
+        };
         let why = tokio::select! {
             lost = election.keep(held) => lost,
             ended = g.run(Api::all(client.clone())) => ended,
@@ -65,17 +77,13 @@ pub async fn campaign(election: &Election, client: kube::Client, rules: Rules) {
 /// decides, so an upgrade leaves nothing behind.
 async fn clean_previous(leases: &Api<Lease>) {
     for label in ["kwasm.sh/restart-slot", "kwasm.sh/restart-waiter"] {
-        let Ok(old) = leases
-            .list_metadata(&kube::api::ListParams::default().labels(label))
-            .await
-        else {
-            continue;
-        };
-        for lease in old {
-            let name = lease.metadata.name.unwrap_or_default();
+        let old = leases
+            .list_metadata(&ListParams::default().labels(label))
+            .await;
+        for name in old.into_iter().flatten().filter_map(|l| l.metadata.name) {
             match leases.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {
-                    tracing::info!(lease = %name, "deleted the previous version's restart slot or ticket")
+                    tracing::info!(lease = %name, "deleted the previous version's restart Lease")
                 }
                 Err(e) => {
                     tracing::warn!(lease = %name, error = %e, "could not delete the previous version's Lease")
@@ -86,20 +94,15 @@ async fn clean_previous(leases: &Api<Lease>) {
 }
 
 pub fn election(leases: Api<Lease>, me: &str, duration: Duration) -> Election {
-    Election {
-        lease: LeaseHolder {
+    let holder = me.to_owned();
+    Election::new(
+        LeaseHolder {
             leases,
-            holder: me.to_owned(),
+            holder,
             duration,
         },
-        name: GRANTOR_LEASE.to_owned(),
-    }
-}
-
-struct Seen {
-    lease: Lease,
-    changed: Instant,
-    since: Instant,
+        GRANTOR_LEASE,
+    )
 }
 
 /// What the grantor keeps of a Node: a fleet's full metadata (managed fields, every label) would
@@ -110,202 +113,211 @@ struct NodeSeen {
     triggered: bool,
     /// The node's status annotation: it asks while its phase says it waits for a restart.
     ask: Option<String>,
+    /// This very ask was granted already: the node's watch and this one are two streams, and a
+    /// node that gave its permit back may still read as asking here.
+    answered: bool,
 }
 
 impl NodeSeen {
-    fn new(node: PartialObjectMeta<Node>, trigger: &TriggerSettings) -> Option<Self> {
+    fn new(
+        before: Option<&Self>,
+        node: PartialObjectMeta<Node>,
+        trigger: &TriggerSettings,
+    ) -> Option<Self> {
         let triggered = meta_asks_for_shims(&node.metadata, trigger);
         let mut metadata = node.metadata;
-        let ask = (metadata.annotations.as_mut())
-            .and_then(|a| a.remove(crate::node_contract::labels::STATUS_ANNOTATION));
-        (triggered || ask.is_some()).then(|| Self {
-            uid: metadata.uid.unwrap_or_default(),
+        let ask = (metadata.annotations.as_mut()).and_then(|a| a.remove(STATUS_ANNOTATION));
+        let answered = before.is_some_and(|b| b.answered && b.ask == ask);
+        let uid = metadata.uid.unwrap_or_default();
+        (triggered || ask.is_some()).then_some(Self {
+            uid,
             triggered,
             ask,
+            answered,
         })
     }
 
     fn asks(&self) -> bool {
-        StatusDoc::phase_in(self.ask.as_deref()) == Some(Phase::WaitingForRestart)
+        !self.answered && StatusDoc::phase_in(self.ask.as_deref()) == Some(Phase::WaitingForRestart)
     }
+}
+
+/// A permit as the grantor's own clock sees it: since it was first seen, and its last change.
+struct Seen {
+    lease: Lease,
+    changed: Instant,
+    since: Instant,
+}
+
+fn seen(before: Option<&Seen>, lease: Lease) -> Seen {
+    let now = Instant::now();
+    let same = |b: &&Seen| b.lease.metadata.resource_version == lease.metadata.resource_version;
+    let changed = before.filter(same).map_or(now, |b| b.changed);
+    let since = before.map_or(now, |b| b.since);
+    Seen {
+        lease,
+        changed,
+        since,
+    }
+}
+
+enum Change {
+    Nodes(watcher::Result<Event<PartialObjectMeta<Node>>>),
+    Permits(watcher::Result<Event<Lease>>),
 }
 
 struct Grantor<'a> {
     permits: Api<Lease>,
     rules: &'a Rules,
     nodes: BTreeMap<String, NodeSeen>,
+    /// Permits granted, by node.
     held: BTreeMap<String, Seen>,
-    line: BTreeMap<u64, String>,
-    place: HashMap<String, u64>,
-    next: u64,
-    /// Asks already answered (granted, and taken back or given back since): node → the ask it
-    /// showed then. A node is served again only once it asks anew — its watch and this one's are
-    /// two streams, and a node that gave its permit back may still read as asking here.
-    answered: HashMap<String, Option<String>>,
+    /// Asking nodes, oldest ask first.
+    line: IndexSet<String>,
+    /// Relists under way, built aside until complete.
+    nodes_relisted: Option<BTreeMap<String, NodeSeen>>,
+    permits_relisted: Option<BTreeMap<String, Seen>>,
 }
 
-impl<'a> Grantor<'a> {
-    fn new(permits: Api<Lease>, rules: &'a Rules) -> Self {
-        Self {
-            permits,
-            rules,
-            nodes: BTreeMap::new(),
-            held: BTreeMap::new(),
-            line: BTreeMap::new(),
-            place: HashMap::new(),
-            next: 0,
-            answered: HashMap::new(),
-        }
-    }
-
+impl Grantor<'_> {
     async fn run(&mut self, nodes: Api<PartialObjectMeta<Node>>) -> anyhow::Error {
         let long = || watcher::Config::default().timeout(3600);
         // Small pages: a fleet's Nodes listed 500 at a time (the default) would raise this
         // agent's memory for good, once, well above every other agent's.
-        let node_events = watcher(nodes, long().page_size(100)).default_backoff();
-        let permit_events =
-            watcher(self.permits.clone(), long().labels(PERMIT_LABEL)).default_backoff();
-        futures_util::pin_mut!(node_events, permit_events);
-        let (mut node_buf, mut permit_buf) = (None, None);
-        let (mut nodes_listed, mut permits_listed) = (false, false);
+        let nodes: BoxStream<_> = watcher(nodes, long().page_size(100))
+            .default_backoff()
+            .map(Change::Nodes)
+            .boxed();
+        let permits = watcher(self.permits.clone(), long().labels(PERMIT_LABEL)).default_backoff();
+        let mut changes = stream::select(nodes, permits.map(Change::Permits).boxed());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut listed = (false, false);
         loop {
-            tokio::select! {
-                ev = node_events.next() => match ev {
-                    Some(Ok(ev)) => nodes_listed |= self.node_event(ev, &mut node_buf),
-                    Some(Err(e)) => tracing::warn!(error = %e, "watching Nodes (retrying)"),
-                    None => return anyhow::anyhow!("the Nodes' watch ended"),
+            let first = tokio::select! {
+                change = changes.next() => match change {
+                    Some(change) => Some(change),
+                    None => return anyhow::anyhow!("the watches of Nodes and permits ended"),
                 },
-                ev = permit_events.next() => match ev {
-                    // Only this grantor creates and deletes permits: a relist adds what it did not
-                    // know (a predecessor's last grant) and never drops one it wrote meanwhile.
-                    Some(Ok(ev)) => permits_listed |= apply(ev, &mut self.held, &mut permit_buf, false, |l| permit::node(l).map(str::to_owned), |b, l| Some(seen(b, l))),
-                    Some(Err(e)) => tracing::warn!(error = %e, "watching restart permits (retrying)"),
-                    None => return anyhow::anyhow!("the permits' watch ended"),
-                },
-                _ = tick.tick() => {}
-            }
+                _ = tick.tick() => None,
+            };
             // Whatever else has arrived already: one step for all of it.
-            while let Some(Some(Ok(ev))) = node_events.next().now_or_never() {
-                nodes_listed |= self.node_event(ev, &mut node_buf);
+            let arrived = std::iter::from_fn(|| changes.next().now_or_never().flatten());
+            for change in first.into_iter().chain(arrived) {
+                self.apply(change, &mut listed);
             }
-            while let Some(Some(Ok(ev))) = permit_events.next().now_or_never() {
-                permits_listed |= apply(
-                    ev,
-                    &mut self.held,
-                    &mut permit_buf,
-                    false,
-                    |l| permit::node(l).map(str::to_owned),
-                    |b, l| Some(seen(b, l)),
-                );
-            }
-            if nodes_listed && permits_listed {
+            if listed == (true, true) {
                 self.step().await;
             }
         }
     }
 
-    /// A Node event applied (true: a list of every Node is done). A list leaves behind what
-    /// decoding thousands of Nodes took, and the code it ran, though only the few that asked are
-    /// kept: handed back, as the node controller does after each reconcile.
-    fn node_event(
-        &mut self,
-        ev: Event<PartialObjectMeta<Node>>,
-        buf: &mut Option<BTreeMap<String, NodeSeen>>,
-    ) -> bool {
+    fn apply(&mut self, change: Change, listed: &mut (bool, bool)) {
         let trigger = &self.rules.trigger;
-        let listed = apply(
-            ev,
-            &mut self.nodes,
-            buf,
-            true,
-            |n| n.metadata.name.clone(),
-            |_, n| NodeSeen::new(n, trigger),
-        );
-        if listed {
-            super::release_freed_memory();
+        match change {
+            Change::Nodes(Ok(ev)) => {
+                let name = |n: &PartialObjectMeta<Node>| n.metadata.name.clone();
+                let keep = |b: Option<&NodeSeen>, n| NodeSeen::new(b, n, trigger);
+                if relist(
+                    ev,
+                    &mut self.nodes,
+                    &mut self.nodes_relisted,
+                    true,
+                    name,
+                    keep,
+                ) {
+                    listed.0 = true;
+                    // Listing thousands of Nodes left behind what decoding them took, though
+                    // only the few that ask are kept: handed back, as after each reconcile.
+                    super::release_freed_memory();
+                }
+            }
+            // Only this grantor creates permits: a relist adds what it did not know (a
+            // predecessor's last grant) and never drops one it wrote meanwhile.
+            Change::Permits(Ok(ev)) => {
+                let node = |l: &Lease| permit::granted_to(l).map(str::to_owned);
+                let keep = |b: Option<&Seen>, l| Some(seen(b, l));
+                listed.1 |= relist(
+                    ev,
+                    &mut self.held,
+                    &mut self.permits_relisted,
+                    false,
+                    node,
+                    keep,
+                );
+            }
+            Change::Nodes(Err(e)) => tracing::warn!(error = %e, "watching Nodes (retrying)"),
+            Change::Permits(Err(e)) => {
+                tracing::warn!(error = %e, "watching restart permits (retrying)")
+            }
         }
-        listed
     }
 
     /// Take back what must be, then grant free permits to the oldest asks (at once, together).
     async fn step(&mut self) {
         self.take_back().await;
-        self.queue_asks();
-        let triggered = self.nodes.values().filter(|n| n.triggered).count();
+        let (nodes, held) = (&self.nodes, &self.held);
+        let wants =
+            |name: &String| nodes.get(name).is_some_and(NodeSeen::asks) && !held.contains_key(name);
+        self.line.retain(wants);
+        self.line.extend(nodes.keys().filter(|n| wants(n)).cloned());
+        let triggered = nodes.values().filter(|n| n.triggered).count();
         let n = self.rules.concurrency.of(triggered) as usize;
-        let granted = (self.held.values())
-            .filter(|s| permit::state(&s.lease) == Some(State::Granted))
-            .count();
-        let turn: Vec<(u64, String)> = (0..n.saturating_sub(granted))
-            .map_while(|_| self.line.pop_first())
+        let turn: Vec<String> = self
+            .line
+            .iter()
+            .take(n.saturating_sub(held.len()))
+            .cloned()
             .collect();
-        let answers =
-            futures_util::future::join_all(turn.iter().map(|(_, node)| self.grant(node))).await;
-        for ((at, node), answer) in turn.into_iter().zip(answers) {
-            match answer {
+        let grants = join_all(turn.iter().map(|node| self.grant(node))).await;
+        for (node, granted) in turn.into_iter().zip(grants) {
+            match granted {
                 Ok(lease) => {
                     self.rules.metrics.grants.inc();
-                    self.place.remove(&node);
-                    (self.answered).insert(
-                        node.clone(),
-                        self.nodes.get(&node).and_then(|n| n.ask.clone()),
-                    );
-                    let now = Instant::now();
-                    let (changed, since) = (now, now);
-                    self.held.insert(
-                        node.clone(),
-                        Seen {
-                            lease,
-                            changed,
-                            since,
-                        },
-                    );
+                    self.line.shift_remove(&node);
+                    if let Some(n) = self.nodes.get_mut(&node) {
+                        n.answered = true;
+                    }
+                    self.held.insert(node.clone(), seen(None, lease));
                     tracing::info!(node = %node, of = n, waiting = self.line.len(), "granted a restart permit");
                 }
+                // Its place kept: tried again on the next step (a second, or the next event).
                 Err(e) => {
-                    // Its place kept: tried again on the next turn (a second, or the next event).
-                    tracing::warn!(node = %node, error = %format!("{e:#}"), "could not grant a restart permit; trying again");
-                    self.line.insert(at, node);
+                    tracing::warn!(node = %node, error = %format!("{e:#}"), "could not grant a restart permit; trying again")
                 }
             }
         }
-        let m = &self.rules.metrics;
-        m.granted.set(
-            (self.held.values())
-                .filter(|s| permit::state(&s.lease) == Some(State::Granted))
-                .count() as i64,
-        );
-        m.waiting.set(self.line.len() as i64);
+        self.rules.metrics.granted.set(self.held.len() as i64);
+        self.rules.metrics.waiting.set(self.line.len() as i64);
     }
 
     /// Take permits back: whose node is gone, stopped renewing, or overran the deadline (deleted
     /// together; guarded by the version seen, so a renewal that got there first keeps it).
     async fn take_back(&mut self) {
-        let due: Vec<(String, &'static str, Option<String>)> = (self.held.iter())
+        let why = |node: &String, s: &Seen| match () {
+            _ if !self.nodes.contains_key(node) => Some("its Node is gone"),
+            _ if s.changed.elapsed() >= self.rules.lease_duration => Some("it stopped renewing it"),
+            _ if s.since.elapsed() >= self.rules.deadline => Some("it held it past the deadline"),
+            _ => None,
+        };
+        let due: Vec<_> = (self.held.iter())
             .filter_map(|(node, s)| {
-                let why = if !self.nodes.contains_key(node) {
-                    "its Node is gone"
-                } else if s.changed.elapsed() >= self.rules.lease_duration {
-                    "it stopped renewing it"
-                } else if s.since.elapsed() >= self.rules.deadline {
-                    "it held it past the deadline"
-                } else {
-                    return None;
-                };
-                Some((node.clone(), why, s.lease.metadata.resource_version.clone()))
+                Some((
+                    node.clone(),
+                    why(node, s)?,
+                    s.lease.metadata.resource_version.clone(),
+                ))
             })
             .collect();
-        let permits = &self.permits;
         let deletes = due.iter().map(|(node, _, rv)| {
-            let params = DeleteParams::default().preconditions(Preconditions {
+            let guard = Preconditions {
                 resource_version: rv.clone(),
                 uid: None,
-            });
-            let name = permit::name(node);
+            };
+            let params = DeleteParams::default().preconditions(guard);
+            let (permits, name) = (&self.permits, permit::name(node));
             async move { permits.delete(&name, &params).await }
         });
-        let answers = futures_util::future::join_all(deletes).await;
+        let answers = join_all(deletes).await;
         for ((node, why, _), answer) in due.into_iter().zip(answers) {
             match answer {
                 Ok(_) => {}
@@ -321,63 +333,34 @@ impl<'a> Grantor<'a> {
         }
     }
 
-    /// Asking nodes join the line in the order seen; nodes that stopped asking leave it.
-    fn queue_asks(&mut self) {
-        let (nodes, held) = (&self.nodes, &self.held);
-        self.answered
-            .retain(|node, asked| nodes.get(node).is_some_and(|n| n.ask == *asked));
-        let answered = &self.answered;
-        let wants = |name: &String| {
-            nodes.get(name).is_some_and(NodeSeen::asks)
-                && !held.contains_key(name)
-                && !answered.contains_key(name)
-        };
-        self.place.retain(|name, _| wants(name));
-        let place = &self.place;
-        self.line.retain(|_, name| place.contains_key(name));
-        for name in nodes.keys() {
-            if wants(name) && !self.place.contains_key(name) {
-                self.place.insert(name.clone(), self.next);
-                self.line.insert(self.next, name.clone());
-                self.next += 1;
-            }
-        }
-    }
-
     async fn grant(&self, node: &str) -> anyhow::Result<Lease> {
-        let uid = self.nodes[node].uid.clone();
-        let now = MicroTime(Timestamp::now());
         let owner = OwnerReference {
             api_version: "v1".into(),
             kind: "Node".into(),
             name: node.to_owned(),
-            uid,
+            uid: self.nodes[node].uid.clone(),
             ..Default::default()
         };
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(permit::name(node)),
-                labels: Some([(PERMIT_LABEL.to_owned(), "true".to_owned())].into()),
-                annotations: Some(
-                    [(permit::STATE.to_owned(), State::Granted.as_str().to_owned())].into(),
-                ),
-                owner_references: Some(vec![owner]),
-                ..Default::default()
-            },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(node.to_owned()),
-                lease_duration_seconds: Some(
-                    self.rules
-                        .lease_duration
-                        .as_secs()
-                        .clamp(1, i32::MAX as u64) as i32,
-                ),
-                acquire_time: Some(now.clone()),
-                renew_time: Some(now),
-                ..Default::default()
-            }),
+        let metadata = ObjectMeta {
+            name: Some(permit::name(node)),
+            labels: Some([(PERMIT_LABEL.to_owned(), "true".to_owned())].into()),
+            annotations: Some([(STATE.to_owned(), GRANTED.to_owned())].into()),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
         };
-        Ok(self.permits.create(&PostParams::default(), &lease).await?)
+        let (leases, holder, duration) = (
+            self.permits.clone(),
+            node.to_owned(),
+            self.rules.lease_duration,
+        );
+        let lease = LeaseHolder {
+            leases,
+            holder,
+            duration,
+        }
+        .create_held(metadata)
+        .await?;
+        lease.context("a permit for it exists already (the watch will show it)")
     }
 }
 
@@ -385,7 +368,7 @@ impl<'a> Grantor<'a> {
 /// complete and `replace` says so, replaces `map` whole (whatever went while the watch was down goes
 /// too); until then `map` stays as it was. An object `value` gives nothing for is not kept. True
 /// once a list is complete.
-fn apply<T, V>(
+fn relist<T, V>(
     ev: Event<T>,
     map: &mut BTreeMap<String, V>,
     buf: &mut Option<BTreeMap<String, V>>,
@@ -397,9 +380,7 @@ fn apply<T, V>(
         Event::Init => *buf = Some(BTreeMap::new()),
         Event::InitApply(o) => {
             if let (Some(k), Some(b)) = (key(&o), buf.as_mut()) {
-                if let Some(v) = value(map.get(&k), o) {
-                    b.insert(k, v);
-                }
+                b.extend(value(map.get(&k), o).map(|v| (k, v)));
             }
         }
         Event::InitDone => {
@@ -419,34 +400,10 @@ fn apply<T, V>(
             }
         }
         Event::Delete(o) => {
-            if let Some(k) = key(&o) {
-                map.remove(&k);
-            }
+            key(&o).map(|k| map.remove(&k));
         }
     }
     false
-}
-
-/// A permit as seen now: its clocks start when first seen, and `changed` moves with every write.
-fn seen(before: Option<&Seen>, lease: Lease) -> Seen {
-    let now = Instant::now();
-    match before {
-        Some(b) if b.lease.metadata.resource_version == lease.metadata.resource_version => Seen {
-            lease,
-            changed: b.changed,
-            since: b.since,
-        },
-        Some(b) => Seen {
-            lease,
-            changed: now,
-            since: b.since,
-        },
-        None => Seen {
-            lease,
-            changed: now,
-            since: now,
-        },
-    }
 }
 
 #[cfg(test)]
@@ -467,13 +424,17 @@ mod tests {
         let trigger = TriggerSettings::default();
         let asking = r#"{"phase":"WaitingForRestart","shims":[],"time":"2026-12-07T00:00:00Z"}"#;
         let status = crate::node_contract::labels::STATUS_ANNOTATION;
-        assert!(NodeSeen::new(node("plain", &[("other", "x")]), &trigger).is_none());
-        let triggered = NodeSeen::new(node("t", &[("kwasm.sh/kwasm-node", "true")]), &trigger);
+        assert!(NodeSeen::new(None, node("plain", &[("other", "x")]), &trigger).is_none());
+        let triggered = NodeSeen::new(
+            None,
+            node("t", &[("kwasm.sh/kwasm-node", "true")]),
+            &trigger,
+        );
         let triggered = triggered.expect("a triggered node is kept");
         assert!(triggered.triggered && !triggered.asks());
         assert_eq!(triggered.uid, "uid-t");
         // An agent's status outlives the trigger (it is removing what it installed): still kept.
-        let untriggered = NodeSeen::new(node("u", &[(status, asking)]), &trigger).unwrap();
+        let untriggered = NodeSeen::new(None, node("u", &[(status, asking)]), &trigger).unwrap();
         assert!(!untriggered.triggered && untriggered.asks());
         assert_eq!(untriggered.ask.as_deref(), Some(asking));
     }
@@ -481,49 +442,42 @@ mod tests {
     #[test]
     fn an_update_that_makes_a_node_uninteresting_drops_it_and_a_relist_replaces_the_map() {
         let (mut map, mut buf) = (BTreeMap::new(), None);
-        let key = |n: &u32| Some(n.to_string());
+        let mut see = |ev, keep: fn(Option<&u32>, u32) -> Option<u32>| {
+            relist(
+                ev,
+                &mut map,
+                &mut buf,
+                true,
+                |n: &u32| Some(n.to_string()),
+                keep,
+            )
+        };
         let keep_even = |_: Option<&u32>, n: u32| n.is_multiple_of(2).then_some(n);
-        apply(Event::Apply(2), &mut map, &mut buf, true, key, keep_even);
-        assert_eq!(map.keys().collect::<Vec<_>>(), ["2"]);
+        see(Event::Apply(2), keep_even);
         // The same key, now refused: gone.
-        let refuse = |_: Option<&u32>, _| None;
-        apply(Event::Apply(2), &mut map, &mut buf, true, key, refuse);
-        assert!(map.is_empty());
-        apply(Event::Apply(4), &mut map, &mut buf, true, key, keep_even);
+        see(Event::Apply(2), |_, _| None);
+        see(Event::Apply(4), keep_even);
         // A relist: the map stays as it was until the list is complete, then is replaced.
-        assert!(!apply(
-            Event::Init,
-            &mut map,
-            &mut buf,
-            true,
-            key,
-            keep_even
-        ));
-        apply(
-            Event::InitApply(6),
-            &mut map,
-            &mut buf,
-            true,
-            key,
-            keep_even,
-        );
-        apply(
-            Event::InitApply(7),
-            &mut map,
-            &mut buf,
-            true,
-            key,
-            keep_even,
-        );
-        assert_eq!(map.keys().collect::<Vec<_>>(), ["4"]);
-        assert!(apply(
-            Event::InitDone,
-            &mut map,
-            &mut buf,
-            true,
-            key,
-            keep_even
-        ));
+        assert!(!see(Event::Init, keep_even));
+        see(Event::InitApply(6), keep_even);
+        see(Event::InitApply(7), keep_even);
+        assert!(see(Event::InitDone, keep_even));
         assert_eq!(map.keys().collect::<Vec<_>>(), ["6"]);
+    }
+
+    #[test]
+    fn an_answered_ask_is_not_served_again_until_the_node_asks_anew() {
+        let trigger = TriggerSettings::default();
+        let status = crate::node_contract::labels::STATUS_ANNOTATION;
+        let ask = |t: &str| format!(r#"{{"phase":"WaitingForRestart","shims":[],"time":"{t}"}}"#);
+        let first = ask("2026-12-07T00:00:00Z");
+        let mut seen = NodeSeen::new(None, node("n", &[(status, &first)]), &trigger).unwrap();
+        assert!(seen.asks());
+        seen.answered = true;
+        let again = NodeSeen::new(Some(&seen), node("n", &[(status, &first)]), &trigger).unwrap();
+        assert!(!again.asks(), "the same ask, read again");
+        let anew = ask("2026-12-07T00:01:00Z");
+        let anew = NodeSeen::new(Some(&again), node("n", &[(status, &anew)]), &trigger).unwrap();
+        assert!(anew.asks());
     }
 }

@@ -4,7 +4,6 @@
 
 mod context;
 mod desired;
-mod election;
 mod events;
 mod grantor;
 mod grantor_metrics;
@@ -12,7 +11,6 @@ pub(crate) mod metrics;
 pub mod node;
 mod pacing;
 mod permit;
-mod permit_gate;
 mod reconcile;
 mod report;
 mod shim_objects;

@@ -1,18 +1,33 @@
-//! Restart pacing as the node controller uses it ([fleet]): the gate the engine waits on before it
-//! restarts containerd (`permit_gate`), and this agent's candidacy for grantor (`grantor`). While an
-//! agent waits, its Node says so (status phase — the ask itself — and an Event) and so does its metric.
+//! Restart pacing as the node controller uses it ([fleet]): this agent's candidacy for grantor
+//! (`grantor`), and the node's side, the gate the engine waits on before it restarts containerd:
+//! ask (the phase WaitingForRestart on its own Node), wait on one watch of its own permit — no
+//! request while it waits, whatever happens elsewhere — then confirm the grant with a write guarded
+//! by the version it saw (a grant already taken back cannot be confirmed), renew it while containerd
+//! may be down, and give it back (delete it) once containerd proved itself or was rolled back. While
+//! it waits, its Node says so (the phase, and an Event) and so does its metric.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+
 use super::context::Context;
-use super::election::Election;
-use super::events;
+use super::events::Reason;
 use super::grantor::{self, Rules};
-use super::permit_gate::{GateEvent, GateObserver, PermitClient, PermitGate};
+use super::permit;
 use crate::backoff::Backoff;
-use crate::containerd::gate::RestartGate;
+use crate::containerd::gate::{Permit, RestartGate};
+use crate::lease::election::Election;
+use crate::lease::LeaseHolder;
 use crate::node_contract::status::Phase;
 use crate::settings::Settings;
 
@@ -56,63 +71,190 @@ pub fn start(
     ));
     let candidate = election.clone();
     tokio::spawn(async move { grantor::campaign(&candidate, client, rules).await });
-    let gate = PermitGate {
-        permits: PermitClient {
-            leases,
-            node: node.to_owned(),
-        },
-        renew_every: fleet.lease_duration / 3,
-        observer: observer(ctx.clone()),
+    let (holder, duration) = (node.to_owned(), fleet.lease_duration);
+    let permit = LeaseHolder {
+        leases,
+        holder,
+        duration,
     };
-    Ok(Some(Pacing {
-        gate: Arc::new(gate),
-        election,
-    }))
+    let gate = Arc::new(PermitGate {
+        ctx: ctx.clone(),
+        permit,
+    });
+    Ok(Some(Pacing { gate, election }))
 }
 
-fn observer(ctx: Arc<Context>) -> GateObserver {
-    // The Node as the ask left it: what the Event names, without reading it again while waiting.
-    let asked = Arc::new(std::sync::Mutex::new(None));
-    Arc::new(move |event| {
-        let (ctx, asked) = (ctx.clone(), asked.clone());
+/// A grant not there this long after asking makes the wait worth an Event.
+const WAIT_WORTH_SAYING: Duration = Duration::from_secs(2);
+
+struct PermitGate {
+    ctx: Arc<Context>,
+    /// This node's permit, as the node may write it.
+    permit: LeaseHolder,
+}
+
+impl RestartGate for PermitGate {
+    fn enter(&self) -> BoxFuture<'_, anyhow::Result<Box<dyn Permit>>> {
         Box::pin(async move {
-            match event {
-                GateEvent::Asking => *asked.lock().unwrap() = Some(ask(&ctx).await),
-                GateEvent::Waiting(msg) => {
-                    ctx.metrics.waiting_for_restart.store(true, Relaxed);
-                    let node = asked.lock().unwrap().clone();
-                    if let Some(node) = node {
-                        ctx.events
-                            .publish(&node, events::Reason::WaitingForRestart, &msg)
-                            .await;
+            let name = permit::name(&self.permit.holder);
+            let config = watcher::Config::default()
+                .fields(&format!("metadata.name={name}"))
+                .timeout(3600);
+            let stream = watcher(self.permit.leases.clone(), config).default_backoff();
+            futures_util::pin_mut!(stream);
+            let asked = self.ask().await;
+            let say_waiting = tokio::time::sleep(WAIT_WORTH_SAYING);
+            tokio::pin!(say_waiting);
+            let mut said = false;
+            loop {
+                let seen = tokio::select! {
+                    ev = stream.next() => match ev {
+                        Some(Ok(Event::Apply(l) | Event::InitApply(l))) => Some(l),
+                        Some(Ok(_)) => None,
+                        Some(Err(e)) => {
+                            tracing::warn!(error = %e, "watching the restart permit (retrying)");
+                            None
+                        }
+                        None => anyhow::bail!("the restart permit's watch ended"),
+                    },
+                    _ = &mut say_waiting, if !said => {
+                        said = true;
+                        self.say_waiting(&asked, &name).await;
+                        None
                     }
-                }
-                GateEvent::Acquired => {
-                    ctx.metrics.waiting_for_restart.store(false, Relaxed);
-                    // Off the restart's path: the restart begins now, the Node says so when it can
-                    // (and only if nothing newer said otherwise meanwhile).
-                    tokio::spawn(async move {
-                        let _ = (ctx.nodes)
-                            .set_phase_from(Some(Phase::WaitingForRestart), Phase::Provisioning)
-                            .await;
-                    });
+                };
+                let Some(lease) = seen.filter(|l| self.granted_to_me(l)) else {
+                    continue;
+                };
+                if let Some(held) = self.confirm(lease).await? {
+                    tracing::info!(permit = %name, "holding a restart permit");
+                    self.acquired();
+                    let every = self.permit.duration / 3;
+                    let held = HeldPermit::hold(self.permit.clone(), held, every);
+                    return Ok(Box::new(held) as Box<dyn Permit>);
                 }
             }
         })
-    })
+    }
 }
 
-/// The ask is the phase on the Node: written until it gets through (the wait goes on meanwhile).
-async fn ask(ctx: &Context) -> k8s_openapi::api::core::v1::Node {
-    let mut backoff = Backoff::new(Duration::from_secs(1), ctx.settings.agent.max_backoff);
-    loop {
-        match ctx.nodes.set_phase(Phase::WaitingForRestart).await {
-            Ok(node) => return node,
-            Err(e) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "could not ask for a restart permit on the Node");
-                tokio::time::sleep(wait).await;
+impl PermitGate {
+    fn granted_to_me(&self, lease: &Lease) -> bool {
+        permit::granted_to(lease) == Some(self.permit.holder.as_str())
+    }
+
+    /// The ask is the phase on the Node: written until it gets through.
+    async fn ask(&self) -> Node {
+        let ctx = &self.ctx;
+        let mut backoff = Backoff::new(Duration::from_secs(1), ctx.settings.agent.max_backoff);
+        loop {
+            match ctx.nodes.set_phase(Phase::WaitingForRestart).await {
+                Ok(node) => return node,
+                Err(e) => {
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %format!("{e:#}"), retry_in = ?wait, "could not ask for a restart permit on the Node");
+                    tokio::time::sleep(wait).await;
+                }
             }
         }
+    }
+
+    async fn say_waiting(&self, asked: &Node, name: &str) {
+        let msg = format!(
+            "waiting to restart containerd: asked the grantor for a restart permit ({name})"
+        );
+        tracing::info!("{msg}");
+        self.ctx.metrics.waiting_for_restart.store(true, Relaxed);
+        let events = &self.ctx.events;
+        events.publish(asked, Reason::WaitingForRestart, &msg).await;
+    }
+
+    fn acquired(&self) {
+        self.ctx.metrics.waiting_for_restart.store(false, Relaxed);
+        // Off the restart's path: the restart begins now, the Node says so when it can (and only
+        // if nothing newer said otherwise meanwhile).
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            let from = Some(Phase::WaitingForRestart);
+            let _ = ctx.nodes.set_phase_from(from, Phase::Provisioning).await;
+        });
+    }
+
+    /// The grant as seen, renewed now; None when it changed first (taken back, or a newer grant
+    /// the watch will show).
+    async fn confirm(&self, mut lease: Lease) -> anyhow::Result<Option<Lease>> {
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+        }
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        let leases = &self.permit.leases;
+        match leases.replace(&name, &PostParams::default(), &lease).await {
+            Ok(written) => Ok(Some(written)),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("confirming restart permit {name}")))
+            }
+        }
+    }
+}
+
+/// A permit in hand: renewed in the background until released.
+struct HeldPermit {
+    permit: LeaseHolder,
+    known: Arc<tokio::sync::Mutex<Lease>>,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl HeldPermit {
+    fn hold(permit: LeaseHolder, lease: Lease, every: Duration) -> Self {
+        let known = Arc::new(tokio::sync::Mutex::new(lease));
+        let (shared, renewer) = (known.clone(), permit.clone());
+        let renew = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let mut known = shared.lock().await;
+                match renewer.renew_from(&known).await {
+                    Ok(lease) => *known = lease,
+                    Err(e) if e.downcast_ref::<kube::Error>().is_some_and(is_not_found) => {
+                        return tracing::error!("the grantor took this node's restart permit back while containerd may be down");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "could not renew the restart permit; the grantor takes it back unless a renewal gets through")
+                    }
+                }
+            }
+        });
+        Self {
+            permit,
+            known,
+            renew,
+        }
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+impl Permit for HeldPermit {
+    fn release(self: Box<Self>) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            self.renew.abort();
+            let lease = self.known.lock().await.clone();
+            let name = lease.metadata.name.clone().unwrap_or_default();
+            // This grant only (its uid): a later one for this node is not this node's to give back.
+            let uid = lease.metadata.uid.clone();
+            let params = DeleteParams::default().preconditions(Preconditions {
+                uid,
+                resource_version: None,
+            });
+            match self.permit.leases.delete(&name, &params).await {
+                Ok(_) => tracing::info!(permit = %name, "gave the restart permit back"),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not give the restart permit back; the grantor takes it back when it stops being renewed")
+                }
+            }
+        })
     }
 }

@@ -1,14 +1,16 @@
 //! Holding a `coordination.k8s.io/v1` Lease with plain requests guarded by resourceVersion (create,
 //! replace), as client-go's leader election does: whoever writes first wins, a conflict means another
-//! holder got there. Used for the restart slots (`controller`) and the catalog controller's leader.
+//! holder got there. Used by `election` (the restart grantor's, the catalog controller's) and for
+//! the restart permits (`controller`).
 
-use std::collections::BTreeMap;
+pub mod election;
+
 use std::time::Duration;
 
 use anyhow::Context;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::Api;
 
@@ -21,27 +23,12 @@ pub struct LeaseHolder {
 }
 
 impl LeaseHolder {
-    /// Create the Lease as its holder; false when somebody created it first.
-    pub async fn create(
-        &self,
-        name: &str,
-        labels: BTreeMap<String, String>,
-    ) -> anyhow::Result<bool> {
-        Ok(self.create_held(name, labels).await?.is_some())
-    }
-
-    /// `create`, answering with the Lease as written.
-    pub async fn create_held(
-        &self,
-        name: &str,
-        labels: BTreeMap<String, String>,
-    ) -> anyhow::Result<Option<Lease>> {
+    /// Create the Lease as its holder (its whole metadata given); None when somebody created it
+    /// first, else the Lease as written.
+    pub async fn create_held(&self, metadata: ObjectMeta) -> anyhow::Result<Option<Lease>> {
+        let name = metadata.name.clone().unwrap_or_default();
         let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(name.to_owned()),
-                labels: Some(labels),
-                ..Default::default()
-            },
+            metadata,
             spec: Some(self.held_spec(Timestamp::now(), 0)),
         };
         match self.leases.create(&PostParams::default(), &lease).await {
@@ -49,11 +36,6 @@ impl LeaseHolder {
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
             Err(e) => Err(e).with_context(|| format!("creating Lease {name}")),
         }
-    }
-
-    /// Hold an existing (free, expired or own) Lease; false when somebody changed it first.
-    pub async fn take_over(&self, current: &Lease) -> anyhow::Result<bool> {
-        Ok(self.hand_over(current, Some(&self.holder)).await?.is_some())
     }
 
     /// Write `to` as the holder of a Lease as `current` shows it (None clears it), as of now; false
@@ -103,12 +85,6 @@ impl LeaseHolder {
             lease_transitions: Some(transitions),
             ..Default::default()
         }
-    }
-
-    /// Renew a Lease this holder holds; an error when it does not (any more).
-    pub async fn renew(&self, name: &str) -> anyhow::Result<()> {
-        let lease = self.leases.get(name).await?;
-        self.renew_from(&lease).await.map(drop)
     }
 
     /// Renew starting from the copy last seen (read again only when it changed since); the Lease as
@@ -167,51 +143,5 @@ pub fn namespace(configured: Option<&str>, key: &str) -> anyhow::Result<String> 
         None => std::env::var("POD_NAMESPACE").with_context(|| {
             format!("{key} is not set and neither is POD_NAMESPACE (the chart sets it from the downward API)")
         }),
-    }
-}
-
-/// The holder of a Lease that has not expired.
-pub fn live_holder(lease: &Lease, now: Timestamp) -> Option<&str> {
-    let spec = lease.spec.as_ref()?;
-    let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty())?;
-    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref())?.0;
-    let lasts = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
-    (renewed.checked_add(lasts).ok()? > now).then_some(holder)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn lease(holder: Option<&str>, renewed_secs_ago: i64, duration: i32) -> Lease {
-        let now = Timestamp::now();
-        Lease {
-            metadata: ObjectMeta::default(),
-            spec: Some(LeaseSpec {
-                holder_identity: holder.map(Into::into),
-                renew_time: Some(MicroTime(
-                    now.checked_sub(SignedDuration::from_secs(renewed_secs_ago))
-                        .unwrap(),
-                )),
-                lease_duration_seconds: Some(duration),
-                ..Default::default()
-            }),
-        }
-    }
-
-    #[test]
-    fn a_lease_is_held_until_it_expires_or_is_cleared() {
-        let now = Timestamp::now();
-        assert_eq!(live_holder(&lease(Some("n1"), 10, 60), now), Some("n1"));
-        assert_eq!(
-            live_holder(&lease(Some("n1"), 61, 60), now),
-            None,
-            "expired"
-        );
-        assert_eq!(live_holder(&lease(None, 1, 60), now), None, "released");
-        assert_eq!(live_holder(&lease(Some(""), 1, 60), now), None, "released");
-        let mut odd = lease(Some("n1"), 1, 60);
-        odd.spec.as_mut().unwrap().renew_time = None;
-        assert_eq!(live_holder(&odd, now), None, "never renewed nor acquired");
     }
 }

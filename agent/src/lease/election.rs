@@ -3,14 +3,17 @@
 //! stands by) and takes it over only once it has seen no renewal for a whole lease duration — never
 //! by comparing the leader's renewTime with its own clock. Takeovers and the first creation wait a
 //! random moment, so thousands of candidates do not all write at once; whoever writes first wins
-//! (writes are guarded by resourceVersion). The leader renews every third of the duration and steps
-//! down when it could not renew for two thirds of it, before any candidate would take over.
+//! (writes are guarded by resourceVersion). The leader renews every third of the duration (a failed
+//! renewal again within a second) and steps down when it could not renew for two thirds of it,
+//! before any candidate would take over. The restart grantor and the catalog controller lead so.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::runtime::watcher::{self, watcher, Event};
@@ -18,14 +21,25 @@ use kube::runtime::WatchStreamExt;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::lease::LeaseHolder;
+use super::LeaseHolder;
 
 pub struct Election {
     pub lease: LeaseHolder,
     pub name: String,
+    pub heartbeat: Arc<Heartbeat>,
 }
 
 impl Election {
+    pub fn new(lease: LeaseHolder, name: &str) -> Self {
+        let heartbeat = Arc::new(Heartbeat::new(lease.duration));
+        let name = name.to_owned();
+        Self {
+            lease,
+            name,
+            heartbeat,
+        }
+    }
+
     /// Returns once this candidate holds the Lease (as written).
     pub async fn lead(&self) -> anyhow::Result<Lease> {
         let config = watcher::Config::default()
@@ -36,11 +50,15 @@ impl Election {
         let (mut seen, mut listed, mut changed) = (None::<Lease>, false, Instant::now());
         let mut act_at: Option<Instant> = None;
         loop {
+            self.heartbeat.beat();
             let wake = act_at.unwrap_or_else(|| changed + self.lease.duration);
+            // A third of the duration at most: the heartbeat turns while nothing happens.
+            let wake = wake.min(Instant::now() + self.lease.duration / 3);
             tokio::select! {
                 ev = stream.next() => match ev {
                     Some(Ok(Event::Apply(l) | Event::InitApply(l))) => {
                         let renewed = seen.as_ref().is_none_or(|s| s.spec != l.spec);
+                        self.say_who_leads(seen.as_ref(), &l);
                         (seen, act_at) = (Some(l), None);
                         if renewed {
                             changed = Instant::now();
@@ -49,10 +67,10 @@ impl Election {
                     Some(Ok(Event::Delete(_))) => (seen, act_at) = (None, None),
                     Some(Ok(Event::Init)) => seen = None,
                     Some(Ok(Event::InitDone)) => listed = true,
-                    Some(Err(e)) => tracing::warn!(error = %e, lease = %self.name, "watching the grantor Lease (retrying)"),
+                    Some(Err(e)) => tracing::warn!(error = %e, lease = %self.name, "watching the Lease (retrying)"),
                     None => anyhow::bail!("the watch of Lease {} ended", self.name),
                 },
-                _ = tokio::time::sleep_until(wake), if listed => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
             if !listed || !self.may_take(seen.as_ref(), changed) {
                 continue;
@@ -63,22 +81,35 @@ impl Election {
                     act_at = None;
                     let won = match &seen {
                         None => {
-                            self.lease
-                                .create_held(&self.name, Default::default())
+                            let name = Some(self.name.clone());
+                            (self.lease)
+                                .create_held(ObjectMeta {
+                                    name,
+                                    ..Default::default()
+                                })
                                 .await?
                         }
                         Some(current) => {
-                            self.lease
+                            (self.lease)
                                 .hand_over(current, Some(&self.lease.holder))
                                 .await?
                         }
                     };
                     if let Some(held) = won {
+                        tracing::info!(lease = %self.name, holder = %self.lease.holder, "leading");
                         return Ok(held);
                     }
                 }
                 Some(_) => {}
             }
+        }
+    }
+
+    fn say_who_leads(&self, before: Option<&Lease>, now: &Lease) {
+        let holder = |l: &Lease| l.spec.as_ref()?.holder_identity.clone();
+        let leader = holder(now).filter(|h| !h.is_empty() && *h != self.lease.holder);
+        if let Some(leader) = leader.filter(|h| before.and_then(holder).as_ref() != Some(h)) {
+            tracing::info!(lease = %self.name, leader = %leader, "standing by: another candidate leads");
         }
     }
 
@@ -104,30 +135,33 @@ impl Election {
     /// returns why.
     pub async fn keep(&self, mut held: Lease) -> anyhow::Error {
         let mut renewed = Instant::now();
+        let every = self.lease.duration / 3;
+        let retry = every.min(Duration::from_secs(1));
+        let mut wait = every;
         loop {
-            tokio::time::sleep(self.lease.duration / 3).await;
+            self.heartbeat.beat();
+            tokio::time::sleep(wait).await;
             let mut next = held.clone();
             if let Some(spec) = next.spec.as_mut() {
                 spec.renew_time = Some(MicroTime(Timestamp::now()));
             }
-            let give_up =
-                renewed.elapsed() + self.lease.duration / 3 >= self.lease.duration * 2 / 3;
-            match self
-                .lease
-                .leases
+            let leases = &self.lease.leases;
+            match leases
                 .replace(&self.name, &PostParams::default(), &next)
                 .await
             {
-                Ok(written) => (held, renewed) = (written, Instant::now()),
+                Ok(written) => (held, renewed, wait) = (written, Instant::now(), every),
+                // Changed or gone under us: somebody else may lead already.
                 Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
                     return anyhow::anyhow!("Lease {} was taken over", self.name)
                 }
-                Err(e) if give_up => {
+                Err(e) if renewed.elapsed() + retry >= every * 2 => {
                     return anyhow::Error::new(e)
                         .context(format!("could not renew Lease {}", self.name))
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, lease = %self.name, "could not renew; retrying")
+                    tracing::warn!(error = %e, lease = %self.name, "could not renew; retrying");
+                    wait = retry;
                 }
             }
         }
@@ -135,6 +169,40 @@ impl Election {
 
     /// Clear the holder at shutdown, so a candidate need not wait out the duration.
     pub async fn step_down(&self) {
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.lease.release(&self.name)).await;
+        let release = tokio::time::timeout(Duration::from_secs(5), self.lease.release(&self.name));
+        if let Err(e) = release
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+        {
+            tracing::warn!(error = %format!("{e:#}"), lease = %self.name, "could not release the Lease; it expires on its own");
+        }
+    }
+}
+
+/// A candidate's liveness: its Lease loop — standing by or leading — beats at every turn (a third of
+/// the lease duration at most, plus a request). One that has not turned for two lease durations is
+/// stuck (the catalog's `/healthz` says so).
+pub struct Heartbeat {
+    start: std::time::Instant,
+    last_ms: AtomicU64,
+    pub stuck_after: Duration,
+}
+
+impl Heartbeat {
+    pub fn new(lease_duration: Duration) -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            last_ms: AtomicU64::new(0),
+            stuck_after: lease_duration * 2,
+        }
+    }
+
+    pub fn beat(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    pub fn since_last(&self) -> Duration {
+        self.start.elapsed() - Duration::from_millis(self.last_ms.load(Relaxed))
     }
 }
