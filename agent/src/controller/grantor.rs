@@ -63,6 +63,7 @@ pub async fn campaign(election: &Election, client: kube::Client, rules: Rules) {
             line: IndexSet::new(),
             nodes_relisted: None,
             permits_relisted: None,
+            unlisted: Vec::new(),
         };
         let why = tokio::select! {
             lost = election.keep(held) => lost,
@@ -177,6 +178,8 @@ struct Grantor<'a> {
     /// Relists under way, built aside until complete.
     nodes_relisted: Option<BTreeMap<String, NodeSeen>>,
     permits_relisted: Option<BTreeMap<String, Seen>>,
+    /// Permits held here that the last relist did not show: to be looked up.
+    unlisted: Vec<String>,
 }
 
 impl Grantor<'_> {
@@ -232,8 +235,14 @@ impl Grantor<'_> {
                 }
             }
             // Only this grantor creates permits: a relist adds what it did not know (a
-            // predecessor's last grant) and never drops one it wrote meanwhile.
+            // predecessor's last grant) and drops nothing at once — a permit it does not show was
+            // given back while the watch was down, or granted here after the list was taken, and
+            // is looked up before the next grant.
             Change::Permits(Ok(ev)) => {
+                if let (Event::InitDone, Some(listed)) = (&ev, &self.permits_relisted) {
+                    let unlisted = self.held.keys().filter(|n| !listed.contains_key(*n));
+                    self.unlisted = unlisted.cloned().collect();
+                }
                 let node = |l: &Lease| permit::granted_to(l).map(str::to_owned);
                 let keep = |b: Option<&Seen>, l| Some(seen(b, l));
                 listed.1 |= relist(
@@ -254,6 +263,7 @@ impl Grantor<'_> {
 
     /// Take back what must be, then grant free permits to the oldest asks (at once, together).
     async fn step(&mut self) {
+        self.look_up_unlisted().await;
         self.take_back().await;
         let (nodes, held) = (&self.nodes, &self.held);
         let wants =
@@ -288,6 +298,21 @@ impl Grantor<'_> {
         }
         self.rules.metrics.granted.set(self.held.len() as i64);
         self.rules.metrics.waiting.set(self.line.len() as i64);
+    }
+
+    /// Permits a relist did not show: dropped when gone, so a slot freed while the watch was down
+    /// is not held until its permit would be taken back.
+    async fn look_up_unlisted(&mut self) {
+        for node in std::mem::take(&mut self.unlisted) {
+            match self.permits.get_opt(&permit::name(&node)).await {
+                Ok(None) => drop(self.held.remove(&node)),
+                Ok(Some(_)) => {}
+                Err(e) => {
+                    tracing::warn!(node = %node, error = %e, "could not look up a restart permit; again shortly");
+                    self.unlisted.push(node);
+                }
+            }
+        }
     }
 
     /// Take permits back: whose node is gone, stopped renewing, or overran the deadline (deleted

@@ -79,25 +79,33 @@ impl Election {
                 None => act_at = Some(Instant::now() + self.hold_back(seen.is_none())),
                 Some(at) if at <= Instant::now() => {
                     act_at = None;
+                    let name = Some(self.name.clone());
                     let won = match &seen {
                         None => {
-                            let name = Some(self.name.clone());
                             (self.lease)
                                 .create_held(ObjectMeta {
                                     name,
                                     ..Default::default()
                                 })
-                                .await?
+                                .await
                         }
                         Some(current) => {
-                            (self.lease)
+                            self.lease
                                 .hand_over(current, Some(&self.lease.holder))
-                                .await?
+                                .await
                         }
                     };
-                    if let Some(held) = won {
-                        tracing::info!(lease = %self.name, holder = %self.lease.holder, "leading");
-                        return Ok(held);
+                    // A write that did not get through (the API server restarting) is tried
+                    // again after another hold-back: standing never ends in an error.
+                    match won {
+                        Ok(Some(held)) => {
+                            tracing::info!(lease = %self.name, holder = %self.lease.holder, "leading");
+                            return Ok(held);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %format!("{e:#}"), lease = %self.name, "could not take the Lease; again shortly")
+                        }
                     }
                 }
                 Some(_) => {}
