@@ -67,8 +67,10 @@ pub fn spawn_catalog(
 /// the log of its restart windows.
 pub struct FleetNode {
     pub name: String,
-    pub host: NodeHost,
+    /// Before `host`: fields drop in order, and an agent still running when its host root is
+    /// removed would make it again outside any test's directory.
     pub agent: RunningAgent,
+    pub host: NodeHost,
     pub live: i32,
     pub windows: PathBuf,
     pub port: u16,

@@ -141,8 +141,10 @@ impl Default for NodeHost {
 /// One node of a test cluster: its sandbox host with a live container, and its agent watching it.
 pub struct ClusterNode {
     pub name: String,
-    pub host: NodeHost,
+    /// Before `host`: fields drop in order, and an agent still running when its host root is
+    /// removed would make it again outside any test's directory.
     pub agent: crate::agent::RunningAgent,
+    pub host: NodeHost,
     pub live: i32,
     pub port: u16,
 }
