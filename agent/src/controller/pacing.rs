@@ -10,13 +10,12 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 
@@ -182,19 +181,9 @@ impl PermitGate {
 
     /// The grant as seen, renewed now; None when it changed first (taken back, or a newer grant
     /// the watch will show).
-    async fn confirm(&self, mut lease: Lease) -> anyhow::Result<Option<Lease>> {
-        if let Some(spec) = lease.spec.as_mut() {
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
-        }
-        let name = lease.metadata.name.clone().unwrap_or_default();
-        let leases = &self.permit.leases;
-        match leases.replace(&name, &PostParams::default(), &lease).await {
-            Ok(written) => Ok(Some(written)),
-            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
-            Err(e) => {
-                Err(anyhow::Error::new(e).context(format!("confirming restart permit {name}")))
-            }
-        }
+    async fn confirm(&self, lease: Lease) -> anyhow::Result<Option<Lease>> {
+        let confirmed = self.permit.renewed(&lease).await;
+        confirmed.context("confirming the restart permit")
     }
 }
 

@@ -13,9 +13,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
-use kube::api::PostParams;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use rand::Rng;
@@ -149,26 +147,15 @@ impl Election {
         loop {
             self.heartbeat.beat();
             tokio::time::sleep(wait).await;
-            let mut next = held.clone();
-            if let Some(spec) = next.spec.as_mut() {
-                spec.renew_time = Some(MicroTime(Timestamp::now()));
-            }
-            let leases = &self.lease.leases;
-            match leases
-                .replace(&self.name, &PostParams::default(), &next)
-                .await
-            {
-                Ok(written) => (held, renewed, wait) = (written, Instant::now(), every),
+            match self.lease.renewed(&held).await {
+                Ok(Some(written)) => (held, renewed, wait) = (written, Instant::now(), every),
                 // Changed or gone under us: somebody else may lead already.
-                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {
-                    return anyhow::anyhow!("Lease {} was taken over", self.name)
-                }
+                Ok(None) => return anyhow::anyhow!("Lease {} was taken over", self.name),
                 Err(e) if renewed.elapsed() + retry >= every * 2 => {
-                    return anyhow::Error::new(e)
-                        .context(format!("could not renew Lease {}", self.name))
+                    return e.context(format!("could not renew Lease {}", self.name))
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, lease = %self.name, "could not renew; retrying");
+                    tracing::warn!(error = %format!("{e:#}"), lease = %self.name, "could not renew; retrying");
                     wait = retry;
                 }
             }

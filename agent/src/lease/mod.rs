@@ -87,27 +87,39 @@ impl LeaseHolder {
         }
     }
 
+    /// Renew the Lease as `known` shows it, once: the Lease as written, None when it changed or
+    /// went first (a write guarded by its version).
+    pub async fn renewed(&self, known: &Lease) -> anyhow::Result<Option<Lease>> {
+        let name = known.metadata.name.clone().unwrap_or_default();
+        let mut lease = known.clone();
+        if let Some(spec) = lease.spec.as_mut() {
+            spec.renew_time = Some(MicroTime(Timestamp::now()));
+        }
+        match self
+            .leases
+            .replace(&name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(written) => Ok(Some(written)),
+            Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("renewing Lease {name}")),
+        }
+    }
+
     /// Renew starting from the copy last seen (read again only when it changed since); the Lease as
-    /// written.
+    /// written. A Lease gone is the error of reading it again (404).
     pub async fn renew_from(&self, known: &Lease) -> anyhow::Result<Lease> {
         let name = known.metadata.name.clone().unwrap_or_default();
         let mut lease = known.clone();
         for _ in 0..2 {
-            let spec = lease.spec.get_or_insert_with(Default::default);
+            let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
             anyhow::ensure!(
-                spec.holder_identity.as_deref() == Some(self.holder.as_str()),
-                "the Lease is held by {:?} now",
-                spec.holder_identity
+                holder.as_deref() == Some(self.holder.as_str()),
+                "the Lease is held by {holder:?} now"
             );
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
-            match self
-                .leases
-                .replace(&name, &PostParams::default(), &lease)
-                .await
-            {
-                Ok(written) => return Ok(written),
-                Err(kube::Error::Api(s)) if s.code == 409 => lease = self.leases.get(&name).await?,
-                Err(e) => return Err(e).with_context(|| format!("renewing Lease {name}")),
+            match self.renewed(&lease).await? {
+                Some(written) => return Ok(written),
+                None => lease = self.leases.get(&name).await?,
             }
         }
         anyhow::bail!("Lease {name} kept changing under its renewal")
